@@ -1,0 +1,5 @@
+import sys
+
+from borg_cyrus.cli import main
+
+sys.exit(main())

@@ -1,0 +1,314 @@
+"""`before` and `after`: the backup run around borgmatic's `borg create`.
+
+config -> discovered layout -> plan (locations, mode) -> freeze the view ->
+dumps -> excludes -> manifest + patterns file; `after` undoes what the state
+file records. Data flows one way; every change is recorded before it is made.
+"""
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+
+from borg_cyrus import __version__, cyrusindex, layout as layout_mod, patterns, state as state_mod
+from borg_cyrus.context import Context
+from borg_cyrus.errors import BorgCyrusError, BusyError
+from borg_cyrus.model import nest_free
+
+log = logging.getLogger("borg_cyrus.backup")
+
+
+def build_context(cfg, runner, plugins):
+    lay = layout_mod.discover(cfg["imapd_conf"], cfg["cyrus_conf"] if os.path.exists(cfg["cyrus_conf"]) else None)
+    tools = layout_mod.find_tools(cfg["cyrus_tools_directory"])
+    return Context(config=cfg, layout=lay, tools=tools, runner=runner, plugins=plugins)
+
+
+def plan_locations(ctx):
+    """All locations, with a one-line error for a required one that is missing."""
+    out = []
+    for loc in ctx.plugins.locations(ctx):
+        if loc.kind == "dump" or os.path.lexists(loc.path):
+            out.append(loc)
+        elif loc.required:
+            raise BorgCyrusError(f"{loc.what}: {loc.path} does not exist; fix {ctx.layout.imapd_conf} "
+                                 f"or the borg-cyrus config ({ctx.config.path})")
+        else:
+            log.debug("skipping %s: %s does not exist", loc.what, loc.path)
+    return out
+
+
+def check_tools(ctx):
+    missing = ctx.tools.missing(layout_mod.REQUIRED_TOOLS)
+    if missing:
+        ctx.tools[missing[0]]  # raises the one-line error
+
+
+# -- teardown ---------------------------------------------------------------
+
+def teardown(ctx, st):
+    """Undo every recorded step, newest first; keep going on errors.
+
+    Returns the list of error messages; the state file is removed only when
+    every step was undone.
+    """
+    modes = ctx.plugins.modes()
+    errors = []
+    for step in reversed(st.steps):
+        cls = modes.get(step.get("mode"))
+        if cls is None:
+            errors.append(f"step {step.get('kind')} belongs to mode {step.get('mode')!r}, which no plugin provides")
+            continue
+        try:
+            cls(ctx).undo(step)
+            st.drop(step)
+        except Exception as e:  # one failed step must not stop the others
+            log.error("undoing %s (%s) failed: %s", step.get("kind"), step.get("mode"), e)
+            errors.append(f"{step.get('kind')}: {e}")
+    if not errors:
+        st.remove()
+    return errors
+
+
+def recover_stale(ctx, owner, force=False):
+    """Handle a state file left by an earlier run before starting a new one."""
+    st = state_mod.State(ctx.state_file)
+    data = st.load()
+    if data is None:
+        return
+    prev = data.get("owner")
+    if state_mod.is_alive(prev) and not force:
+        if prev == owner:
+            log.warning("`before` ran twice in one backup run; undoing the first one")
+        else:
+            raise BusyError(
+                f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
+                "running; if it is not, run `borg-cyrus after --force` to clean up")
+    log.warning("cleaning up after an earlier run that did not finish (started %s, mode %s, %d step(s) to undo)",
+                data.get("started"), data.get("mode"), len(st.steps))
+    errors = teardown(ctx, st)
+    if errors:
+        raise BorgCyrusError("could not clean up an earlier run: " + "; ".join(errors))
+
+
+# -- before -----------------------------------------------------------------
+
+def _fresh_dump_dir(ctx):
+    work = ctx.work_dir
+    for name in os.listdir(work):
+        if name.startswith(("dump.new-", "dump.old-")):
+            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    path = os.path.join(work, f"dump.new-{os.getpid()}")
+    os.mkdir(path, 0o700)
+    return path
+
+
+def _publish_dump_dir(ctx, new):
+    final = ctx.dump_dir
+    old = os.path.join(ctx.work_dir, f"dump.old-{os.getpid()}")
+    if os.path.lexists(final):
+        os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def count_messages(ctx, view):
+    """Per-mailbox counts from cyrus.index headers (read through the view)."""
+    per = {}
+    totals = {"messages": 0, "bytes": 0, "unreadable": 0}
+    missing = []
+    for mb in ctx.mailboxes or []:
+        if not mb.has_spool or mb.legacy:
+            continue
+        hdr = cyrusindex.read(view.read_path(os.path.join(mb.meta_dir(ctx.layout, "index"), "cyrus.index")))
+        entry = {"uniqueid": mb.uniqueid, "partition": mb.partition}
+        if hdr is None:
+            totals["unreadable"] += 1
+            if not os.path.exists(view.read_path(mb.data_dir(ctx.layout))):
+                missing.append(mb.intname)
+        else:
+            entry.update(messages=hdr.exists, bytes=hdr.quota_used, last_uid=hdr.last_uid,
+                         uidvalidity=hdr.uidvalidity)
+            totals["messages"] += hdr.exists
+            totals["bytes"] += hdr.quota_used
+        per[mb.intname] = entry
+    return per, totals, missing
+
+
+def write_manifest(ctx, dump_dir, records, view, timings):
+    boxes = ctx.mailboxes or []
+    users = {mb.userid for mb in boxes if mb.userid and mb.has_spool}
+    m = ctx.manifest
+    m.update({
+        "format": 1,
+        "borg_cyrus_version": __version__,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "mode": ctx.config["mode"],
+        "view": view.description,
+        "blocked_seconds": view.blocked_seconds,
+        "imapd_conf": ctx.layout.imapd_conf,
+        "work_directory": ctx.work_dir,
+        "layout": ctx.layout.to_json(),
+        "dumps": [r.to_json() for r in records],
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    })
+    m.setdefault("counts", {}).update({"mailboxes": len(boxes), "users": len(users)})
+    state_mod.write_atomic(os.path.join(dump_dir, "manifest.json"), json.dumps(m, indent=1, sort_keys=True) + "\n")
+
+
+def _consistency(ctx, records, view):
+    """Cross-check the JSON dump against the binary dump of mailboxes.db."""
+    by_name = {r.name: r for r in records}
+    js, db = by_name.get("mailboxes.json"), by_name.get("mailboxes.db.batch")
+    if not js or not db:
+        return
+    n = db.extra.get("name_records")
+    if n is not None and n != js.records:
+        msg = (f"mailboxes.json lists {js.records} mailboxes but mailboxes.db.batch holds {n}; "
+               "the server changed between the two dumps")
+        if view.description == "live":
+            log.warning("%s (expected in live mode)", msg)
+            ctx.problems.append(msg)
+        else:
+            raise BorgCyrusError(msg + " although it was frozen")
+
+
+def run_dumps(ctx, view):
+    dump_dir = _fresh_dump_dir(ctx)
+    records = []
+    try:
+        for plugin, recs in ctx.plugins.dump_each(ctx, view, dump_dir):
+            for r in recs:
+                r.plugin = r.plugin or plugin
+            records.extend(recs)
+    except BaseException:
+        shutil.rmtree(dump_dir, ignore_errors=True)
+        raise
+    return dump_dir, records
+
+
+def before(ctx, force=False):
+    """Prepare a backup. Returns a summary dict."""
+    t_start = time.monotonic()
+    timings = {}
+    check_tools(ctx)
+    modes = ctx.plugins.modes()
+    mode_name = ctx.config["mode"]
+    mode = modes[mode_name](ctx)
+    owner = state_mod.find_owner()
+    state_mod.secure_dir(ctx.work_dir)
+    if ctx.dry_run:
+        return _before_dry_run(ctx, mode, t_start)
+    with state_mod.lock(ctx.lock_file):
+        recover_stale(ctx, owner, force)
+        for cls in modes.values():
+            cls(ctx).cleanup_stale()
+        st = state_mod.State(ctx.state_file)
+        st.begin(mode_name, owner)
+        ctx.state = st
+        try:
+            locs = plan_locations(ctx)
+            data = [loc for loc in locs if loc.kind == "data"]
+            t = time.monotonic()
+            view = mode.freeze(data)
+            timings["freeze"] = time.monotonic() - t
+            st.set(view={"description": view.description, "prefixes": view.prefixes,
+                         "blocked_seconds": view.blocked_seconds})
+            summary = _prepare(ctx, view, locs, timings)
+            st.set(phase="ready", patterns=ctx.patterns_file)
+        except BaseException as e:
+            log.error("before failed (%s); undoing what was done", e if str(e) else e.__class__.__name__)
+            errors = teardown(ctx, st)
+            for err in errors:
+                log.error("cleanup: %s", err)
+            raise
+    summary["seconds"] = time.monotonic() - t_start
+    log.info("before: ready in %.2f s — mode %s, %d mailboxes, %d messages, %d roots, %d excludes",
+             summary["seconds"], mode_name, summary["mailboxes"], summary["messages"], summary["roots"],
+             summary["excludes"])
+    return summary
+
+
+def _prepare(ctx, view, locs, timings, dump_dir=None):
+    t = time.monotonic()
+    dump_dir, records = run_dumps(ctx, view)
+    timings["dumps"] = time.monotonic() - t
+    try:
+        _consistency(ctx, records, view)
+        t = time.monotonic()
+        if ctx.config["dumps"]["message_counts"]:
+            per, totals, missing = count_messages(ctx, view)
+            ctx.manifest["mailboxes"] = per
+            ctx.manifest["counts"] = dict(totals)
+            if missing:
+                ctx.manifest["mailboxes_without_directory"] = missing
+                log.warning("%d mailbox(es) in the mailbox list have no directory, e.g. %s",
+                            len(missing), missing[0])
+        timings["counts"] = time.monotonic() - t
+        t = time.monotonic()
+        excludes = ctx.plugins.excludes(ctx, view)
+        timings["excludes"] = time.monotonic() - t
+        ctx.manifest["problems"] = ctx.problems
+        write_manifest(ctx, dump_dir, records, view, timings)
+    except BaseException:
+        shutil.rmtree(dump_dir, ignore_errors=True)
+        raise
+    roots = nest_free([loc.path for loc in locs])
+    text = patterns.render(roots, excludes, view,
+                           comment=f"mode {ctx.config['mode']}, {datetime.datetime.now().isoformat(timespec='seconds')}")
+    if ctx.dry_run:
+        shutil.rmtree(dump_dir, ignore_errors=True)
+    else:
+        _publish_dump_dir(ctx, dump_dir)
+        state_mod.write_atomic(ctx.patterns_file, text, mode=0o600)
+    return {"mailboxes": len(ctx.mailboxes or []), "messages": ctx.manifest.get("counts", {}).get("messages", 0),
+            "roots": len(roots), "excludes": len(excludes), "patterns": text, "dumps": records}
+
+
+def _before_dry_run(ctx, mode, t_start):
+    ctx.state = state_mod.MemoryState()
+    ctx.state.begin(mode.name, None)
+    locs = plan_locations(ctx)
+    view = mode.freeze([loc for loc in locs if loc.kind == "data"])
+    summary = _prepare(ctx, view, locs, {})
+    summary["seconds"] = time.monotonic() - t_start
+    return summary
+
+
+# -- after ------------------------------------------------------------------
+
+def after(ctx, force=False):
+    """Tear down what `before` set up. Idempotent."""
+    t0 = time.monotonic()
+    state_mod.secure_dir(ctx.work_dir)
+    with state_mod.lock(ctx.lock_file):
+        st = state_mod.State(ctx.state_file)
+        data = st.load()
+        if data is None:
+            log.info("after: nothing to tear down")
+            return {"seconds": time.monotonic() - t0, "undone": 0}
+        owner = state_mod.find_owner()
+        prev = data.get("owner")
+        if state_mod.is_alive(prev) and prev != owner and not force:
+            log.warning("the recorded backup belongs to %s (pid %s), which is still running; leaving it alone "
+                        "(use --force if it is not a backup)", prev.get("comm"), prev.get("pid"))
+            return {"seconds": time.monotonic() - t0, "undone": 0, "skipped": True}
+        ctx.state = st
+        modes = ctx.plugins.modes()
+        problems = []
+        cls = modes.get(data.get("mode"))
+        if cls is not None:
+            problems = cls(ctx).check(data)
+        n = len(st.steps)
+        errors = teardown(ctx, st)
+    secs = time.monotonic() - t0
+    if errors:
+        raise BorgCyrusError("after: could not undo everything: " + "; ".join(errors))
+    if problems:
+        raise BorgCyrusError("the backup read a broken view and must not be trusted: " + "; ".join(problems))
+    log.info("after: done in %.2f s (%d step(s) undone)", secs, n)
+    return {"seconds": secs, "undone": n}

@@ -1,0 +1,41 @@
+"""Built-in plugin: mode `stop-master` — Cyrus is stopped for the whole backup."""
+
+import logging
+
+from borg_cyrus.hookspecs import hookimpl
+from borg_cyrus.modes import Mode
+from borg_cyrus.service import Service
+
+log = logging.getLogger("borg_cyrus.stop_master")
+
+
+class StopMaster(Mode):
+    name = "stop-master"
+    description = "stop Cyrus before the backup, start it in `after` (consistent, with downtime)"
+
+    def service(self):
+        return Service(self.ctx.config["service"], self.ctx.runner)
+
+    def freeze(self, locations):
+        svc = self.service()
+        if svc.is_running():
+            self.ctx.state.push("service-stopped", self.name, service=svc.describe())
+            svc.stop()
+        else:
+            log.warning("Cyrus is not running (%s); backing up without stopping it, and it will not be started",
+                        svc.describe())
+        return self.live_view()
+
+    def undo(self, step):
+        if step["kind"] != "service-stopped":
+            return
+        svc = self.service()
+        if svc.is_running():
+            log.info("Cyrus is already running")
+            return
+        svc.start()
+
+
+@hookimpl
+def modes():
+    return [StopMaster]

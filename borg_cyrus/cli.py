@@ -1,0 +1,177 @@
+"""Command line: thin — parse, call, print."""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+from borg_cyrus import __version__, config as config_mod
+from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.execute import Runner
+
+log = logging.getLogger("borg_cyrus")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"borg-cyrus: error: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"borg-cyrus: warning: {msg}"
+        return f"borg-cyrus: {msg}"
+
+
+def setup_logging(verbosity):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("borg_cyrus")
+    root.handlers[:] = [handler]
+    root.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    root.propagate = False
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="borg-cyrus", description=__doc__ and
+                                "Consistent, restorable Borg/borgmatic backups of a Cyrus IMAP server.")
+    p.add_argument("--version", action="version", version=f"borg-cyrus {__version__}")
+    p.add_argument("-c", "--config", help=f"config file (default ${config_mod.ENV_VAR} or {config_mod.DEFAULT_PATH})")
+    p.add_argument("-n", "--dry-run", action="store_true", help="show what would be done; change nothing")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("before", help="borgmatic `before` hook: freeze, dump, write the patterns file")
+    s.add_argument("--force", action="store_true", help="take over a run whose owner still seems alive")
+    s = sub.add_parser("after", help="borgmatic `after` hook: undo what `before` did (idempotent)")
+    s.add_argument("--force", action="store_true", help="tear down even if the owning backup still runs")
+
+    sub.add_parser("plugins", help="list plugins and the hooks they implement")
+    c = sub.add_parser("config", help="config file tools")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    csub.add_parser("validate", help="check the config file; one line per problem")
+    csub.add_parser("show", help="print the effective config (defaults filled in)")
+    csub.add_parser("schema", help="print the JSON schema (with plugin keys)")
+    d = sub.add_parser("doctor", help="show the discovered layout, tools, what is backed up and excluded")
+    d.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("restore", help="restore from an extracted archive")
+    rsub = r.add_subparsers(dest="restore_command", required=True, metavar="WHAT")
+    rf = rsub.add_parser("full", help="whole server: archive extracted to /, Cyrus stopped")
+    rf.add_argument("--dump-dir", help="dump directory (default: <work_directory>/dump)")
+    rf.add_argument("--start", action="store_true", help="start Cyrus when done")
+
+    dm = sub.add_parser("demo", help="throwaway Cyrus -> borgmatic create -> restore into a second Cyrus -> compare")
+    dm.add_argument("--workdir", default="/tmp/borg-cyrus-demo")
+    dm.add_argument("--mode", default="stop-master")
+    dm.add_argument("--keep", action="store_true", help="keep the demo servers' files")
+    return p
+
+
+def load(args, need_layout=True):
+    from borg_cyrus.plugins import Plugins
+    plugins = Plugins()
+    schema = config_mod.full_schema(plugins.config_schema_fragments(), plugins.modes())
+    path, explicit = config_mod.resolve_path(args.config)
+    cfg = config_mod.load(path, explicit, schema)
+    if not need_layout:
+        return cfg, plugins, None
+    from borg_cyrus.backup import build_context
+    ctx = build_context(cfg, Runner(dry_run=args.dry_run, default_timeout=cfg["tool_timeout"]), plugins)
+    return cfg, plugins, ctx
+
+
+def cmd_before(args):
+    from borg_cyrus import backup
+    _, _, ctx = load(args)
+    summary = backup.before(ctx, force=args.force)
+    if args.dry_run:
+        sys.stdout.write(summary["patterns"])
+    return 0
+
+
+def cmd_after(args):
+    from borg_cyrus import backup
+    _, _, ctx = load(args)
+    backup.after(ctx, force=args.force)
+    return 0
+
+
+def cmd_plugins(args):
+    from borg_cyrus.plugins import Plugins
+    plugins = Plugins()
+    modes = {}
+    for mode_name, cls in plugins.modes().items():
+        modes.setdefault(plugins.mode_plugin(mode_name), []).append(mode_name)
+    for name, module, dist, hooks in plugins.describe():
+        extra = f"  modes: {', '.join(sorted(modes[name]))}" if name in modes else ""
+        origin = f"{module}" + (f" ({dist})" if dist and dist != "borg-cyrus" else "")
+        print(f"{name:14} {origin}\n{'':14} hooks: {', '.join(hooks)}{extra}")
+    return 0
+
+
+def cmd_config(args):
+    if args.config_command == "schema":
+        from borg_cyrus.plugins import Plugins
+        plugins = Plugins()
+        print(json.dumps(config_mod.full_schema(plugins.config_schema_fragments(), plugins.modes()), indent=2))
+        return 0
+    cfg, _, _ = load(args, need_layout=False)
+    if args.config_command == "show":
+        import yaml
+        sys.stdout.write(yaml.safe_dump(dict(cfg), sort_keys=False))
+    else:
+        print(f"{cfg.path}: valid")
+    return 0
+
+
+def cmd_doctor(args):
+    from borg_cyrus.doctor import doctor
+    cfg, plugins, ctx = load(args)
+    return doctor(ctx, as_json=args.json)
+
+
+def cmd_restore(args):
+    from borg_cyrus.restore import FullRestore
+    _, _, ctx = load(args)
+    FullRestore(ctx, args.dump_dir).run(start=args.start)
+    return 0
+
+
+def cmd_demo(args):
+    from borg_cyrus.demo import run_demo
+    return run_demo(args.workdir, mode=args.mode, keep=args.keep)
+
+
+COMMANDS = {"before": cmd_before, "after": cmd_after, "plugins": cmd_plugins, "config": cmd_config,
+            "doctor": cmd_doctor, "restore": cmd_restore, "demo": cmd_demo}
+
+
+def _on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_logging(-1 if args.quiet else args.verbose)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGHUP, _on_sigterm)
+    try:
+        return COMMANDS[args.command](args)
+    except BorgCyrusError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception as e:
+        if args.verbose:
+            raise
+        log.error("unexpected %s: %s (run with -v for the traceback)", e.__class__.__name__, e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

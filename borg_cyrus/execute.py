@@ -1,0 +1,102 @@
+"""The one place that runs external commands.
+
+Every command is an argv list (never a shell string), is logged, and is marked
+as read-only or changing: under --dry-run a changing command is logged and
+skipped, a read-only one still runs, so a dry run shows real discovery.
+"""
+
+import logging
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+
+from borg_cyrus.errors import CommandError
+
+log = logging.getLogger("borg_cyrus.execute")
+
+# Environment variables whose values never reach a log line.
+SECRET_ENV = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND", "BORG_NEW_PASSPHRASE", "BORG_KEY_FILE")
+
+
+@dataclass
+class Result:
+    argv: list
+    returncode: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    seconds: float = 0.0
+    skipped: bool = False
+
+    @property
+    def text(self):
+        return self.stdout.decode("utf-8", "replace")
+
+
+def describe(argv):
+    return shlex.join(str(a) for a in argv)
+
+
+def _tail(data, limit=400):
+    text = data.decode("utf-8", "replace").strip() if isinstance(data, bytes) else (data or "").strip()
+    text = " ".join(text.split())
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+class Runner:
+    """Runs argv lists; `dry_run` skips changing commands."""
+
+    def __init__(self, dry_run=False, default_timeout=3600):
+        self.dry_run = dry_run
+        self.default_timeout = default_timeout
+
+    def run(self, argv, *, changes=True, input=None, stdin=None, stdout=None,
+            timeout=None, check=True, env=None, cwd=None, what=None, quiet=False):
+        """Run argv. stdout: None = capture, or an open binary file to stream to.
+
+        Returns a Result; raises CommandError on non-zero exit (check=True),
+        on timeout, or when the program is missing.
+        """
+        argv = [os.fspath(a) for a in argv]
+        label = what or os.path.basename(argv[0])
+        if changes and self.dry_run:
+            log.info("dry run: would run %s", describe(argv))
+            return Result(argv, 0, skipped=True)
+        (log.debug if quiet else log.info)("running %s", describe(argv))
+        timeout = self.default_timeout if timeout is None else timeout
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                argv,
+                input=input,
+                stdin=stdin if input is None else None,
+                stdout=stdout if stdout is not None else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+                env=full_env,
+                cwd=cwd,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise CommandError(f"{label}: program not found: {argv[0]}", argv) from None
+        except PermissionError:
+            raise CommandError(f"{label}: not executable: {argv[0]}", argv) from None
+        except subprocess.TimeoutExpired:
+            raise CommandError(
+                f"{label} did not finish within {timeout} s and was killed: {describe(argv)}", argv
+            ) from None
+        result = Result(argv, proc.returncode, proc.stdout or b"", proc.stderr or b"",
+                        time.monotonic() - start)
+        log.debug("%s exited %d after %.3f s", label, proc.returncode, result.seconds)
+        if check and proc.returncode != 0:
+            detail = _tail(proc.stderr) or _tail(proc.stdout) or "no output"
+            raise CommandError(
+                f"{label} failed (exit {proc.returncode}): {detail} [command: {describe(argv)}]",
+                argv, proc.returncode, _tail(proc.stderr),
+            )
+        return result

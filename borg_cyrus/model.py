@@ -1,0 +1,95 @@
+"""The data that flows between plugins: locations, excludes, dumps, the view."""
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Location:
+    """Something to back up.
+
+    kind: "data" lives on Cyrus's volumes and is read through the frozen view;
+    "config" (files in /etc) and "dump" (our own output) are read as they are.
+    """
+
+    path: str
+    kind: str
+    what: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Exclude:
+    """Leave path out of the archive; with regex, only entries below path whose
+    relative path matches it (anchored)."""
+
+    path: str
+    regex: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class DumpRecord:
+    """One dump written into the dump directory."""
+
+    name: str
+    files: list
+    records: int | None = None
+    bytes: int = 0
+    seconds: float = 0.0
+    plugin: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self):
+        out = {"name": self.name, "files": self.files, "records": self.records,
+               "bytes": self.bytes, "seconds": round(self.seconds, 3), "plugin": self.plugin}
+        out.update(self.extra)
+        return out
+
+
+@dataclass
+class View:
+    """How the backup reads the data locations.
+
+    prefixes maps a data location to the directory its frozen copy is mounted
+    under, so that prefix + path is where borg reads it ('' = read live).
+    imapd_conf is what dumpers pass to Cyrus tools (a rewritten copy that points
+    into the snapshot, for point-in-time dumps); layout is the matching layout.
+    """
+
+    imapd_conf: str
+    layout: object
+    prefixes: dict = field(default_factory=dict)
+    blocked_seconds: float | None = None
+    description: str = "live"
+
+    def prefix_for(self, path):
+        best = ""
+        best_len = -1
+        for loc, prefix in self.prefixes.items():
+            if (path == loc or path.startswith(loc.rstrip("/") + "/")) and len(loc) > best_len:
+                best, best_len = prefix, len(loc)
+        return best
+
+    def read_path(self, path):
+        """Where the original path can be read right now."""
+        prefix = self.prefix_for(path)
+        return prefix.rstrip("/") + path if prefix else path
+
+    def root_pattern(self, path):
+        """A borg root: slashdot form keeps the original path in the archive."""
+        prefix = self.prefix_for(path)
+        return f"{prefix.rstrip('/')}/.{path}" if prefix else path
+
+
+def nest_free(paths):
+    """Drop paths that lie inside another path of the list; keep order."""
+    norm = [os.path.normpath(p) for p in paths]
+    out = []
+    for p in norm:
+        if p in out:
+            continue
+        if any(p.startswith(q.rstrip("/") + "/") for q in norm if q != p):
+            continue
+        out.append(p)
+    return out

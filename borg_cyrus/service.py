@@ -1,0 +1,117 @@
+"""Stop and start Cyrus: systemd, a SysV init script, or pidfile + command."""
+
+import logging
+import os
+import signal
+import time
+
+from borg_cyrus.errors import BorgCyrusError
+
+log = logging.getLogger("borg_cyrus.service")
+
+MASTER_NAMES = ("master", "cyrmaster", "cyrus-master")
+
+
+class Service:
+    def __init__(self, cfg, runner):
+        self.cfg = cfg
+        self.runner = runner
+        self.manager = self._pick(cfg.get("manager", "auto"))
+
+    def _pick(self, manager):
+        if manager != "auto":
+            return manager
+        if os.path.isdir("/run/systemd/system"):
+            return "systemd"
+        if os.access(self.cfg["init_script"], os.X_OK) and not self.cfg.get("start_command"):
+            return "sysv"
+        return "command"
+
+    # -- state -------------------------------------------------------------
+    def master_pid(self):
+        """pid of the running master from the pidfile, or None."""
+        try:
+            with open(self.cfg["pidfile"]) as f:
+                pid = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            return None
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        zombie = stat[stat.rindex(")") + 2:].startswith("Z")
+        return pid if comm in MASTER_NAMES and not zombie else None
+
+    def is_running(self):
+        if self.manager == "systemd":
+            r = self.runner.run(["systemctl", "is-active", "--quiet", self.cfg["systemd_unit"]],
+                                changes=False, check=False, quiet=True)
+            return r.returncode == 0
+        return self.master_pid() is not None
+
+    def describe(self):
+        if self.manager == "systemd":
+            return f"systemd unit {self.cfg['systemd_unit']}"
+        if self.manager == "sysv":
+            return f"init script {self.cfg['init_script']}"
+        return f"pidfile {self.cfg['pidfile']} + start_command {self.cfg.get('start_command') or '(unset)'}"
+
+    # -- actions -----------------------------------------------------------
+    def stop(self):
+        t0 = time.monotonic()
+        if self.manager == "systemd":
+            self.runner.run(["systemctl", "stop", self.cfg["systemd_unit"]], timeout=self.cfg["stop_timeout"])
+        elif self.manager == "sysv":
+            self.runner.run([self.cfg["init_script"], "stop"], timeout=self.cfg["stop_timeout"])
+            self._wait_gone(t0)
+        else:
+            pid = self.master_pid()
+            if pid is None:
+                return
+            if self.runner.dry_run:
+                log.info("dry run: would send SIGTERM to Cyrus master pid %d", pid)
+                return
+            log.info("stopping Cyrus master (pid %d)", pid)
+            os.kill(pid, signal.SIGTERM)
+            self._wait_gone(t0, pid)
+        log.info("Cyrus stopped in %.2f s", time.monotonic() - t0)
+
+    def _wait_gone(self, t0, pid=None):
+        if self.runner.dry_run:
+            return
+        deadline = t0 + self.cfg["stop_timeout"]
+        while time.monotonic() < deadline:
+            cur = pid if pid is not None else self.master_pid()
+            if cur is None or not os.path.exists(f"/proc/{cur}"):
+                return
+            try:
+                with open(f"/proc/{cur}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return
+            except OSError:
+                return
+            time.sleep(0.05)
+        raise BorgCyrusError(f"Cyrus master did not stop within {self.cfg['stop_timeout']} s; check it and raise service.stop_timeout")
+
+    def start(self):
+        t0 = time.monotonic()
+        if self.manager == "systemd":
+            self.runner.run(["systemctl", "start", self.cfg["systemd_unit"]], timeout=self.cfg["start_timeout"])
+        elif self.manager == "sysv":
+            self.runner.run([self.cfg["init_script"], "start"], timeout=self.cfg["start_timeout"])
+        else:
+            argv = self.cfg.get("start_command")
+            if not argv:
+                raise BorgCyrusError("cannot start Cyrus: service.start_command is not set; set it, e.g. [/usr/sbin/cyrmaster, -d]")
+            self.runner.run(argv, timeout=self.cfg["start_timeout"])
+        if self.runner.dry_run:
+            return
+        deadline = t0 + self.cfg["start_timeout"]
+        while time.monotonic() < deadline:
+            if self.is_running():
+                log.info("Cyrus started in %.2f s", time.monotonic() - t0)
+                return
+            time.sleep(0.05)
+        raise BorgCyrusError(f"Cyrus did not come up within {self.cfg['start_timeout']} s after start ({self.describe()})")

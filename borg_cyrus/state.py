@@ -1,0 +1,210 @@
+"""Run state between `before` and `after`, and the lock.
+
+`before` and `after` are separate processes (borgmatic runs each hook on its
+own), so what `before` created (a stopped service, a snapshot, a mount) is
+recorded in a state file *before* each change is made. `after`, or the next
+`before` after a crash, undoes the recorded steps in reverse order. The file
+also names the process that owns the run (the borgmatic that called us); if
+that process is gone the run has crashed and its steps are stale.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+import time
+
+from borg_cyrus.errors import BusyError, BorgCyrusError
+
+log = logging.getLogger("borg_cyrus.state")
+
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "busybox", "timeout", "env", "nice", "ionice", "flock"}
+
+
+def secure_dir(path, mode=0o700):
+    """Create path (and parents) and refuse a symlink at the final component."""
+    os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise BorgCyrusError(f"{path} is not a plain directory (symlink?); remove it and run again")
+    if st.st_mode & 0o777 != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def write_atomic(path, data, mode=0o600):
+    """Write bytes/str to path via a temp file + fsync + rename."""
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _proc_stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    comm = data[data.index("(") + 1:data.rindex(")")]
+    fields = data[data.rindex(")") + 2:].split()
+    return comm, int(fields[1]), fields[19]  # comm, ppid, starttime
+
+
+def process_identity(pid):
+    st = _proc_stat(pid)
+    return None if st is None else {"pid": pid, "comm": st[0], "start": st[2]}
+
+
+def is_alive(identity):
+    if not identity:
+        return False
+    st = _proc_stat(identity["pid"])
+    return st is not None and st[2] == identity.get("start")
+
+
+def find_owner(pid=None):
+    """The process a run belongs to: the nearest ancestor that is not a shell.
+
+    For borgmatic's `commands:` hooks that is borgmatic itself.
+    BORG_CYRUS_OWNER_PID overrides it.
+    """
+    env = os.environ.get("BORG_CYRUS_OWNER_PID")
+    if env and env.isdigit():
+        return process_identity(int(env))
+    pid = os.getppid() if pid is None else pid
+    for _ in range(20):
+        st = _proc_stat(pid)
+        if st is None:
+            return None
+        comm, ppid, _ = st
+        if comm not in SHELLS and not comm.startswith("borg-cyrus") or ppid <= 1:
+            return process_identity(pid)
+        pid = ppid
+    return process_identity(pid)
+
+
+class State:
+    """The state file: {"owner", "mode", "started", "steps": [...]}."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = None
+
+    def exists(self):
+        return os.path.exists(self.path)
+
+    def load(self):
+        try:
+            with open(self.path) as f:
+                self.data = json.load(f)
+        except FileNotFoundError:
+            self.data = None
+        except ValueError:
+            log.warning("state file %s is unreadable; treating it as a crashed run with no steps", self.path)
+            self.data = {"steps": [], "owner": None, "corrupt": True}
+        return self.data
+
+    def begin(self, mode, owner):
+        self.data = {
+            "version": 1,
+            "mode": mode,
+            "owner": owner,
+            "pid": os.getpid(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "steps": [],
+        }
+        self.save()
+
+    def save(self):
+        write_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True))
+
+    @property
+    def steps(self):
+        return list((self.data or {}).get("steps", []))
+
+    def push(self, kind, mode, **data):
+        """Record a step before performing it; returns the step."""
+        step = {"kind": kind, "mode": mode, "at": time.time(), **data}
+        self.data["steps"].append(step)
+        self.save()
+        return step
+
+    def update(self, step, **data):
+        step.update(data)
+        self.save()
+
+    def drop(self, step):
+        self.data["steps"] = [s for s in self.data["steps"] if s is not step and s != step]
+        self.save()
+
+    def set(self, **data):
+        self.data.update(data)
+        self.save()
+
+    def remove(self):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.data = None
+
+
+@contextlib.contextmanager
+def lock(path, wait=30.0):
+    """Hold an exclusive flock on path for the duration of one command."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = ""
+                    with contextlib.suppress(OSError, ValueError):
+                        holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+                    raise BusyError(f"another borg-cyrus command holds {path}{holder}; wait for it to finish")
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class MemoryState(State):
+    """A state that is never written (dry runs)."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def save(self):
+        pass
+
+    def remove(self):
+        self.data = None
