@@ -221,7 +221,7 @@ def before(ctx, force=False):
             summary = _prepare(ctx, view, locs, timings)
             st.set(phase="ready", patterns=ctx.patterns_file)
         except BaseException as e:
-            log.error("before failed (%s); undoing what was done", e if str(e) else e.__class__.__name__)
+            log.info("before failed; undoing what it did")
             errors = teardown(ctx, st)
             for err in errors:
                 log.error("cleanup: %s", err)

@@ -44,6 +44,7 @@ def populate(sb):
     partition, a shared folder with per-user \\Seen, flags and keywords,
     subscriptions, METADATA, quota, expunged UIDs, and a legacy-layout user."""
     # dave's mailboxes are created by name (legacy layout), as on an upgraded server
+    sb.stop()
     sb.legacy_dirs = True
     sb.write_config()
     sb.start()

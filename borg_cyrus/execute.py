@@ -63,7 +63,7 @@ class Runner:
         if changes and self.dry_run:
             log.info("dry run: would run %s", describe(argv))
             return Result(argv, 0, skipped=True)
-        (log.debug if quiet else log.info)("running %s", describe(argv))
+        log.debug("running %s", describe(argv))
         timeout = self.default_timeout if timeout is None else timeout
         full_env = None
         if env:
