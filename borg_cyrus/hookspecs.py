@@ -36,6 +36,7 @@ def dump(ctx, view, dump_dir):
     """Write dumps into dump_dir (a fresh directory, mode 0700) and return a
     list of DumpRecord. Read Cyrus's data through `view` (use view.imapd_conf
     with the Cyrus tools) so dumps describe the same instant as the spool.
+    The built-in dumper runs first: ctx.mailboxes holds the mailbox list.
     Raise BorgCyrusError to fail the backup."""
 
 

@@ -109,9 +109,9 @@ class Plugins:
         return flatten(self.pm.hook.excludes(ctx=ctx, view=view))
 
     def _impls(self, hook):
-        # pluggy calls LIFO; keep registration order for predictable output.
+        """(plugin name, impl) in the order pluggy would call them (tryfirst first)."""
         impls = getattr(self.pm.hook, hook).get_hookimpls()
-        return [(i.plugin_name, i) for i in impls]
+        return [(i.plugin_name, i) for i in reversed(impls)]
 
     def _call_named(self, hook):
         return [(name, impl.function()) for name, impl in self._impls(hook)]

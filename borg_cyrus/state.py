@@ -172,8 +172,10 @@ class State:
 
 
 @contextlib.contextmanager
-def lock(path, wait=30.0):
+def lock(path, wait=None):
     """Hold an exclusive flock on path for the duration of one command."""
+    if wait is None:
+        wait = float(os.environ.get("BORG_CYRUS_LOCK_WAIT", "30"))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     deadline = time.monotonic() + wait
     try:

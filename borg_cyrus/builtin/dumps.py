@@ -112,8 +112,9 @@ def dump_quota(ctx, view, dump_dir):
                       {"format": "quota (listing; limits are restored from the quota files)"})
 
 
-@hookimpl
+@hookimpl(tryfirst=True)
 def dump(ctx, view, dump_dir):
+    """Runs first, so other dumpers find the mailbox list in ctx.mailboxes."""
     out = [dump_mailbox_list(ctx, view, dump_dir)]
     opts = ctx.config["dumps"]
     if opts["mailboxes_db"]:
