@@ -112,7 +112,7 @@ if [ ! -f "$KROOT/.complete" ]; then
   dpkg -x "$DL"/*.deb "$KROOT"; rm -rf "$DL"
   # the guest never needs these; saves ~200 MB
   KV=$(ls "$KROOT/lib/modules"); MK=$KROOT/lib/modules/$KV/kernel
-  rm -rf "$MK"/drivers/{gpu,media,infiniband,net/wireless,net/ethernet,staging,bluetooth,iio,hid,input,usb,video,isdn} \
+  rm -rf "$MK"/drivers/{gpu,media,infiniband,net/wireless,net/ethernet,staging,bluetooth,iio,usb,isdn} \
          "$MK"/{sound,net/wireless,net/bluetooth,net/mac80211}
   depmod -b "$KROOT" "$KV"
   touch "$KROOT/.complete"
@@ -217,7 +217,6 @@ activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
 global { use_lvmpolld = 0 }
 EOC
 export DM_DISABLE_UDEV=1
-/sbin/modprobe -a dm_mod dm_snapshot || say "WARNING: modprobe dm_mod dm_snapshot failed"
 if [ -s $C/zfsroot ]; then   # OpenZFS userland over the guest root, then the module
   # GNU tar keeps the host's merged-/usr symlinks (/sbin -> usr/sbin ...)
   /usr/bin/tar -C "$($BB cat $C/zfsroot)" -cf - . | /usr/bin/tar -C / --keep-directory-symlink -xf - \
@@ -243,7 +242,7 @@ $BB sync
 echo 1 > /proc/sys/kernel/printk
 $BB reboot -f
 EOF
-INIT_MODS="virtio_pci virtio_blk 9pnet_virtio 9p overlay"
+INIT_MODS="virtio_pci virtio_blk 9pnet_virtio 9p overlay dm_mod dm_snapshot"
 MODLIST=$(for m in $INIT_MODS; do
             modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
           done | awk '!seen[$0]++')
@@ -292,7 +291,7 @@ if [[ ":$PATH:" == *pyenv*/shims:* ]]; then
     if [[ $d == *pyenv*/shims ]]; then d=$bins; bins=""; [ -n "$d" ] || continue; fi
     GUEST_PATH+="${GUEST_PATH:+:}$d"
   done
-  log "guest PATH: pyenv shims replaced by $(sed 's/:.*//' <<<"${GUEST_PATH%%:/usr/local/sbin*}")..."
+  log "guest PATH: pyenv shims replaced by $("$PYENV" prefix 2>/dev/null || echo nothing)"
 fi
 # The command script: the caller's environment, cwd and argv, %q-quoted.
 {
@@ -364,10 +363,9 @@ else
   { cat "$RUN/qemu.log"; [ "$QUIET" = 1 ] && tail -n 40 "$RUN/console.log"; } | sed 's/^/  | /' >&2 || true
 fi
 if [ "$QUIET" != 1 ] && [ -s "$CTL/times" ]; then
-  eval "$(grep -E '^t_[a-z0-9]+=[0-9.]+$' "$CTL/times")"
-  awk -v h="$(echo "$T1 - $T0" | bc)" -v w="$(echo "$T2 - $T1" | bc)" -v b="${t_cmd:-0}" \
-      -v c="$(echo "${t_end:-0} - ${t_cmd:-0}" | bc)" -v rc="$rc" 'BEGIN {
-    printf "[vmh] host prep %.2fs, boot to command %.2fs, command %.2fs, VM wall %.2fs (overhead %.2fs), rc=%s\n",
-           h, b, c, w, w - c, rc }' >&2
+  awk -F= -v t0="$T0" -v t1="$T1" -v t2="$T2" -v rc="$rc" '/^t_[a-z0-9]+=[0-9.]+$/ { t[$1] = $2 }
+    END { c = t["t_end"] - t["t_cmd"]
+      printf "[vmh] host prep %.2fs, boot to command %.2fs, command %.2fs, VM wall %.2fs (overhead %.2fs), rc=%s\n",
+             t1 - t0, t["t_cmd"], c, t2 - t1, t2 - t1 - c, rc }' "$CTL/times" >&2
 fi
 exit "$rc"
