@@ -218,6 +218,9 @@ def before(ctx, force=False):
             timings["freeze"] = time.monotonic() - t
             st.set(view={"description": view.description, "prefixes": view.prefixes,
                          "blocked_seconds": view.blocked_seconds})
+            if view.blocked_seconds is not None:
+                log.info("write-blocked window %.1f ms (%s)", view.blocked_seconds * 1000, view.description)
+            ctx.plugins.pm.hook.view_ready(ctx=ctx, view=view)
             summary = _prepare(ctx, view, locs, timings)
             st.set(phase="ready", patterns=ctx.patterns_file)
         except BaseException as e:

@@ -18,7 +18,7 @@ def borg_version(ctx):
     borg = shutil.which("borg")
     if not borg:
         return None, "borg is not on PATH; install borgbackup >= 1.4"
-    r = ctx.run([borg, "--version"], changes=False, check=False, quiet=True)
+    r = ctx.run([borg, "--version"], changes=False, check=False)
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", r.text)
     if not m:
         return None, f"cannot tell borg's version from {r.text.strip()!r}"

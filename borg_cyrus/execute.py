@@ -8,6 +8,7 @@ skipped, a read-only one still runs, so a dry run shows real discovery.
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ class Result:
         return self.stdout.decode("utf-8", "replace")
 
 
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
+
+
 def describe(argv):
     return shlex.join(str(a) for a in argv)
 
@@ -52,7 +61,7 @@ class Runner:
         self.default_timeout = default_timeout
 
     def run(self, argv, *, changes=True, input=None, stdin=None, stdout=None,
-            timeout=None, check=True, env=None, cwd=None, what=None, quiet=False):
+            timeout=None, check=True, env=None, cwd=None, what=None):
         """Run argv. stdout: None = capture, or an open binary file to stream to.
 
         Returns a Result; raises CommandError on non-zero exit (check=True),
@@ -71,32 +80,35 @@ class Runner:
             full_env.update(env)
         start = time.monotonic()
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 argv,
-                input=input,
-                stdin=stdin if input is None else None,
+                stdin=subprocess.PIPE if input is not None else stdin,
                 stdout=stdout if stdout is not None else subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                timeout=timeout,
                 env=full_env,
                 cwd=cwd,
-                check=False,
+                process_group=0,  # so a timeout or our own death takes its children too
             )
         except FileNotFoundError:
             raise CommandError(f"{label}: program not found: {argv[0]}", argv) from None
         except PermissionError:
             raise CommandError(f"{label}: not executable: {argv[0]}", argv) from None
+        try:
+            out, err = proc.communicate(input=input, timeout=timeout)
         except subprocess.TimeoutExpired:
+            _kill_group(proc)
             raise CommandError(
                 f"{label} did not finish within {timeout} s and was killed: {describe(argv)}", argv
             ) from None
-        result = Result(argv, proc.returncode, proc.stdout or b"", proc.stderr or b"",
-                        time.monotonic() - start)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        result = Result(argv, proc.returncode, out or b"", err or b"", time.monotonic() - start)
         log.debug("%s exited %d after %.3f s", label, proc.returncode, result.seconds)
         if check and proc.returncode != 0:
-            detail = _tail(proc.stderr) or _tail(proc.stdout) or "no output"
+            detail = _tail(err) or _tail(out) or "no output"
             raise CommandError(
                 f"{label} failed (exit {proc.returncode}): {detail} [command: {describe(argv)}]",
-                argv, proc.returncode, _tail(proc.stderr),
+                argv, proc.returncode, _tail(err),
             )
         return result

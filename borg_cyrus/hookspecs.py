@@ -3,7 +3,7 @@ as third-party ones do; both are found through the `borg_cyrus` entry-point
 group. Implement any subset with `@borg_cyrus.hookimpl`.
 
 Call order in `borg-cyrus before`: config_schema (at load) -> locations ->
-modes (the configured one freezes a view) -> dump -> excludes.
+modes (the configured one freezes a view) -> view_ready -> dump -> excludes.
 """
 
 import pluggy
@@ -29,6 +29,12 @@ def modes():
 @hookspec
 def locations(ctx):
     """Return a list of Location: what must be in the archive."""
+
+
+@hookspec
+def view_ready(ctx, view):
+    """Called once the frozen view exists (snapshots taken and mounted, Cyrus
+    running again), before any dump. For notifications and checks."""
 
 
 @hookspec

@@ -26,6 +26,8 @@ BUILTIN = {
     "excludes": "borg_cyrus.builtin.excludes",
     "live": "borg_cyrus.builtin.live",
     "stop_master": "borg_cyrus.builtin.stop_master",
+    "snapshot": "borg_cyrus.builtin.snapshot_settings",
+    "btrfs": "borg_cyrus.builtin.btrfs",
 }
 
 

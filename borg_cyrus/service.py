@@ -47,7 +47,7 @@ class Service:
     def is_running(self):
         if self.manager == "systemd":
             r = self.runner.run(["systemctl", "is-active", "--quiet", self.cfg["systemd_unit"]],
-                                changes=False, check=False, quiet=True)
+                                changes=False, check=False)
             return r.returncode == 0
         return self.master_pid() is not None
 

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -40,7 +41,9 @@ def test_stop_master_stops_and_restarts(setup):
     cli("before", config=cfg, check=0)
     assert not sb.running()
     state = json.load(open(os.path.join(work, "state.json")))
-    assert [s["kind"] for s in state["steps"]] == ["service-stopped"]
+    assert [s["kind"] for s in state["steps"]] == ["watchdog", "service-stopped"]
+    watchdog = state["steps"][0]["process"]["pid"]
+    assert os.path.exists(f"/proc/{watchdog}")
     assert os.stat(os.path.join(work, "state.json")).st_mode & 0o777 == 0o600
     assert os.stat(os.path.join(work, "dump")).st_mode & 0o777 == 0o700
     for name in os.listdir(os.path.join(work, "dump")):
@@ -51,6 +54,8 @@ def test_stop_master_stops_and_restarts(setup):
     assert "after: done" in r.stderr
     assert sb.running() and sb.pid() != pid
     assert not os.path.exists(os.path.join(work, "state.json"))
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{watchdog}") or open(f"/proc/{watchdog}/stat").read().split(")")[1].split()[0] == "Z"
     # idempotent
     assert "nothing to tear down" in cli("after", config=cfg, check=0).stderr
     assert sb.running()
@@ -65,6 +70,15 @@ def test_crashed_run_is_cleaned_up_by_next_before(setup, owner):
     assert not sb.running()
     crashed.kill()              # borgmatic died: `after` never ran
     crashed.wait()
+    # the dead-man switch notices and starts Cyrus again by itself
+    deadline = time.time() + 10
+    while not sb.running() and time.time() < deadline:
+        time.sleep(0.05)
+    assert sb.running(), "the watchdog must start Cyrus when the owning borgmatic dies"
+    while not os.path.exists(os.path.join(work, "watchdog.log")) and time.time() < deadline:
+        time.sleep(0.05)
+    log = open(os.path.join(work, "watchdog.log")).read()
+    assert "watchdog fired" in log and "started Cyrus" in log
     r = cli("before", config=cfg, check=0)
     assert "cleaning up after an earlier run that did not finish" in r.stderr
     assert not sb.running()     # stopped again, by this run

@@ -5,6 +5,7 @@ import logging
 from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.modes import Mode
 from borg_cyrus.service import Service
+from borg_cyrus.snapshot import Watchdog
 
 log = logging.getLogger("borg_cyrus.stop_master")
 
@@ -19,6 +20,13 @@ class StopMaster(Mode):
     def freeze(self, locations):
         svc = self.service()
         if svc.is_running():
+            # dead-man switch: if the borgmatic that owns this run dies before
+            # `after`, an independent watchdog starts Cyrus again
+            owner = self.ctx.state.data.get("owner")
+            if owner:
+                wd = Watchdog.start(self.ctx, guards=[f"{owner['pid']}:{owner['start']}"],
+                                    service=self.ctx.config["service"])
+                self.ctx.state.push("watchdog", self.name, process=wd)
             self.ctx.state.push("service-stopped", self.name, service=svc.describe())
             svc.stop()
         else:
@@ -27,6 +35,9 @@ class StopMaster(Mode):
         return self.live_view()
 
     def undo(self, step):
+        if step["kind"] == "watchdog":
+            Watchdog.stop(step.get("process"))
+            return
         if step["kind"] != "service-stopped":
             return
         svc = self.service()
