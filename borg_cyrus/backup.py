@@ -20,6 +20,10 @@ from borg_cyrus.model import nest_free
 
 log = logging.getLogger("borg_cyrus.backup")
 
+# enterable (not listable) by the cyrus user, whose tools read snapshot mounts
+# below it; the dump directory inside stays 0700
+WORK_DIR_MODE = 0o711
+
 
 def build_context(cfg, runner, plugins):
     lay = layout_mod.discover(cfg["imapd_conf"], cfg["cyrus_conf"] if os.path.exists(cfg["cyrus_conf"]) else None)
@@ -200,7 +204,7 @@ def before(ctx, force=False):
     mode_name = ctx.config["mode"]
     mode = modes[mode_name](ctx)
     owner = state_mod.find_owner()
-    state_mod.secure_dir(ctx.work_dir)
+    state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
     if ctx.dry_run:
         return _before_dry_run(ctx, mode, t_start)
     with state_mod.lock(ctx.lock_file):
@@ -287,7 +291,7 @@ def _before_dry_run(ctx, mode, t_start):
 def after(ctx, force=False):
     """Tear down what `before` set up. Idempotent."""
     t0 = time.monotonic()
-    state_mod.secure_dir(ctx.work_dir)
+    state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
     with state_mod.lock(ctx.lock_file):
         st = state_mod.State(ctx.state_file)
         data = st.load()

@@ -28,6 +28,10 @@ BUILTIN = {
     "stop_master": "borg_cyrus.builtin.stop_master",
     "snapshot": "borg_cyrus.builtin.snapshot_settings",
     "btrfs": "borg_cyrus.builtin.btrfs",
+    "lvm": "borg_cyrus.builtin.lvm",
+    "zfs": "borg_cyrus.builtin.zfs",
+    "command": "borg_cyrus.builtin.command_snapshot",
+    "rsync_staging": "borg_cyrus.builtin.rsync_staging",
 }
 
 

@@ -212,6 +212,13 @@ class SnapshotMode(Mode):
         if not vols:
             raise BorgCyrusError(f"mode {self.name}: no location is on a volume it can snapshot")
         quiesce = self.quiesce_mode()
+        prefixes = {p: self.mount_dir for v in vols for p in v["locations"]}
+        if self.ctx.dry_run:
+            for vol in vols:
+                log.info("dry run: would snapshot %s (%s) as %s and mount it at %s (quiesce %s)", vol["root"],
+                         vol["source"], self.snapshot_name(vol), self.mount_dir.rstrip("/") + vol["root"], quiesce)
+            return View(imapd_conf=self.ctx.layout.imapd_conf, layout=self.ctx.layout, prefixes=prefixes,
+                        description=f"{self.name} snapshot (dry run: dumps read live)")
         freeze_mps = []
         if quiesce == "fsfreeze":
             freeze_mps = sorted({v["mountpoint"] for v in vols})
@@ -263,7 +270,6 @@ class SnapshotMode(Mode):
             if problem:
                 raise BorgCyrusError(f"snapshot of {vol['root']} is not usable: {problem}")
 
-        prefixes = {p: self.mount_dir for v in vols for p in v["locations"]}
         conf, lay = point_in_time_config(self.ctx, self.mount_dir, self.name)
         return View(imapd_conf=conf, layout=lay, prefixes=prefixes, blocked_seconds=blocked,
                     description=f"{self.name} snapshot (quiesce {quiesce})")
