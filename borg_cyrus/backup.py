@@ -86,7 +86,7 @@ def recover_stale(ctx, owner, force=False):
     prev = data.get("owner")
     if state_mod.is_alive(prev) and not force:
         if prev == owner:
-            log.warning("`before` ran twice in one backup run; undoing the first one")
+            log.warning("an earlier `before` of this same backup run did not finish; undoing it")
         else:
             raise BusyError(
                 f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
@@ -256,6 +256,8 @@ def _prepare(ctx, view, locs, timings, dump_dir=None):
                 log.warning("%d mailbox(es) in the mailbox list have no directory, e.g. %s",
                             len(missing), missing[0])
         timings["counts"] = time.monotonic() - t
+        from borg_cyrus import consistency  # dump vs spool report, legacy counts (issue 4)
+        consistency.report(ctx, view)
         t = time.monotonic()
         excludes = ctx.plugins.excludes(ctx, view)
         timings["excludes"] = time.monotonic() - t

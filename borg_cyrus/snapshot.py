@@ -142,6 +142,7 @@ class SnapshotMode(Mode):
     """Base of the snapshot providers."""
 
     provider_freezes = False   # the snapshot call itself quiesces the filesystem
+    block_level = False        # snapshots a block device below the page cache (needs a flush)
     default_quiesce = "none"
     needs_mount_options = ()
 
@@ -239,6 +240,10 @@ class SnapshotMode(Mode):
             step = st.push("fs-frozen", self.name, mountpoint=mp)
             fsfreeze(self.ctx.runner, mp, True)
             frozen.append(step)
+        if self.block_level and not freeze_mps:
+            # a block-level copy sees only what reached the disk: flush first
+            for mp in sorted({v["mountpoint"] for v in vols}):
+                self.ctx.run(["sync", "--file-system", mp], timeout=300)
         snaps = []
         for vol in vols:
             name = self.snapshot_name(vol)

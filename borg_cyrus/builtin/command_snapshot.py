@@ -51,6 +51,7 @@ class CommandSnapshot(SnapshotMode):
     name = "command"
     description = "snapshots taken, mounted and removed by your own commands"
     default_quiesce = "fsfreeze"
+    block_level = True
 
     @property
     def cmds(self):

@@ -1,0 +1,95 @@
+"""Backup-time consistency report: the mailbox list against the spool.
+
+- mailboxes in the dump (`ctl_mboxlist -d`) whose directory is missing:
+  their mail cannot be in the archive;
+- uuid directories on a partition that no mailbox of the dump owns (left
+  over by a crash, or created while a live backup ran): in the archive, but
+  a restore only brings them back as mailboxes through `reconstruct -P`.
+
+Both are counted and listed in manifest.json (`consistency`) and printed by
+`before` as one warning line. The same pass counts the messages of
+legacy-layout mailboxes (the uuid ones are counted by the backup itself), so
+the manifest holds a count for every mailbox a restore drill can check.
+"""
+
+import logging
+import os
+
+from borg_cyrus import cyrusindex, cyruspaths, mboxlist
+
+log = logging.getLogger("borg_cyrus.consistency")
+
+LIST_LIMIT = 1000
+
+
+def _uuid_dirs(root):
+    base = os.path.join(root, "uuid")
+    try:
+        level1 = list(os.scandir(base))
+    except OSError:
+        return
+    for a in level1:
+        if not a.is_dir(follow_symlinks=False):
+            continue
+        for b in os.scandir(a.path):
+            if not b.is_dir(follow_symlinks=False):
+                continue
+            for c in os.scandir(b.path):
+                if c.is_dir(follow_symlinks=False):
+                    yield c.name, c.path
+
+
+def report(ctx, view):
+    """Fill ctx.manifest["consistency"] (and legacy mailbox counts); log one
+    warning line when something does not match. Returns the report."""
+    boxes = [mb for mb in (ctx.mailboxes or []) if mb.has_spool]
+    lay = cyruspaths.PathLayout.from_layout(ctx.layout)
+    per = ctx.manifest.get("mailboxes")
+    counts = ctx.manifest.setdefault("counts", {})
+    without_dir = []
+    for mb in boxes:
+        try:
+            d = cyruspaths.data_dir(lay, mb)
+        except KeyError:
+            without_dir.append(mb.intname)
+            continue
+        if not os.path.isdir(view.read_path(d)):
+            without_dir.append(mb.intname)
+            continue
+        if mb.legacy and per is not None and mb.intname not in per:
+            hdr = cyrusindex.read(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
+            entry = {"uniqueid": mb.uniqueid, "partition": mb.partition, "layout": "legacy", "path": d}
+            if hdr is None:
+                counts["unreadable"] = counts.get("unreadable", 0) + 1
+            else:
+                entry.update(messages=hdr.exists, bytes=hdr.quota_used, last_uid=hdr.last_uid,
+                             uidvalidity=hdr.uidvalidity)
+                counts["messages"] = counts.get("messages", 0) + hdr.exists
+                counts["bytes"] = counts.get("bytes", 0) + hdr.quota_used
+            per[mb.intname] = entry
+
+    known = {mb.uniqueid for mb in boxes if not mb.legacy}
+    orphans = []
+    for root in lay.roots():
+        for name, path in _uuid_dirs(view.read_path(root)):
+            if name not in known:
+                orphans.append(os.path.join(root, "uuid", name[0], name[1], name))
+    orphans = sorted(set(orphans))
+
+    rep = {
+        "counts": {"mailboxes_without_directory": len(without_dir), "directories_without_mailbox": len(orphans)},
+        "mailboxes_without_directory": sorted(without_dir)[:LIST_LIMIT],
+        "directories_without_mailbox": orphans[:LIST_LIMIT],
+        "checked": {"mailboxes": len(boxes), "live": getattr(view, "description", "live") == "live"},
+    }
+    ctx.manifest["consistency"] = rep
+    if without_dir or orphans:
+        parts = []
+        if without_dir:
+            parts.append(f"{len(without_dir)} mailbox(es) in the mailbox list without a directory "
+                         f"(e.g. {mboxlist.external_name(sorted(without_dir)[0])})")
+        if orphans:
+            parts.append(f"{len(orphans)} directory(ies) without a mailbox entry (e.g. {orphans[0]})")
+        log.warning("consistency: %s; listed in manifest.json under consistency%s", ", ".join(parts),
+                    " (a live backup can race with changes)" if rep["checked"]["live"] else "")
+    return rep
