@@ -24,7 +24,13 @@ from helpers import (archive_paths, borgmatic, borgmatic_config, expected, extra
 
 pytestmark = [pytest.mark.needs_root]
 
-PROVIDERS = ["btrfs", "command-xfs", "rsync-staging"]
+IN_VM = os.environ.get("VMH_GUEST") == "1"
+HOST_PROVIDERS = ["btrfs", "command-xfs", "rsync-staging"]
+VM_PROVIDERS = ["lvm-xfs", "zfs"]     # run inside the VM harness by tests/test_vm_snapshots.py
+PROVIDERS = [pytest.param(p, marks=pytest.mark.skipif(IN_VM, reason="host provider")) for p in HOST_PROVIDERS] + \
+    [pytest.param(p, marks=pytest.mark.skipif(not IN_VM, reason="needs the VM (device-mapper / zfs.ko)"))
+     for p in VM_PROVIDERS]
+LIVE = pytest.param("live", marks=pytest.mark.skipif(IN_VM, reason="host only"))
 FIFO = "0sync"
 
 
@@ -60,6 +66,30 @@ class Setup:
                 "remove": ["sh", "-c", 'for l in $(losetup -j "$0" -O NAME -n); do losetup -d "$l"; done; rm -f "$0"',
                            f"{snaps}/{{name}}"],
                 "list": ["ls", snaps]}}
+        elif provider == "lvm-xfs":
+            self.disk = os.environ["VMH_DISKS"].split()[0]
+            sh("wipefs", "-a", self.disk)
+            sh("pvcreate", "-ff", "-y", self.disk)
+            sh("vgcreate", "bctvg", self.disk)
+            sh("lvcreate", "-y", "-L", "400M", "-n", "cyrus", "bctvg")
+            sh("mkfs.xfs", "-q", "-f", "/dev/bctvg/cyrus")
+            os.makedirs(mnt)
+            sh("mount", "/dev/bctvg/cyrus", mnt)
+            data = mnt
+            self.mode = {"mode": "lvm", "lvm": {"snapshot_size": "50%ORIGIN"}}
+        elif provider == "zfs":
+            self.disk = os.environ["VMH_DISKS"].split()[0]
+            sh("wipefs", "-a", self.disk)
+            subprocess.run(["sfdisk", "-q", self.disk], input=",,\n", text=True, check=True, capture_output=True)
+            part = self.disk + "1"
+            for _ in range(50):
+                if os.path.exists(part):
+                    break
+                time.sleep(0.1)
+            sh("zpool", "create", "-f", "-m", "none", "bctpool", part)
+            sh("zfs", "create", "-o", f"mountpoint={mnt}", "bctpool/cyrus")
+            data = mnt
+            self.mode = {"mode": "zfs"}
         else:
             data = os.path.join(base, "data")
             os.makedirs(data)
@@ -96,6 +126,10 @@ class Setup:
             out += [ln for ln in lst.splitlines() if "borg-cyrus-" in ln]
         if self.provider == "command-xfs":
             out += os.listdir(self.snaps)
+        if self.provider == "lvm-xfs":
+            out += [ln for ln in sh("lvs", "--noheadings", "-o", "lv_name").split() if ln.startswith("borg-cyrus-")]
+        if self.provider == "zfs":
+            out += [ln for ln in sh("zfs", "list", "-H", "-t", "snapshot", "-o", "name").split() if "@borg-cyrus-" in ln]
         if any(is_frozen(fs.mountpoint) for fs in self.fs):
             out.append("a frozen filesystem")
         return out
@@ -112,6 +146,11 @@ class Setup:
         unmount_below(self.base)
         for fs in reversed(self.fs):
             fs.destroy()
+        if self.provider == "lvm-xfs":
+            subprocess.run(["vgremove", "-f", "bctvg"], capture_output=True)
+            subprocess.run(["pvremove", "-ff", "-y", self.disk], capture_output=True)
+        if self.provider == "zfs":
+            subprocess.run(["zpool", "destroy", "-f", "bctpool"], capture_output=True)
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -177,7 +216,7 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("provider", ["live"] + PROVIDERS)
+@pytest.mark.parametrize("provider", [LIVE] + PROVIDERS)
 def test_dumps_describe_the_snapshot_instant(provider, base_dir, tmp_path):
     """A mailbox created right after the view is frozen is not in the dump;
     one created just before is (in live mode the dump sees both)."""
@@ -211,7 +250,7 @@ def test_dumps_describe_the_snapshot_instant(provider, base_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("provider", ["live"] + PROVIDERS)
+@pytest.mark.parametrize("provider", [LIVE] + PROVIDERS)
 def test_message_moved_during_backup(provider, base_dir):
     """The seed's failure mode: a message moved from a folder not yet read into
     one already read is lost by a live backup, and kept exactly once through a
@@ -293,6 +332,7 @@ def _steps(work):
         return []
 
 
+@pytest.mark.skipif(IN_VM, reason="host test")
 @pytest.mark.parametrize("how", ["sigkill", "hang"])
 @pytest.mark.parametrize("quiesce", ["fsfreeze", "stop-master"])
 def test_dead_man_switch(base_dir, quiesce, how):
@@ -338,5 +378,27 @@ def test_dead_man_switch(base_dir, quiesce, how):
         cli("after", config=bc, check=0)
         assert s.leftovers() == [] and sb.running()
         assert "watchdog fired" in open(os.path.join(s.work, "watchdog.log")).read()
+    finally:
+        s.destroy()
+
+
+@pytest.mark.skipif(not IN_VM, reason="needs the VM (device-mapper)")
+def test_lvm_snapshot_overflow_fails_the_backup(base_dir):
+    """A snapshot that overflows while borg reads it becomes invalid: `after`
+    must fail loudly (and still tear everything down)."""
+    s = Setup(base_dir, "lvm-xfs")
+    try:
+        sb = s.sb.create().start()
+        sb.imap().create("user/alice")
+        bc = s.config(lvm={"snapshot_size": "8M"})
+        cli("before", config=bc, check=0)
+        # heavy writes to the origin while "borg" would be reading the snapshot
+        subprocess.run(["dd", "if=/dev/urandom", f"of={s.data}/filler", "bs=1M", "count=48", "conv=fsync"],
+                       check=True, capture_output=True)
+        r = cli("after", config=bc)
+        assert r.returncode == 1
+        assert "must not be trusted" in r.stderr and ("overflowed" in r.stderr or "invalid" in r.stderr), r.stderr
+        assert s.leftovers() == []
+        assert sb.running()
     finally:
         s.destroy()
