@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 
-from borg_cyrus import __version__, cyrusindex, layout as layout_mod, patterns, state as state_mod
+from borg_cyrus import __version__, cyrusindex, faults, layout as layout_mod, patterns, state as state_mod
 from borg_cyrus.context import Context
 from borg_cyrus.errors import BorgCyrusError, BusyError
 from borg_cyrus.model import nest_free
@@ -69,6 +69,7 @@ def teardown(ctx, st):
         try:
             cls(ctx).undo(step)
             st.drop(step)
+            faults.point("teardown")
         except Exception as e:  # one failed step must not stop the others
             log.error("undoing %s (%s) failed: %s", step.get("kind"), step.get("mode"), e)
             errors.append(f"{step.get('kind')}: {e}")
@@ -208,6 +209,7 @@ def before(ctx, force=False):
     if ctx.dry_run:
         return _before_dry_run(ctx, mode, t_start)
     with state_mod.lock(ctx.lock_file):
+        faults.point("locked")
         recover_stale(ctx, owner, force)
         for cls in modes.values():
             cls(ctx).cleanup_stale()
@@ -244,6 +246,7 @@ def _prepare(ctx, view, locs, timings, dump_dir=None):
     t = time.monotonic()
     dump_dir, records = run_dumps(ctx, view)
     timings["dumps"] = time.monotonic() - t
+    faults.point("dumped")
     try:
         _consistency(ctx, records, view)
         t = time.monotonic()
@@ -274,6 +277,7 @@ def _prepare(ctx, view, locs, timings, dump_dir=None):
     else:
         _publish_dump_dir(ctx, dump_dir)
         state_mod.write_atomic(ctx.patterns_file, text, mode=0o600)
+        faults.point("patterns-written")
     return {"mailboxes": len(ctx.mailboxes or []), "messages": ctx.manifest.get("counts", {}).get("messages", 0),
             "roots": len(roots), "excludes": len(excludes), "patterns": text, "dumps": records}
 

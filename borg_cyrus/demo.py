@@ -229,40 +229,11 @@ def run_demo(workdir, mode="stop-master", keep=False):
         print(f"  /{p}")
 
     a.stop()
-    # restore into a second server whose files live under b-root
-    b_root = os.path.join(workdir, "b-root")
-    os.makedirs(b_root)
     t = time.monotonic()
-    sh(["borgmatic", "-c", bm_conf, "extract", "--archive", archive, "--destination", b_root], env=env)
-    timings["extract"] = time.monotonic() - t
-    relocated = {"configdirectory": b_root + a.confdir, "sievedir": b_root + a.sievedir}
-    relocated.update({f"partition-{n}": b_root + p for n, p in a.partitions.items()})
-    # borg extract creates the parents above the archived paths as root, 0700
-    for dirpath, dirnames, _ in os.walk(b_root):
-        if os.stat(dirpath).st_uid == 0:
-            os.chmod(dirpath, 0o755)
-        dirnames[:] = [d for d in dirnames if os.stat(os.path.join(dirpath, d)).st_uid == 0]
-    b = Sandbox(os.path.join(workdir, "b"), partitions=tuple(a.partitions), layout=relocated)
-    b.write_config()
-    b.make_dirs()
-    removed = []
-    for db in ("mailboxes.db", "annotations.db"):
-        p = os.path.join(b.confdir, db)
-        if os.path.exists(p):
-            os.unlink(p)
-            removed.append(db)
-    print(f"restoring into Cyrus B (port {b.port}); deleted {', '.join(removed)} from the extracted tree "
-          "so they must come back from the dumps")
-    b_conf = os.path.join(workdir, "borg-cyrus-b.yaml")
-    write_yaml(b_conf, {"imapd_conf": b.imapd_conf, "cyrus_conf": b.cyrus_conf, "work_directory": work + "-b",
-                        "service": b.borg_cyrus_service()})
-    t = time.monotonic()
-    r = sh([sys.executable, "-m", "borg_cyrus", "-c", b_conf, "restore", "full", "--start",
-            "--dump-dir", b_root + os.path.join(work, "dump")], env=env)
-    timings["restore full"] = time.monotonic() - t
-    for ln in r.stderr.splitlines():
+    b, restore_log = restore_into_second_server(env, bm_conf, archive, a, workdir, work, lose_dbs=True)
+    timings["extract + restore"] = time.monotonic() - t
+    for ln in restore_log:
         print("  " + ln)
-    b.wait_ready()
     after = imapview.snapshot(b, USERS, QUOTA_ROOTS)
     expected = expected_after_restore(before, excluded)
     differences = imapview.diff(expected, after)
@@ -290,3 +261,43 @@ def run_demo(workdir, mode="stop-master", keep=False):
         b.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if differences else 0
+
+
+def restore_into_second_server(env, bm_conf, archive, a, workdir, work, lose_dbs=False):
+    """Extract `archive` under <workdir>/b-root and bring it up as a second
+    server (paths relocated under b-root) with `borg-cyrus restore full`.
+    lose_dbs deletes mailboxes.db and annotations.db first, so they must come
+    back from the dumps. Returns (running Sandbox, restore log lines)."""
+    b_root = os.path.join(workdir, "b-root")
+    if os.path.exists(b_root):
+        shutil.rmtree(b_root)
+    os.makedirs(b_root)
+    sh(["borgmatic", "-c", bm_conf, "extract", "--archive", archive, "--destination", b_root], env=env)
+    # borg extract creates the parents above the archived paths as root, 0700
+    for dirpath, dirnames, _ in os.walk(b_root):
+        if os.stat(dirpath).st_uid == 0:
+            os.chmod(dirpath, 0o755)
+        dirnames[:] = [d for d in dirnames if os.stat(os.path.join(dirpath, d)).st_uid == 0]
+    relocated = {"configdirectory": b_root + a.confdir, "sievedir": b_root + a.sievedir}
+    relocated.update({f"partition-{n}": b_root + p for n, p in a.partitions.items()})
+    b = Sandbox(os.path.join(workdir, "b"), partitions=tuple(a.partitions), layout=relocated)
+    b.write_config()
+    b.make_dirs()
+    log = []
+    if lose_dbs:
+        removed = []
+        for db in ("mailboxes.db", "annotations.db"):
+            p = os.path.join(b.confdir, db)
+            if os.path.exists(p):
+                os.unlink(p)
+                removed.append(db)
+        log.append(f"restoring into Cyrus B (port {b.port}); deleted {', '.join(removed)} from the extracted "
+                   "tree so they must come back from the dumps")
+    b_conf = os.path.join(workdir, "borg-cyrus-b.yaml")
+    write_yaml(b_conf, {"imapd_conf": b.imapd_conf, "cyrus_conf": b.cyrus_conf, "work_directory": work + "-b",
+                        "service": b.borg_cyrus_service()})
+    r = sh([sys.executable, "-m", "borg_cyrus", "-c", b_conf, "restore", "full", "--start",
+            "--dump-dir", b_root + os.path.join(work, "dump")], env=env)
+    log.extend(r.stderr.splitlines())
+    b.wait_ready()
+    return b, log

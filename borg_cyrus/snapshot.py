@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from borg_cyrus import layout as layout_mod, mounts, state as state_mod
+from borg_cyrus import faults, layout as layout_mod, mounts, state as state_mod
 from borg_cyrus.errors import BorgCyrusError, CommandError
 from borg_cyrus.model import View
 from borg_cyrus.modes import Mode
@@ -223,6 +223,11 @@ class SnapshotMode(Mode):
         freeze_mps = []
         if quiesce == "fsfreeze":
             freeze_mps = sorted({v["mountpoint"] for v in vols})
+        if freeze_mps:
+            wm = mounts.mount_of(self.ctx.work_dir)
+            if wm and wm.mountpoint in freeze_mps:
+                raise BorgCyrusError(f"work_directory {self.ctx.work_dir} is on {wm.mountpoint}, which is frozen "
+                                     "while the snapshots are taken; put it on another filesystem")
         svc = Service(self.ctx.config["service"], self.ctx.runner) if quiesce == "stop-master" else None
         stop = svc is not None and svc.is_running()
 
@@ -240,6 +245,7 @@ class SnapshotMode(Mode):
             step = st.push("fs-frozen", self.name, mountpoint=mp)
             fsfreeze(self.ctx.runner, mp, True)
             frozen.append(step)
+        faults.point("quiesced")
         if self.block_level and not freeze_mps:
             # a block-level copy sees only what reached the disk: flush first
             for mp in sorted({v["mountpoint"] for v in vols}):
@@ -251,6 +257,7 @@ class SnapshotMode(Mode):
             snap = self.create(vol, name)
             st.update(step, snapshot=snap)
             snaps.append((vol, snap))
+            faults.point("snapshotted")
         for step in reversed(frozen):
             fsfreeze(self.ctx.runner, step["mountpoint"], False)
             st.drop(step)
@@ -270,6 +277,7 @@ class SnapshotMode(Mode):
             if not self.ctx.dry_run:
                 os.makedirs(target, 0o755, exist_ok=True)
             self.mount_snapshot(vol, snap, target)
+            faults.point("mounted")
         for vol, snap in snaps:
             problem = self.health(snap)
             if problem:
