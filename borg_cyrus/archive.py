@@ -169,24 +169,23 @@ class Repository:
     def extract(self, archive, paths, dest):
         """Extract paths (absolute, as archived) below dest. Returns the set of
         given paths the archive does not hold."""
-        rel = [p.lstrip("/") for p in paths]
-        if not rel:
+        from borg_cyrus.model import nest_free
+        paths = sorted({os.path.normpath(p) for p in paths})
+        if not paths:
             return set()
         os.makedirs(dest, 0o700, exist_ok=True)
-        missing = set()
+        # a path inside another one is extracted with it (and borg would call it "never matched")
+        rel = [p.lstrip("/") for p in nest_free(paths)]
         # argv stays well below ARG_MAX: chunks of 2000 paths
         for i in range(0, len(rel), 2000):
             chunk = rel[i:i + 2000]
             proc = self.run(["extract", "--log-json", *self._common(), f"{self.path}::{archive}", *chunk],
                             cwd=dest, ok_codes=(0, 1, 101), what="borg extract")
             if proc.returncode:
-                for msg in _log_messages(proc.stderr, msgid="IncludePatternNeverMatchedWarning"):
-                    p = msg.split("'", 1)[1].rsplit("'", 1)[0] if "'" in msg else msg
-                    missing.add("/" + p.lstrip("/"))
-                if not missing:
-                    raise ArchiveError("borg extract reported a warning: " +
-                                       "; ".join(_log_messages(proc.stderr)))
-        return missing
+                other = [m for m in _log_messages(proc.stderr) if "never matched" not in m]
+                if proc.returncode == 1 and other:
+                    raise ArchiveError("borg extract reported a warning: " + "; ".join(other))
+        return {p for p in paths if not os.path.lexists(dest.rstrip("/") + p)}
 
     def extract_all(self, archive, dest):
         os.makedirs(dest, 0o700, exist_ok=True)

@@ -190,6 +190,10 @@ def run_dumps(ctx, view):
             for r in recs:
                 r.plugin = r.plugin or plugin
             records.extend(recs)
+    except OSError as e:
+        shutil.rmtree(dump_dir, ignore_errors=True)
+        raise BorgCyrusError(f"writing the dumps into {ctx.work_dir} failed: {e.strerror}"
+                             f"{'; free space there or move work_directory' if e.errno == 28 else ''}") from None
     except BaseException:
         shutil.rmtree(dump_dir, ignore_errors=True)
         raise

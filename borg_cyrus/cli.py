@@ -57,11 +57,45 @@ def build_parser():
     d = sub.add_parser("doctor", help="show the discovered layout, tools, what is backed up and excluded")
     d.add_argument("--json", action="store_true")
 
-    r = sub.add_parser("restore", help="restore from an extracted archive")
+    arch = argparse.ArgumentParser(add_help=False)
+    ag = arch.add_argument_group("archive (read through borgmatic's configuration)")
+    ag.add_argument("--borgmatic-config", action="append", metavar="FILE",
+                    help="borgmatic configuration file or directory, repeatable (default: borgmatic's own lookup, "
+                         "/etc/borgmatic/config.yaml, /etc/borgmatic.d/, ~/.config/borgmatic/...)")
+    ag.add_argument("--repository", help="repository path or label, when borgmatic's configuration lists several")
+    ag.add_argument("--archive", help="archive name (default: the latest)")
+    stg = argparse.ArgumentParser(add_help=False)
+    stg.add_argument("--staging", metavar="DIR", help="private directory for extracted files (default: "
+                     "<work_directory>/staging; on the spool's filesystem files are moved, not copied)")
+    stg.add_argument("--keep-staging", action="store_true", help="keep the extracted files afterwards")
+
+    r = sub.add_parser("restore", help="restore from an archive: list, user, mailbox, full")
     rsub = r.add_subparsers(dest="restore_command", required=True, metavar="WHAT")
+    rl = rsub.add_parser("list", parents=[arch, stg], help="users, mailboxes, message counts and sizes of an archive")
+    rl.add_argument("--user", help="only this user's mailboxes")
+    rl.add_argument("--json", action="store_true")
+    ru = rsub.add_parser("user", parents=[arch, stg], help="bring one user back into the running server")
+    ru.add_argument("user", metavar="USER")
+    ru.add_argument("--force", action="store_true",
+                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack)")
+    rm = rsub.add_parser("mailbox", parents=[arch, stg], help="bring one mailbox back, in place or --into a new folder")
+    rm.add_argument("mailbox", metavar="NAME", help="admin namespace, e.g. 'user/bob/Archive 2019'")
+    rm.add_argument("--into", metavar="FOLDER", help="restore as this new folder, e.g. user/bob/Restored-2026-11-26")
+    rm.add_argument("--recursive", "-r", action="store_true", help="with its child folders")
+    rm.add_argument("--force", action="store_true",
+                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack)")
     rf = rsub.add_parser("full", help="whole server: archive extracted to /, Cyrus stopped")
     rf.add_argument("--dump-dir", help="dump directory (default: <work_directory>/dump)")
     rf.add_argument("--start", action="store_true", help="start Cyrus when done")
+
+    v = sub.add_parser("verify", parents=[arch], help="restore drill: extract an archive into a throwaway Cyrus "
+                       "and check every mailbox against the backup's records")
+    v.add_argument("--deep", action="store_true", help="also check every message's bytes (SHA-1 against the "
+                   "index GUID, and as served over IMAP)")
+    v.add_argument("--workdir", metavar="DIR", help="where to extract (default: <work_directory>/verify; needs "
+                   "room for the whole archive)")
+    v.add_argument("--keep", action="store_true", help="keep the extracted archive and the throwaway server's files")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     dm = sub.add_parser("demo", help="throwaway Cyrus -> borgmatic create -> restore into a second Cyrus -> compare")
     dm.add_argument("--workdir", default="/tmp/borg-cyrus-demo")
@@ -134,10 +168,34 @@ def cmd_doctor(args):
 
 
 def cmd_restore(args):
-    from borg_cyrus.restore import FullRestore
     _, _, ctx = load(args)
-    FullRestore(ctx, args.dump_dir).run(start=args.start)
+    if args.restore_command == "full":
+        from borg_cyrus.restore import FullRestore
+        FullRestore(ctx, args.dump_dir).run(start=args.start)
+        return 0
+    from borg_cyrus import restore_partial as rp
+    session = rp.ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging,
+                                args.keep_staging)
+    with session:
+        session.load_dump()
+        if args.restore_command == "list":
+            summary = rp.archive_summary(session)
+            sys.stdout.write(rp.summary_json(summary) + "\n" if args.json else rp.format_list(summary, args.user))
+            return 0
+        out = None if args.quiet else (lambda line: print(line, flush=True))
+        if args.restore_command == "user":
+            job = rp.UserRestore(ctx, session, force=args.force, out=out)
+            rp.with_lock(ctx, lambda: job.run(args.user))
+        else:
+            job = rp.MailboxRestore(ctx, session, force=args.force, out=out)
+            rp.with_lock(ctx, lambda: job.run(args.mailbox, into=args.into, recursive=args.recursive))
     return 0
+
+
+def cmd_verify(args):
+    from borg_cyrus import verify
+    _, _, ctx = load(args)
+    return verify.run(ctx, args)
 
 
 def cmd_demo(args):
@@ -146,7 +204,7 @@ def cmd_demo(args):
 
 
 COMMANDS = {"before": cmd_before, "after": cmd_after, "plugins": cmd_plugins, "config": cmd_config,
-            "doctor": cmd_doctor, "restore": cmd_restore, "demo": cmd_demo}
+            "doctor": cmd_doctor, "restore": cmd_restore, "verify": cmd_verify, "demo": cmd_demo}
 
 
 def _on_sigterm(signum, frame):

@@ -15,12 +15,27 @@ import yaml
 from borg_cyrus.errors import ConfigError
 
 DEFAULT_PATH = "/etc/borg-cyrus.yaml"
+# absolute, no '..' component, no line break (paths end up in the patterns file)
+SAFE_PATH = r"^/(?!.*(?:^|/)\.\.(?:/|$))[^\n\r]*$"
 ENV_VAR = "BORG_CYRUS_CONFIG"
+
+
+def _safe_paths(node):
+    """Every `pattern: "^/"` in the schema means a safe absolute path."""
+    if isinstance(node, dict):
+        if node.get("pattern") == "^/":
+            node["pattern"] = SAFE_PATH
+        for v in node.values():
+            _safe_paths(v)
+    elif isinstance(node, list):
+        for v in node:
+            _safe_paths(v)
+    return node
 
 
 def base_schema():
     text = resources.files("borg_cyrus").joinpath("schema.yaml").read_text()
-    return yaml.safe_load(text)
+    return _safe_paths(yaml.safe_load(text))
 
 
 def full_schema(plugin_fragments=(), modes=()):
@@ -31,7 +46,7 @@ def full_schema(plugin_fragments=(), modes=()):
         for key, sub in (fragment or {}).items():
             if key in props:
                 raise ValueError(f"plugin config key '{key}' is already defined")
-            props[key] = sub
+            props[key] = _safe_paths(copy.deepcopy(sub))
     if modes:
         props["mode"]["enum"] = sorted(modes)
     return schema
@@ -84,8 +99,9 @@ def explain(error, source):
         want = error.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
         return f"{source}: {key}: must be {want}, not {_type_name(error.instance)}; fix the value"
-    if v == "pattern" and error.validator_value == "^/":
-        return f"{source}: {key}: '{error.instance}' is not an absolute path; start it with /"
+    if v == "pattern" and error.validator_value in ("^/", SAFE_PATH):
+        return (f"{source}: {key}: {error.instance!r} is not a plain absolute path (it must start with /, "
+                "and contain no '..' component and no line break); fix the value")
     if v in ("minimum", "minLength", "uniqueItems"):
         return f"{source}: {key}: {error.message}; fix the value"
     return f"{source}: {key}: {error.message}"
@@ -113,6 +129,8 @@ def check_permissions(path):
     st = os.stat(path)
     if st.st_mode & stat.S_IWOTH:
         raise ConfigError(f"{path}: config file is writable by every user; run chmod o-w {path}")
+    if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+        raise ConfigError(f"{path}: config file is writable by group {st.st_gid}; run chmod g-w {path}")
     if os.geteuid() == 0 and st.st_uid != 0:
         raise ConfigError(f"{path}: config file is owned by uid {st.st_uid}, not root; run chown root {path}")
 

@@ -593,7 +593,8 @@ class PartialRestore:
         return len(out)
 
     def apply(self, plans, extras):
-        """Do it: place files, register, reconstruct. extras: [(staged src, live dst, label)] optional files."""
+        """Do it: place files, register, reconstruct. extras: [(staged src, live dst, label, replace
+        leftover)] optional per-user files."""
         headers = []
         merged = []
         for p in sorted(plans, key=lambda p: (p.target.count("."), p.target)):
@@ -617,15 +618,21 @@ class PartialRestore:
                 n = self.apply_merge(p)
                 self.say("added %d archived message(s) to %s", n, display(p.target))
                 merged.append(p)
-        for src, dst, label in extras:
-            if os.path.lexists(dst):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for src, dst, label, leftover in extras:
+            if os.path.lexists(dst) and not leftover:
                 self.say("kept the live %s (%s)", label, dst)
                 continue
             if self.ctx.dry_run:
-                self.say("would restore %s to %s", label, dst)
+                self.say("would %srestore %s to %s", f"move {dst} aside (created after the user was deleted) and "
+                         if os.path.lexists(dst) else "", label, dst)
                 continue
             if not os.path.lexists(src):
                 continue
+            if os.path.lexists(dst):
+                aside = f"{dst}.before-restore-{stamp}"
+                os.rename(dst, aside)
+                self.say("moved %s aside to %s (created after the user was deleted)", dst, aside)
             self.move(src, dst)
             self.say("restored %s", label)
         n = self.restore_annotations(plans)
@@ -699,19 +706,22 @@ class UserRestore(PartialRestore):
                 pairs = [(os.path.join(srcs[0], f"{os.path.basename(d).rsplit('.', 1)[1]}.db"), d) for d in dsts]
             else:                          # legacy files -> uuid dir
                 pairs = [(s, os.path.join(dsts[0], f"{s.rsplit('.', 1)[1]}.db")) for s in srcs]
+            # an INBOX that did not exist: per-user files found at its place were
+            # made after the deletion (a login, a delivery attempt) and hold nothing
+            leftover = inbox_plan.action == "create"
             for s, d in pairs:
-                extras.append((s, d, f"{label} {os.path.basename(d)}"))
+                extras.append((s, d, f"{label} {os.path.basename(d)}", leftover))
         qsrc = cyruspaths.quota_file(self.alay, cyruspaths.user_root(inbox))
         qdst = cyruspaths.quota_file(self.llay, cyruspaths.user_root(live_inbox))
         if qsrc and qdst:
-            extras.append((qsrc, qdst, "quota limits"))
+            extras.append((qsrc, qdst, "quota limits", False))
         elif qsrc or qdst:
             log.warning("quota limits are not restored (quota_db is not quotalegacy); see quota.txt in the dump")
 
         required = [self.box_sources(p)["data"] for p in plans]
         optional = [d for p in plans for k, d in self.box_sources(p).items() if k != "data"]
-        missing = self.extract(required + optional + [s for s, _d, _l in extras], required)
-        extras = [(self.s.staged(s), d, label) for s, d, label in extras if s not in missing]
+        missing = self.extract(required + optional + [x[0] for x in extras], required)
+        extras = [(self.s.staged(s), d, label, lo) for s, d, label, lo in extras if s not in missing]
         headers, merged = self.apply(plans, extras)
         self.tool("reconstruct", "-r", "-u", userid)
         for p in merged:

@@ -51,7 +51,7 @@ SCHEMA = {
                                "the filesystems / starts Cyrus if borg-cyrus died or hangs.",
             },
             "mount_directory": {
-                "type": ["string", "null"], "default": None,
+                "type": ["string", "null"], "pattern": "^/", "default": None,
                 "description": "Stable directory the snapshots are mounted under (default "
                                "<work_directory>/snapshots). Keep it fixed: Borg's files cache is keyed on paths.",
             },
@@ -306,7 +306,7 @@ class SnapshotMode(Mode):
                 snap = dict(snap, volume=step.get("volume"))
             self.remove(snap)
         elif kind == "pit-dir":
-            shutil.rmtree(step["path"], ignore_errors=True)
+            remove_pit_dir(step["path"])
 
     def cleanup_stale(self):
         base = self.mount_dir
@@ -335,13 +335,23 @@ class SnapshotMode(Mode):
         return problems
 
 
+PIT_PREFIX = "/var/tmp/borg-cyrus-pit-"
+
+
+def remove_pit_dir(path):
+    """Remove a private config dir made by point_in_time_config (and nothing else)."""
+    if os.path.dirname(path) + "/" == os.path.dirname(PIT_PREFIX) + "/" and \
+            os.path.basename(path).startswith(os.path.basename(PIT_PREFIX)) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def point_in_time_config(ctx, prefix, mode_name):
     """A private imapd.conf whose databases are copies taken from the frozen
     view (Cyrus tools recover a twoskip file on open, which needs write
     access), and whose partitions point into it. Dumps made with it describe
     the same instant as the archived spool."""
     live = ctx.layout
-    tmp = tempfile.mkdtemp(prefix="borg-cyrus-pit-", dir="/var/tmp")
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(PIT_PREFIX), dir=os.path.dirname(PIT_PREFIX))
     ctx.state.push("pit-dir", mode_name, path=tmp)
     uid, gid = _cyrus_ids(ctx)
     os.chmod(tmp, 0o700)

@@ -119,10 +119,21 @@ class State:
 
     def load(self):
         try:
-            with open(self.path) as f:
-                self.data = json.load(f)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             self.data = None
+            return None
+        except OSError as e:
+            raise BorgCyrusError(f"{self.path}: cannot open the state file safely ({e.strerror}); "
+                                 "remove it if it is a symlink") from None
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise BorgCyrusError(f"{self.path} is not owned by this user or is writable by others; "
+                                 "it drives cleanup, so it is not trusted: remove it")
+        try:
+            with os.fdopen(fd) as f:
+                self.data = json.load(f)
         except ValueError:
             log.warning("state file %s is unreadable; treating it as a crashed run with no steps", self.path)
             self.data = {"steps": [], "owner": None, "corrupt": True}

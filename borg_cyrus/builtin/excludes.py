@@ -90,7 +90,7 @@ def legacy_paths(ctx, view, boxes):
     out = {}
     for i in range(0, len(names), 500):
         chunk = boxes[i:i + 500]
-        r = ctx.cyrus("mbpath", "-j", *names[i:i + 500], conf=view.imapd_conf, changes=False)
+        r = ctx.cyrus("mbpath", "-j", "--", *names[i:i + 500], conf=view.imapd_conf, changes=False)
         objs = list(iter_json_objects(r.text))
         if len(objs) != len(chunk):
             log.warning("mbpath returned %d answers for %d legacy mailboxes; excludes may be incomplete",

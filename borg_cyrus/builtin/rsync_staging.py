@@ -14,7 +14,7 @@ from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.model import View
 from borg_cyrus.modes import Mode
 from borg_cyrus.service import Service
-from borg_cyrus.snapshot import Watchdog, own_guard, point_in_time_config
+from borg_cyrus.snapshot import Watchdog, own_guard, point_in_time_config, remove_pit_dir
 
 log = logging.getLogger("borg_cyrus.rsync_staging")
 
@@ -23,7 +23,7 @@ SCHEMA = {
         "type": "object", "additionalProperties": False, "default": {},
         "description": "Settings of mode rsync-staging.",
         "properties": {
-            "directory": {"type": ["string", "null"], "default": None,
+            "directory": {"type": ["string", "null"], "pattern": "^/", "default": None,
                           "description": "Stable staging directory (default <work_directory>/staging)."},
             "options": {"type": "array", "items": {"type": "string"},
                         "default": ["-aHAX", "--numeric-ids", "--delete", "--sparse"],
@@ -83,8 +83,7 @@ class RsyncStaging(Mode):
             if not svc.is_running():
                 svc.start()
         elif step["kind"] == "pit-dir":
-            import shutil
-            shutil.rmtree(step["path"], ignore_errors=True)
+            remove_pit_dir(step["path"])
 
 
 @hookimpl

@@ -1,0 +1,278 @@
+"""Hostile and odd inputs: fuzzed parsers, awkward mailbox names end to end,
+configs that try path traversal or injection, secrets, permissions."""
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from borg_cyrus import dbbatch, imapdconf, imapview, mboxlist
+from borg_cyrus.errors import ConfigError
+from borg_cyrus.imapview import quote
+from conftest import cli, sandbox_config, write_config
+from helpers import extract, wipe
+
+# -- parsers -------------------------------------------------------------------
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=300)
+def test_imapd_conf_parser_never_crashes(text):
+    try:
+        values, _ = imapdconf.parse_text(text)
+    except ConfigError:
+        return
+    for k, v in values.items():
+        assert k == k.lower() and v == v.strip() and v
+
+
+KEYS = st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True)
+VALUES = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"), min_size=1,
+                 max_size=40).map(str.strip).filter(bool)
+
+
+@given(st.dictionaries(KEYS, VALUES, max_size=15))
+def test_imapd_conf_round_trip(d):
+    text = "".join(f"{k}: {v}\n" for k, v in d.items())
+    assert imapdconf.parse_text(text)[0] == d
+
+
+@given(st.lists(st.tuples(st.binary(max_size=60), st.binary(max_size=200)), max_size=30))
+def test_batch_round_trip(records):
+    show = b"".join(dbbatch.literal(k) + b" " + dbbatch.literal(v) + b"\n" for k, v in records)
+    assert dbbatch.parse(show) == records
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_batch_parser_rejects_garbage_cleanly(data):
+    try:
+        dbbatch.parse(data)
+    except dbbatch.BatchFormatError:
+        pass
+
+
+@given(st.lists(st.text(max_size=80), max_size=10))
+@settings(max_examples=300)
+def test_mailbox_dump_parser_rejects_garbage_cleanly(lines):
+    try:
+        list(mboxlist.iter_dump(lines))
+    except mboxlist.DumpError:
+        pass
+
+
+@given(st.integers(1, 200), st.data())
+def test_truncated_mailbox_dump_always_detected(n, data):
+    lines = ["{"] + [f'"user.u{i}": {{"uniqueid": "id{i}", "partition": "default", "mbtype": "e"}},' for i in range(n)]
+    lines[-1] = lines[-1].rstrip(",")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    cut = data.draw(st.integers(0, len(text) - 3))
+    if text[:cut].rstrip().endswith("}") and cut >= len(text) - 3:
+        return
+    with pytest.raises(mboxlist.DumpError):
+        list(mboxlist.iter_dump(text[:cut].splitlines()))
+
+
+def test_huge_inputs_are_fast():
+    import time
+    n = 100_000
+    show = b"".join(dbbatch.literal(b"N\x1fuser\x1fu%d" % i) + b" " + dbbatch.literal(b"%(I x)") + b"\n"
+                    for i in range(n))
+    t = time.monotonic()
+    assert len(dbbatch.parse(show)) == n
+    lines = ["{"] + [f'"user.u{i}": {{"uniqueid": "abcd{i}", "partition": "default"}},' for i in range(n)] + ["}"]
+    lines[-2] = lines[-2].rstrip(",")
+    assert len(list(mboxlist.iter_dump(lines))) == n
+    assert time.monotonic() - t < 30
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
+def test_mutf7_round_trip(s):
+    assert imapview.mutf7_decode(imapview.mutf7_encode(s)) == s
+
+
+# -- odd mailbox names end to end --------------------------------------------------
+
+ODD = ["Ünïcödé ✓ 日本", "with  two spaces", "dot.in.name", "-rf", "$(touch PWNED)", "; rm -rf ~",
+       "`id`", "quote\"d", "back\\slash", "a*b?c[d]", "Junk"]
+
+
+@pytest.mark.needs_root
+@pytest.mark.slow
+def test_odd_mailbox_names_backup_and_restore(sandbox, base_dir):
+    sb = sandbox
+    a = sb.imap()
+    assert a.create("user/alice")[0] == "OK"
+    made = []
+    for name in ODD:
+        full = f"user/alice/{name}"
+        if a.create(quote(full))[0] == "OK":
+            made.append(full)
+    a.logout()
+    # Cyrus itself refuses a few (backquote, backslash, '~'); these must all exist
+    for must in ("Ünïcödé ✓ 日本", "with  two spaces", "dot.in.name", "-rf", "$(touch PWNED)", "a*b?c[d]", "Junk"):
+        assert f"user/alice/{must}" in made, made
+    al = sb.imap("alice")
+    for full in made:
+        al.append(quote("INBOX" + full[len("user/alice"):]), None, None, f"Subject: {full}\r\n\r\nbody\r\n".encode())
+    al.logout()
+    excluded = ["user/alice/-rf", "user/alice/$(touch PWNED)", "user/alice/a*b?c[d]"]
+    cfg = sandbox_config(sb, base_dir, exclude={"mailboxes": excluded})
+    before = imapview.snapshot(sb, ["alice"])
+    cli("before", config=cfg, check=0)
+    repo = os.path.join(base_dir, "repo")
+    from conftest import env as test_env
+    env = test_env()
+    subprocess.run(["borg", "init", "-e", "none", repo], check=True, env=env, capture_output=True)
+    subprocess.run(["borg", "create", "--patterns-from", os.path.join(base_dir, "work", "patterns"),
+                    f"{repo}::a"], check=True, env=env, capture_output=True)
+    cli("after", config=cfg, check=0)
+    manifest = json.load(open(os.path.join(base_dir, "work", "dump", "manifest.json")))
+    assert sorted(mboxlist.external_name(n) for n in manifest["excluded_mailboxes"]) == sorted(
+        e for e in excluded if e in made)
+    wipe(sb)
+    subprocess.run(["rm", "-rf", os.path.join(base_dir, "work", "dump")], check=True)
+    extract(repo, "a")
+    cli("restore", "full", config=cfg, check=0)
+    sb.start()
+    after = imapview.snapshot(sb, ["alice"])
+    for name, box in before["alice"]["mailboxes"].items():
+        full = "user/alice" + name[5:] if name.startswith("INBOX") else name
+        if full in excluded:
+            box["messages"] = {}
+    assert imapview.diff(before, after) == []
+    assert not os.path.exists("PWNED") and not os.path.exists(os.path.join(base_dir, "PWNED"))
+
+
+# -- hostile config values -------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value", [
+    ("imapd_conf", "/etc/imapd.conf; touch /tmp/PWNED"),
+    ("work_directory", "/var/lib/../../tmp/evil"),
+    ("work_directory", "relative/dir"),
+    ("extra_paths", ["/etc/ssl\nR /"]),
+    ("exclude", {"paths": ["/var/spool/../../etc"]}),
+    ("snapshot", {"prefix": "x; rm -rf /"}),
+    ("snapshot", {"mount_directory": "/mnt/../etc"}),
+])
+def test_hostile_config_values_refused(base_dir, key, value):
+    cfg = write_config(os.path.join(base_dir, "c.yaml"), {key: value, "work_directory": "/tmp/bct/never"}
+                       if key != "work_directory" else {key: value})
+    r = cli("before", config=cfg)
+    assert r.returncode == 2 and "borg-cyrus: error:" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not os.path.exists("/tmp/PWNED") and not os.path.exists("/tmp/bct/never")
+
+
+def test_group_writable_config_refused(base_dir):
+    cfg = write_config(os.path.join(base_dir, "c.yaml"), {})
+    os.chown(cfg, 0, 8)   # group "mail"
+    os.chmod(cfg, 0o660)
+    r = cli("config", "validate", config=cfg)
+    assert r.returncode == 2 and "writable by group" in r.stderr
+
+
+# -- secrets and permissions --------------------------------------------------------------
+
+@pytest.mark.needs_root
+def test_no_secret_in_logs_state_or_dumps(populated, base_dir):
+    secret = "s3cr3t-Passphrase-XYZ"
+    cfg = sandbox_config(populated, base_dir, mode="stop-master")
+    r1 = cli("-vv", "before", config=cfg, check=0, extra_env={"BORG_PASSPHRASE": secret,
+                                                             "BORG_REPO": f"ssh://u:{secret}@h/r"})
+    state = open(os.path.join(base_dir, "work", "state.json")).read()
+    r2 = cli("-vv", "after", config=cfg, check=0, extra_env={"BORG_PASSPHRASE": secret})
+    blob = r1.stdout + r1.stderr + r2.stdout + r2.stderr + state
+    for root, _, files in os.walk(os.path.join(base_dir, "work")):
+        for f in files:
+            p = os.path.join(root, f)
+            if os.path.isfile(p):
+                blob += open(p, "rb").read().decode("utf-8", "replace")
+    assert secret not in blob
+
+
+@pytest.mark.needs_root
+def test_permissions_and_planted_symlinks(populated, base_dir):
+    work = os.path.join(base_dir, "work")
+    os.makedirs(work, 0o711)
+    victim = os.path.join(base_dir, "victim")
+    with open(victim, "w") as f:
+        f.write("keep me\n")
+    for name in ("patterns", "dump", "dump.new-1", "patterns.tmp-1"):
+        os.symlink(victim, os.path.join(work, name))
+    cfg = sandbox_config(populated, base_dir)
+    cli("before", config=cfg, check=0)
+    cli("after", config=cfg, check=0)
+    assert open(victim).read() == "keep me\n"
+    assert stat.S_IMODE(os.stat(work).st_mode) == 0o711
+    dump = os.path.join(work, "dump")
+    assert not os.path.islink(dump) and stat.S_IMODE(os.stat(dump).st_mode) == 0o700
+    for f in os.listdir(dump):
+        p = os.path.join(dump, f)
+        if os.path.isfile(p):
+            assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, f
+    assert not os.path.islink(os.path.join(work, "patterns"))
+    assert stat.S_IMODE(os.stat(os.path.join(work, "patterns")).st_mode) == 0o600
+    # a state file that is a symlink is not trusted
+    os.symlink(victim, os.path.join(work, "state.json"))
+    r = cli("before", config=cfg)
+    assert r.returncode == 1 and "state file" in r.stderr
+    assert open(victim).read() == "keep me\n"
+
+
+@pytest.mark.needs_root
+def test_work_directory_symlink_refused(populated, base_dir):
+    real = os.path.join(base_dir, "elsewhere")
+    os.makedirs(real)
+    os.symlink(real, os.path.join(base_dir, "work"))
+    r = cli("before", config=sandbox_config(populated, base_dir))
+    assert r.returncode == 1 and "not a plain directory" in r.stderr
+    assert os.listdir(real) == []
+
+
+@pytest.mark.needs_root
+def test_cyrus_tool_hang_times_out(populated, base_dir):
+    """A Cyrus tool that hangs is killed after tool_timeout, with a clear line,
+    and Cyrus (stopped by stop-master) is started again. The hang is a fake
+    (a wrapper that sleeps): a real Cyrus tool cannot be made to hang on demand."""
+    tools = os.path.join(base_dir, "tools")
+    os.makedirs(tools)
+    for name in os.listdir("/usr/lib/cyrus/bin"):
+        os.symlink(f"/usr/lib/cyrus/bin/{name}", os.path.join(tools, name))
+    os.unlink(os.path.join(tools, "ctl_mboxlist"))
+    with open(os.path.join(tools, "ctl_mboxlist"), "w") as f:
+        f.write("#!/bin/sh\nsleep 600\n")
+    os.chmod(os.path.join(tools, "ctl_mboxlist"), 0o755)
+    cfg = sandbox_config(populated, base_dir, mode="stop-master", tool_timeout=2, cyrus_tools_directory=tools)
+    r = cli("before", config=cfg)
+    assert r.returncode == 1
+    assert "ctl_mboxlist did not finish within 2 s and was killed" in r.stderr
+    assert populated.running()
+    assert subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True).returncode != 0
+
+
+@pytest.mark.needs_root
+def test_dump_directory_full(populated, base_dir):
+    """ENOSPC while dumping: one clear line, the previous dump stays valid,
+    nothing half-written is kept."""
+    from fsimages import LoopFs
+    fs = LoopFs(f"full-{os.getpid()}", "ext4", size="16M").make(os.path.join(base_dir, "small"))
+    try:
+        work = os.path.join(base_dir, "small", "work")
+        cfg = sandbox_config(populated, base_dir, work_directory=work)
+        cli("before", config=cfg, check=0)
+        cli("after", config=cfg, check=0)
+        good = open(os.path.join(work, "dump", "manifest.json")).read()
+        subprocess.run(["dd", "if=/dev/zero", f"of={base_dir}/small/filler", "bs=64k"], capture_output=True)
+        r = cli("before", config=cfg)
+        assert r.returncode != 0 and "No space left on device" in r.stderr, r.stderr
+        assert len([ln for ln in r.stderr.splitlines() if "error:" in ln]) == 1
+        assert open(os.path.join(work, "dump", "manifest.json")).read() == good
+        assert not [n for n in os.listdir(work) if n.startswith("dump.")]
+        assert populated.running()
+    finally:
+        populated.stop()
+        fs.destroy()
