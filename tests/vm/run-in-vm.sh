@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2054  # commas inside qemu arguments are intended
 # run-in-vm.sh -- run a host command as root inside a throwaway QEMU VM that boots
 # Debian's stock kernel (device-mapper, LVM, XFS, optionally in-kernel OpenZFS) and
 # sees this host's whole userland.
@@ -42,7 +43,7 @@ DISK_SIZE=2G; NDISKS=1; MEM=2048; SMP=2; TIMEOUT=1800; ACCEL=tcg
 ZFS=0; SHARE=""; QUIET=0; KEEP=0; PREPARE=0
 CACHE=${VMH_CACHE:-/var/cache/borg-cyrus-vm}
 
-usage() { sed -n '2,/^set -E/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '3,/^set -E/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 log() { [ "$QUIET" = 1 ] || echo "[vmh] $*" >&2; }
 die() { echo "run-in-vm: $*" >&2; exit 125; }
 trap 'die "failed (line $LINENO): $BASH_COMMAND"' ERR
@@ -68,7 +69,7 @@ done
 [ $# -gt 0 ] || [ "$PREPARE" = 1 ] || { echo "run-in-vm: no COMMAND" >&2; usage 125 >&2; }
 [[ $NDISKS =~ ^[0-9]+$ && $MEM =~ ^[0-9]+$ && $SMP =~ ^[0-9]+$ && $TIMEOUT =~ ^[0-9]+$ ]] \
   || die "--disks, --mem, --smp and --timeout take whole numbers"
-[ "$(id -u)" = 0 ] || die "must run as root (9p passthrough of /, apt-get, loop of LVM tools)"
+[ "$(id -u)" = 0 ] || die "must run as root (qemu exports / over 9p; apt-get)"
 [ "${VMH_GUEST:-}" != 1 ] || die "already inside the VM (no nested VMs)"
 T0=$(date +%s.%N)
 mkdir -p "$CACHE"
@@ -82,11 +83,10 @@ apt_install() {
          && DEBIAN_FRONTEND=noninteractive apt-get "${o[@]}" install -y -q --no-install-recommends "$@" >&2; } \
     || die "apt-get install $* failed"
 }
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q ' installed$'; }
+PKGS=(qemu-system-x86 busybox-static kmod cpio lvm2 xfsprogs xz-utils)
+have=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" 2>/dev/null | awk '/ installed$/ {print $1}' || true)
 need=()
-for p in qemu-system-x86 busybox-static kmod cpio lvm2 xfsprogs xz-utils; do
-  installed "$p" || need+=("$p")
-done
+for p in "${PKGS[@]}"; do grep -qx "$p" <<<"$have" || need+=("$p"); done
 [ ${#need[@]} = 0 ] || apt_install "${need[@]}"
 
 # ---------------------------------------------------------------- kernel (cached)
@@ -126,7 +126,7 @@ KERNEL=$KROOT/boot/vmlinuz-$KVER
 VMLINUX=$CACHE/vmlinux-$KVER
 if [ ! -s "$VMLINUX" ]; then
   off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$KERNEL" | head -1 | cut -d: -f1 || true)
-  if [ -n "$off" ] && tail -c +$((off + 1)) "$KERNEL" | xz -dcq --single-stream > "$VMLINUX.tmp" 2>/dev/null \
+  if [ -n "$off" ] && xz -dcq --single-stream < <(tail -c +$((off + 1)) "$KERNEL" || true) > "$VMLINUX.tmp" 2>/dev/null \
      && [ "$(head -c 4 "$VMLINUX.tmp" | od -An -c | tr -d ' ')" = '177ELF' ]; then
     mv "$VMLINUX.tmp" "$VMLINUX"
   else
@@ -151,13 +151,28 @@ if [ "$ZFS" = 1 ]; then
     cp -r "$ZDIR/modules" "$MODDIR/updates/zfs"
     depmod -b "$KROOT" "$KVER"
   fi
-  ZROOT=$ZDIR/root
+  # The guest stacks this tree as an extra overlay layer over the host's root. A
+  # real directory there would hide a host symlink of the same name (/sbin ->
+  # usr/sbin on a merged-/usr host), so move such dirs to where the link points.
+  ZROOT=$ZDIR/guest-root
+  if [ ! -d "$ZROOT" ]; then
+    rm -rf "$ZROOT.tmp"; cp -a "$ZDIR/root" "$ZROOT.tmp"
+    for d in "$ZROOT.tmp"/*; do
+      n=${d##*/}
+      if [ -L "/$n" ] && [ -d "$d" ] && [ ! -L "$d" ]; then
+        t=$(readlink "/$n"); t=${t#/}
+        mkdir -p "$ZROOT.tmp/$t"; cp -a "$d/." "$ZROOT.tmp/$t/"; rm -rf "$d"
+      fi
+    done
+    mv "$ZROOT.tmp" "$ZROOT"
+  fi
 fi
 
 # ---------------------------------------------------------------- initramfs (cached by content)
 # Stage 1 (the initramfs /init): load the drivers the root needs, mount the host's
-# / read-only over 9p under a tmpfs overlay, mount the control and share dirs,
-# bind the guest kernel's module tree, switch_root. Nothing run-specific is in
+# / read-only over 9p under a tmpfs overlay (with --zfs the OpenZFS userland is
+# one more read-only layer on top), mount the control and share dirs, bind the
+# guest kernel's module tree, switch_root. Nothing run-specific is in
 # it, so one image serves every run; per-run settings come from the ctl dir.
 read -r -d '' STAGE1 <<'EOF' || true
 #!/bin/busybox sh
@@ -171,13 +186,16 @@ fail() { echo "[vmh-guest] FATAL: $*"; reboot -f; }
 say "kernel $(uname -r) up"
 for ko in $(cat /modules/order); do insmod /modules/$ko || fail "insmod $ko"; done
 O=trans=virtio,version=9p2000.L,msize=262144
-N=/newroot; mkdir -p /lower /rw $N
+N=/newroot; mkdir -p /ctl /lower /zfs /rw $N
+mount -t 9p -o $O vmhctl /ctl || fail "mount ctl (9p)"
 mount -t 9p -o $O,cache=loose,ro hostroot /lower || fail "mount host root (9p)"
+L=/lower
+if [ -f /ctl/zfs ]; then mount -t 9p -o $O,cache=loose,ro vmhzfs /zfs || fail "mount zfs (9p)"; L=/zfs:/lower; fi
 mount -t tmpfs -o mode=755 rw /rw; mkdir /rw/upper /rw/work
-mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay $N || fail "mount overlay"
+mount -t overlay -o lowerdir=$L,upperdir=/rw/upper,workdir=/rw/work overlay $N || fail "mount overlay"
 mkdir -p $N/run; mount -t tmpfs -o mode=755,nosuid,nodev run $N/run
 C=$N/run/vmh/ctl; mkdir -p $C $N/run/lock
-mount -t 9p -o $O vmhctl $C || fail "mount ctl (9p)"
+mount --move /ctl $C || fail "move ctl"
 SHARE=$(cat $C/share); mkdir -p "$N$SHARE"
 mount -t 9p -o $O vmhshare "$N$SHARE" || fail "mount share (9p)"
 M=$N/lib/modules; [ -L $N/lib ] && M=$N/usr/lib/modules
@@ -196,6 +214,7 @@ up() { $BB cut -d' ' -f1 /proc/uptime; }
 Q=0; $BB grep -qw vmh.quiet=1 /proc/cmdline && Q=1
 say() { [ "$Q" = 1 ] || echo "[vmh-guest $(up)] $*"; }
 echo "t_stage2=$(up)" > $C/times
+ZPID=; [ -f $C/zfs ] && { /sbin/modprobe zfs & ZPID=$!; }   # ~1 s: overlap it with the rest
 $BB mkdir -p /dev/pts /dev/shm /run/lock/lvm /run/lvm /etc/lvm
 $BB mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 $BB mount -t tmpfs -o mode=1777,nosuid,nodev shm /dev/shm
@@ -203,11 +222,11 @@ $BB ln -sfn /proc/self/fd /dev/fd; $BB ln -sf /proc/self/fd/0 /dev/stdin
 $BB ln -sf /proc/self/fd/1 /dev/stdout; $BB ln -sf /proc/self/fd/2 /dev/stderr
 $BB ip link set lo up
 $BB hostname "$($BB cat $C/hostname)"
-# device nodes whose first open loads their driver (systemd's kmod static-nodes):
-# /dev/mapper/control, /dev/loop-control, /dev/fuse, /dev/zfs ...
-$BB grep -v '^#' /lib/modules/$($BB uname -r)/modules.devname | while read -r m n t; do
-  [ -e /dev/$n ] && continue; $BB mkdir -p /dev/$($BB dirname $n)
-  $BB mknod /dev/$n ${t%%[0-9]*} $(echo ${t#?} | $BB tr : ' ') 2>/dev/null; done
+# device nodes whose first open loads their driver (like systemd's kmod
+# static-nodes): /dev/loop-control, /dev/fuse, /dev/btrfs-control ...
+while read -r n t ma mi; do
+  [ -e /dev/$n ] && continue; case $n in */*) $BB mkdir -p /dev/${n%/*} ;; esac
+  $BB mknod /dev/$n $t $ma $mi; done < $C/devnodes
 # LVM without udev: lvm creates the /dev nodes itself
 $BB cat > /etc/lvm/lvmlocal.conf <<'EOC'
 # written by run-in-vm.sh: no udev, no dmeventd, no lvmpolld in this VM
@@ -217,12 +236,7 @@ activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
 global { use_lvmpolld = 0 }
 EOC
 export DM_DISABLE_UDEV=1
-if [ -s $C/zfsroot ]; then   # OpenZFS userland over the guest root, then the module
-  # GNU tar keeps the host's merged-/usr symlinks (/sbin -> usr/sbin ...)
-  /usr/bin/tar -C "$($BB cat $C/zfsroot)" -cf - . | /usr/bin/tar -C / --keep-directory-symlink -xf - \
-    || say "WARNING: installing the OpenZFS userland failed"
-  /sbin/modprobe zfs || say "WARNING: modprobe zfs failed"
-fi
+[ -z "$ZPID" ] || wait $ZPID || say "WARNING: modprobe zfs failed"
 n=$($BB cat $C/ndisks); i=0
 while [ "$($BB ls -d /sys/block/vd* 2>/dev/null | $BB wc -l)" -lt "$n" ] && [ $i -lt 100 ]; do
   $BB sleep 0.05; i=$((i+1)); done
@@ -239,7 +253,7 @@ rc=$?
 echo "t_end=$(up)" >> $C/times
 echo $rc > $C/rc
 $BB sync
-echo 1 > /proc/sys/kernel/printk
+echo 0 > /proc/sys/kernel/printk
 $BB reboot -f
 EOF
 INIT_MODS="virtio_pci virtio_blk 9pnet_virtio 9p overlay dm_mod dm_snapshot"
@@ -314,7 +328,10 @@ hostname > "$CTL/hostname" 2>/dev/null || echo vmh > "$CTL/hostname"
 printf '%s\n' "$SHARE" > "$CTL/share"
 echo "$MODDIR" > "$CTL/moddir"
 echo "$NDISKS" > "$CTL/ndisks"
-echo "$ZROOT" > "$CTL/zfsroot"
+[ -z "$ZROOT" ] || touch "$CTL/zfs"
+awk '!/^#/ && $2 ~ /^(fuse|cuse|loop-control|btrfs-control|mapper\/control|zfs|net\/tun|autofs)$/ {
+       split(substr($3, 2), mm, ":"); print $2, substr($3, 1, 1), mm[1], mm[2] }' \
+    "$MODDIR/modules.devname" > "$CTL/devnodes"
 : > "$CTL/stdout"; : > "$CTL/stderr"; : > "$RUN/console.log"
 
 QEMU=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
@@ -331,13 +348,15 @@ case $ACCEL in
   kvm) QEMU+=(-accel kvm -cpu host) ;;
   *) die "--accel: tcg or kvm" ;;
 esac
+[ -z "$ZROOT" ] || QEMU+=(-fsdev "local,id=vmhzfs,path=$ZROOT,security_model=none,readonly=on"
+                         -device virtio-9p-pci,fsdev=vmhzfs,mount_tag=vmhzfs)
 for ((i = 0; i < NDISKS; i++)); do
   truncate -s "$DISK_SIZE" "$RUN/disk$i.img"
   QEMU+=(-drive "file=$RUN/disk$i.img,if=none,id=d$i,format=raw,cache=unsafe,discard=unmap"
          -device "virtio-blk-pci,drive=d$i,serial=vmh-disk$i")
 done
 LOGLEVEL=3; QARG=""; [ "$QUIET" = 1 ] && { LOGLEVEL=1; QARG=vmh.quiet=1; }
-QEMU+=(-append "console=ttyS0 panic=-1 loglevel=$LOGLEVEL mitigations=off 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable no_timer_check $QARG")
+QEMU+=(-append "console=ttyS0 panic=-1 loglevel=$LOGLEVEL mitigations=off 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable no_timer_check $QARG ${VMH_APPEND:-}")
 
 # COMMAND's stdout/stderr are files in the ctl dir (9p writes are synchronous,
 # so nothing is lost at power-off); tail streams them, and the console, live.
