@@ -16,6 +16,7 @@ import time
 
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.layout import find_tools
+from borg_cyrus.state import proc_stat
 
 CYRUS_USER = "cyrus"
 CYRUS_GROUP = "mail"
@@ -134,11 +135,10 @@ class Sandbox:
         try:
             with open(self.pidfile) as f:
                 pid = int(f.read().split()[0])
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
         except (OSError, ValueError, IndexError):
             return None
-        return None if stat[stat.rindex(")") + 2:].startswith("Z") else pid
+        st = proc_stat(pid)
+        return pid if st and st[1] != "Z" else None
 
     def running(self):
         return self.pid() is not None

@@ -6,6 +6,7 @@ import signal
 import time
 
 from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.state import proc_stat
 
 log = logging.getLogger("borg_cyrus.service")
 
@@ -35,14 +36,8 @@ class Service:
                 pid = int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            return None
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        zombie = stat[stat.rindex(")") + 2:].startswith("Z")
-        return pid if comm in MASTER_NAMES and not zombie else None
+        st = proc_stat(pid)
+        return pid if st and st[0] in MASTER_NAMES and st[1] != "Z" else None
 
     def is_running(self):
         if self.manager == "systemd":
@@ -84,13 +79,8 @@ class Service:
         deadline = t0 + self.cfg["stop_timeout"]
         while time.monotonic() < deadline:
             cur = pid if pid is not None else self.master_pid()
-            if cur is None or not os.path.exists(f"/proc/{cur}"):
-                return
-            try:
-                with open(f"/proc/{cur}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        return
-            except OSError:
+            st = proc_stat(cur) if cur is not None else None
+            if st is None or st[1] == "Z":
                 return
             time.sleep(0.05)
         raise BorgCyrusError(f"Cyrus master did not stop within {self.cfg['stop_timeout']} s; check it and raise service.stop_timeout")

@@ -63,7 +63,8 @@ def write_atomic(path, data, mode=0o600):
         os.close(dfd)
 
 
-def _proc_stat(pid):
+def proc_stat(pid):
+    """(comm, state letter, ppid, start time) of a process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
@@ -71,19 +72,20 @@ def _proc_stat(pid):
         return None
     comm = data[data.index("(") + 1:data.rindex(")")]
     fields = data[data.rindex(")") + 2:].split()
-    return comm, int(fields[1]), fields[19]  # comm, ppid, starttime
+    return comm, fields[0], int(fields[1]), fields[19]
 
 
 def process_identity(pid):
-    st = _proc_stat(pid)
-    return None if st is None else {"pid": pid, "comm": st[0], "start": st[2]}
+    st = proc_stat(pid)
+    return None if st is None else {"pid": pid, "comm": st[0], "start": st[3]}
 
 
 def is_alive(identity):
+    """The process still runs (same start time, so not a reused pid; not a zombie)."""
     if not identity:
         return False
-    st = _proc_stat(identity["pid"])
-    return st is not None and st[2] == identity.get("start")
+    st = proc_stat(identity["pid"])
+    return st is not None and st[1] != "Z" and st[3] == identity.get("start")
 
 
 def find_owner(pid=None):
@@ -97,10 +99,10 @@ def find_owner(pid=None):
         return process_identity(int(env))
     pid = os.getppid() if pid is None else pid
     for _ in range(20):
-        st = _proc_stat(pid)
+        st = proc_stat(pid)
         if st is None:
             return None
-        comm, ppid, _ = st
+        comm, _, ppid, _ = st
         if comm not in SHELLS and not comm.startswith("borg-cyrus") or ppid <= 1:
             return process_identity(pid)
         pid = ppid

@@ -17,15 +17,12 @@ import subprocess
 import sys
 import time
 
+from borg_cyrus.state import proc_stat
+
 
 def _alive(pid, start):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return False
-    fields = data[data.rindex(")") + 2:].split()
-    return fields[0] != "Z" and (start is None or fields[19] == start)
+    st = proc_stat(pid)
+    return st is not None and st[1] != "Z" and (start is None or st[3] == start)
 
 
 def act(thaw, service, runner_log):

@@ -102,17 +102,6 @@ def legacy_paths(ctx, view, boxes):
     return out
 
 
-def to_original(view, path):
-    """mbpath answers with the view's paths; map them back to the live ones."""
-    seen = None
-    for name, p in view.layout.partitions.items():
-        if path == p or path.startswith(p + "/"):
-            seen = (p, name)
-    if seen and hasattr(view, "original_layout"):
-        return view.original_layout.partitions[seen[1]] + path[len(seen[0]):]
-    return path
-
-
 def mailbox_excludes(ctx, view, patterns):
     matcher = mboxlist.NameMatcher(patterns)
     lay = ctx.layout
@@ -125,7 +114,8 @@ def mailbox_excludes(ctx, view, patterns):
             if mb.intname not in legacy_dirs:
                 log.warning("cannot locate legacy mailbox %s; its messages stay in the backup", mb.name)
                 continue
-            data, meta = (to_original(view, p) for p in legacy_dirs[mb.intname])
+            # mbpath answers with the paths it sees through the view (already frozen ones)
+            data, meta = legacy_dirs[mb.intname]
         else:
             data, meta = mb.data_dir(lay), mb.meta_dir(lay, "cache")
         reason = f"mailbox {mb.name} (exclude.mailboxes: {matcher.match(mb)})"
