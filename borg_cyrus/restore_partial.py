@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from borg_cyrus import archive as archive_mod
-from borg_cyrus import cyrusheader, cyrusindex, cyruspaths, dbbatch, imapdconf, imapview, indexfile, mboxlist
+from borg_cyrus import cyrusheader, cyruspaths, dbbatch, imapdconf, imapview, indexfile, mboxlist
 from borg_cyrus import state as state_mod
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 
@@ -295,6 +295,10 @@ class BoxPlan:
         return mboxlist.Mailbox(self.target, self.uniqueid, self.partition, mbtype, self.acl)
 
 
+class Conflict(BorgCyrusError):
+    pass
+
+
 class PartialRestore:
     """Shared machinery of `restore user` and `restore mailbox`."""
 
@@ -355,10 +359,7 @@ class PartialRestore:
             ix = self.live_index(live)
             n = ix.exists if ix else 0
             if n and not self.force:
-                raise BorgCyrusError(
-                    f"{display(target)} exists and holds {n} message(s); refusing to touch it. Add --force to "
-                    "add the archived messages it lacks (new UIDs, existing mail untouched), or restore into "
-                    "a new folder with --into")
+                raise Conflict(f"{display(target)} ({n} message(s))")
             if ix is None:
                 raise BorgCyrusError(f"{display(target)} exists but its cyrus.index cannot be read; "
                                      f"run reconstruct on it first")
@@ -384,6 +385,23 @@ class PartialRestore:
             plan.rewrite = True
             plan.uniqueid = new_uniqueid(self.live_ids)
         return plan
+
+    def plan_all(self, pairs, into):
+        """BoxPlans for [(archived mailbox, live target)]; one error naming
+        every non-empty mailbox that would be touched without --force."""
+        plans, conflicts = [], []
+        for src, target in pairs:
+            try:
+                plans.append(self.plan_box(src, target, into))
+            except Conflict as e:
+                conflicts.append(str(e))
+        if conflicts:
+            raise BorgCyrusError(
+                f"{len(conflicts)} mailbox(es) exist and are not empty: {', '.join(conflicts[:10])}"
+                f"{' …' if len(conflicts) > 10 else ''}; refusing to touch them. Add --force to add the archived "
+                "messages they lack (new UIDs, existing mail untouched), or restore into a new folder with --into")
+        self.inherit(plans)
+        return plans
 
     def inherit(self, plans):
         """ACL, partition and quota root of rewritten mailboxes, from the
@@ -423,17 +441,23 @@ class PartialRestore:
         return cyruspaths.mailbox_dirs(self.alay, plan.src)
 
     def extract(self, paths, required):
-        paths = sorted(set(paths))
+        paths = sorted({os.path.normpath(p) for p in paths})
         if self.ctx.dry_run:
+            from borg_cyrus.model import nest_free
+            listed = self.s.repo.list_paths(self.s.archive, nest_free(paths))
+            missing = {p for p in paths if p not in listed}
             self.say("would extract %d path(s) from archive %s into a private staging directory:",
-                     len(paths), self.s.archive)
+                     len(paths) - len(missing), self.s.archive)
             for p in paths:
-                self.say("  %s", p)
-            return set()
-        t0 = time.monotonic()
-        missing = self.s.repo.extract(self.s.archive, paths, self.s.tree)
-        self.say("extracted %d path(s) from archive %s in %.2f s%s", len(paths) - len(missing), self.s.archive,
-                 time.monotonic() - t0, f" ({len(missing)} not in the archive)" if missing else "")
+                if p not in missing:
+                    self.say("  %s", p)
+            for p in sorted(missing):
+                self.say("  (not in the archive, skipped: %s)", p)
+        else:
+            t0 = time.monotonic()
+            missing = self.s.repo.extract(self.s.archive, paths, self.s.tree)
+            self.say("extracted %d path(s) from archive %s in %.2f s%s", len(paths) - len(missing), self.s.archive,
+                     time.monotonic() - t0, f" ({len(missing)} not in the archive)" if missing else "")
         lost = sorted(set(required) & missing)
         if lost:
             raise BorgCyrusError(f"the archive lacks {lost[0]}" + (f" and {len(lost) - 1} more" if len(lost) > 1
@@ -686,8 +710,7 @@ class UserRestore(PartialRestore):
         if inbox is None:
             raise BorgCyrusError(f"archive {self.s.archive} has mailboxes of {userid} but no INBOX; "
                                  "restore them one by one with `restore mailbox`")
-        plans = [self.plan_box(mb, mb.intname, into=False) for mb in boxes]
-        self.inherit(plans)
+        plans = self.plan_all([(mb, mb.intname) for mb in boxes], into=False)
         self.say("restore user %s from archive %s: %d mailbox(es) — %d to create, %d to merge", userid,
                  self.s.archive, len(plans), sum(p.action == "create" for p in plans),
                  sum(p.action == "merge" for p in plans))
@@ -751,8 +774,8 @@ class MailboxRestore(PartialRestore):
             srcs += [mb for n, mb in sorted(by_name.items()) if n.startswith(src_name + ".")]
         target_root = to_intname(into) if into else src_name
         if into:
-            if target_root == src_name or target_root.startswith(src_name + "."):
-                raise ConfigError(f"--into {into} lies inside the mailbox being restored; choose another folder")
+            if target_root == src_name:
+                raise ConfigError(f"--into {into} is the mailbox itself; leave out --into to restore in place")
             parent = parent_name(target_root)
             if parent and self.live_box(parent) is None:
                 raise BorgCyrusError(f"{display(parent)} does not exist on this server; --into needs an existing "
@@ -762,11 +785,7 @@ class MailboxRestore(PartialRestore):
             if owner and owner != src_name and self.live_box(owner) is None:
                 raise BorgCyrusError(f"{display(owner)} does not exist on this server; restore the user "
                                      f"(`restore user`) or restore into an existing folder with --into")
-        plans = []
-        for mb in srcs:
-            target = target_root + mb.intname[len(src_name):]
-            plans.append(self.plan_box(mb, target, into=bool(into)))
-        self.inherit(plans)
+        plans = self.plan_all([(mb, target_root + mb.intname[len(src_name):]) for mb in srcs], into=bool(into))
         self.say("restore %s%s from archive %s: %d mailbox(es) — %d to create, %d to merge", display(src_name),
                  f" into {display(target_root)}" if into else "", self.s.archive, len(plans),
                  sum(p.action == "create" for p in plans), sum(p.action == "merge" for p in plans))
@@ -795,4 +814,4 @@ def summary_json(summary):
 
 
 __all__ = ["ArchiveSession", "UserRestore", "MailboxRestore", "archive_summary", "format_list", "to_intname",
-           "display", "cyrusindex"]
+           "display"]

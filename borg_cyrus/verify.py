@@ -340,6 +340,8 @@ def format_report(rep):
     s = rep["stats"]
     out.append(f"  checked {s['mailboxes']} mailboxes, {s['messages']} message files ({human_size(s['bytes'])}), "
                f"{s['served']} messages served over IMAP" + (f", {s['hashed']} hashed" if rep["deep"] else ""))
+    if "seconds" in rep:
+        out.append(f"  drill took {rep['seconds']:.2f} s" + (f"; files kept in {rep['kept']}" if rep.get("kept") else ""))
     for w in rep["warnings"]:
         out.append(f"  warning: {w}")
     for name in sorted(rep["failures"]):
@@ -378,8 +380,10 @@ def run(ctx, args):
         drill.fail(None, str(e))
     finally:
         drill.teardown(keep=args.keep)
-    drill.info.append(f"drill took {time.monotonic() - t0:.2f} s" + (f"; kept in {base}" if args.keep else ""))
     rep = drill.report()
+    rep["seconds"] = round(time.monotonic() - t0, 2)
+    if args.keep:
+        rep["kept"] = base
     sys.stdout.write(json.dumps(rep, indent=1, ensure_ascii=False) + "\n" if args.json else format_report(rep))
     if not rep["ok"]:
         log.error("verify: archive %s FAILED: %s", name, ", ".join(sorted(rep["failures"])))
