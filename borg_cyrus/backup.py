@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 
-from borg_cyrus import __version__, cyrusindex, faults, layout as layout_mod, patterns, state as state_mod
+from borg_cyrus import __version__, faults, indexfile, layout as layout_mod, patterns, state as state_mod
 from borg_cyrus.context import Context
 from borg_cyrus.errors import BorgCyrusError, BusyError
 from borg_cyrus.model import nest_free
@@ -128,7 +128,7 @@ def count_messages(ctx, view):
     for mb in ctx.mailboxes or []:
         if not mb.has_spool or mb.legacy:
             continue
-        hdr = cyrusindex.read(view.read_path(os.path.join(mb.meta_dir(ctx.layout, "index"), "cyrus.index")))
+        hdr = indexfile.read_header(view.read_path(os.path.join(mb.meta_dir(ctx.layout, "index"), "cyrus.index")))
         entry = {"uniqueid": mb.uniqueid, "partition": mb.partition}
         if hdr is None:
             totals["unreadable"] += 1

@@ -15,7 +15,7 @@ the manifest holds a count for every mailbox a restore drill can check.
 import logging
 import os
 
-from borg_cyrus import cyrusindex, cyruspaths, mboxlist
+from borg_cyrus import cyruspaths, indexfile, mboxlist
 
 log = logging.getLogger("borg_cyrus.consistency")
 
@@ -57,7 +57,7 @@ def report(ctx, view):
             without_dir.append(mb.intname)
             continue
         if mb.legacy and per is not None and mb.intname not in per:
-            hdr = cyrusindex.read(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
+            hdr = indexfile.read_header(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
             entry = {"uniqueid": mb.uniqueid, "partition": mb.partition, "layout": "legacy", "path": d}
             if hdr is None:
                 counts["unreadable"] = counts.get("unreadable", 0) + 1

@@ -1,4 +1,6 @@
-"""The records of a cyrus.index: UID, size, flags and GUID of every message.
+"""cyrus.index: the header (message count and bytes, cheap: ~100 bytes per
+mailbox, so per-mailbox counts stay O(mailboxes)) and the records (UID, size,
+flags and GUID of every message).
 
 Each record of index minor version 17 (Cyrus 3.2-3.6) is 112 bytes and ends
 with a CRC32 of the rest; the GUID is the SHA-1 of the message file. So the
@@ -89,3 +91,39 @@ def parse(data, path="cyrus.index"):
 def read(path):
     with open(path, "rb") as f:
         return parse(f.read(), path)
+
+
+HEADER_BYTES = 96
+HEADER_VERSIONS = range(13, 20)   # header offsets shared by index minor versions 13-19 (Cyrus 3.0-3.6)
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    minor_version: int
+    num_records: int
+    last_uid: int
+    quota_used: int      # bytes of non-expunged messages
+    uidvalidity: int
+    exists: int          # non-expunged messages
+
+
+def read_header(path):
+    """IndexHeader of the cyrus.index at path, or None if absent/unsupported."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(HEADER_BYTES)
+    except OSError:
+        return None
+    if len(data) < HEADER_BYTES:
+        return None
+    minor = struct.unpack_from(">I", data, 8)[0]
+    if minor not in HEADER_VERSIONS:
+        return None
+    return IndexHeader(
+        minor_version=minor,
+        num_records=struct.unpack_from(">I", data, 20)[0],
+        last_uid=struct.unpack_from(">I", data, 28)[0],
+        quota_used=struct.unpack_from(">Q", data, 32)[0],
+        uidvalidity=struct.unpack_from(">I", data, 44)[0],
+        exists=struct.unpack_from(">I", data, 84)[0],
+    )
