@@ -209,7 +209,13 @@ PLUGIN = textwrap.dedent('''
 
     @hookimpl
     def view_ready(ctx, view):
-        c = imaplib.IMAP4("127.0.0.1", int(os.environ["BCT_IMAP_PORT"]))
+        import time
+        for _ in range(100):   # Cyrus may have just been started again (stop-master quiesce)
+            try:
+                c = imaplib.IMAP4("127.0.0.1", int(os.environ["BCT_IMAP_PORT"]))
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
         c.login("cyrus", "x")
         c.create("user/alice/after-snapshot")
         c.logout()
