@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 
-from borg_cyrus import __version__, faults, indexfile, layout as layout_mod, patterns, state as state_mod
+from borg_cyrus import __version__, consistency, faults, layout as layout_mod, patterns, state as state_mod
 from borg_cyrus.context import Context
 from borg_cyrus.errors import BorgCyrusError, BusyError
 from borg_cyrus.model import nest_free
@@ -118,29 +118,6 @@ def _publish_dump_dir(ctx, new):
         os.rename(final, old)
     os.rename(new, final)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def count_messages(ctx, view):
-    """Per-mailbox counts from cyrus.index headers (read through the view)."""
-    per = {}
-    totals = {"messages": 0, "bytes": 0, "unreadable": 0}
-    missing = []
-    for mb in ctx.mailboxes or []:
-        if not mb.has_spool or mb.legacy:
-            continue
-        hdr = indexfile.read_header(view.read_path(os.path.join(mb.meta_dir(ctx.layout, "index"), "cyrus.index")))
-        entry = {"uniqueid": mb.uniqueid, "partition": mb.partition}
-        if hdr is None:
-            totals["unreadable"] += 1
-            if not os.path.exists(view.read_path(mb.data_dir(ctx.layout))):
-                missing.append(mb.intname)
-        else:
-            entry.update(messages=hdr.exists, bytes=hdr.quota_used, last_uid=hdr.last_uid,
-                         uidvalidity=hdr.uidvalidity)
-            totals["messages"] += hdr.exists
-            totals["bytes"] += hdr.quota_used
-        per[mb.intname] = entry
-    return per, totals, missing
 
 
 def write_manifest(ctx, dump_dir, records, view, timings):
@@ -254,17 +231,8 @@ def _prepare(ctx, view, locs, timings, dump_dir=None):
     try:
         _consistency(ctx, records, view)
         t = time.monotonic()
-        if ctx.config["dumps"]["message_counts"]:
-            per, totals, missing = count_messages(ctx, view)
-            ctx.manifest["mailboxes"] = per
-            ctx.manifest["counts"] = dict(totals)
-            if missing:
-                ctx.manifest["mailboxes_without_directory"] = missing
-                log.warning("%d mailbox(es) in the mailbox list have no directory, e.g. %s",
-                            len(missing), missing[0])
+        consistency.report(ctx, view, counts=ctx.config["dumps"]["message_counts"])
         timings["counts"] = time.monotonic() - t
-        from borg_cyrus import consistency  # dump vs spool report, legacy counts (issue 4)
-        consistency.report(ctx, view)
         t = time.monotonic()
         excludes = ctx.plugins.excludes(ctx, view)
         timings["excludes"] = time.monotonic() - t

@@ -7,9 +7,9 @@
   a restore only brings them back as mailboxes through `reconstruct -P`.
 
 Both are counted and listed in manifest.json (`consistency`) and printed by
-`before` as one warning line. The same pass counts the messages of
-legacy-layout mailboxes (the uuid ones are counted by the backup itself), so
-the manifest holds a count for every mailbox a restore drill can check.
+`before` as one warning line. The same pass records every mailbox's message
+count and bytes (read from its cyrus.index header: ~100 bytes per mailbox, so
+the cost grows with mailboxes, not messages), which a restore drill checks.
 """
 
 import logging
@@ -39,13 +39,16 @@ def _uuid_dirs(root):
                     yield c.name, c.path
 
 
-def report(ctx, view):
-    """Fill ctx.manifest["consistency"] (and legacy mailbox counts); log one
+def report(ctx, view, counts=True):
+    """One pass over the mailbox list: per-mailbox message counts and bytes
+    from each cyrus.index header (counts=True) into ctx.manifest["mailboxes"]
+    and ["counts"], and the consistency report into ["consistency"]; log one
     warning line when something does not match. Returns the report."""
     boxes = [mb for mb in (ctx.mailboxes or []) if mb.has_spool]
     lay = cyruspaths.PathLayout.from_layout(ctx.layout)
-    per = ctx.manifest.get("mailboxes")
-    counts = ctx.manifest.setdefault("counts", {})
+    per = ctx.manifest.setdefault("mailboxes", {}) if counts else None
+    totals = ctx.manifest.setdefault("counts", {})
+    totals.update(messages=0, bytes=0, unreadable=0)
     without_dir = []
     for mb in boxes:
         try:
@@ -56,17 +59,20 @@ def report(ctx, view):
         if not os.path.isdir(view.read_path(d)):
             without_dir.append(mb.intname)
             continue
-        if mb.legacy and per is not None and mb.intname not in per:
-            hdr = indexfile.read_header(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
-            entry = {"uniqueid": mb.uniqueid, "partition": mb.partition, "layout": "legacy", "path": d}
-            if hdr is None:
-                counts["unreadable"] = counts.get("unreadable", 0) + 1
-            else:
-                entry.update(messages=hdr.exists, bytes=hdr.quota_used, last_uid=hdr.last_uid,
-                             uidvalidity=hdr.uidvalidity)
-                counts["messages"] = counts.get("messages", 0) + hdr.exists
-                counts["bytes"] = counts.get("bytes", 0) + hdr.quota_used
-            per[mb.intname] = entry
+        if per is None:
+            continue
+        hdr = indexfile.read_header(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
+        entry = {"uniqueid": mb.uniqueid, "partition": mb.partition}
+        if mb.legacy:
+            entry.update(layout="legacy", path=d)
+        if hdr is None:
+            totals["unreadable"] += 1
+        else:
+            entry.update(messages=hdr.exists, bytes=hdr.quota_used, last_uid=hdr.last_uid,
+                         uidvalidity=hdr.uidvalidity)
+            totals["messages"] += hdr.exists
+            totals["bytes"] += hdr.quota_used
+        per[mb.intname] = entry
 
     known = {mb.uniqueid for mb in boxes if not mb.legacy}
     orphans = []

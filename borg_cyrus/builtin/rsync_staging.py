@@ -1,4 +1,4 @@
-"""Built-in plugin: mode `rsync-staging` — the seed's no-snapshot recipe.
+"""Built-in plugin: mode `rsync-staging` — the Cyrus wiki's no-snapshot recipe.
 
 Stop Cyrus, rsync every data location into a staging copy at a stable path,
 start Cyrus, back up the copy. Downtime is the length of one rsync of what
