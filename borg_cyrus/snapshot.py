@@ -285,7 +285,7 @@ class SnapshotMode(Mode):
 
         conf, lay = point_in_time_config(self.ctx, self.mount_dir, self.name)
         return View(imapd_conf=conf, layout=lay, prefixes=prefixes, blocked_seconds=blocked,
-                    description=f"{self.name} snapshot (quiesce {quiesce})")
+                    description=f"{self.name} snapshots of {len(vols)} volume(s), quiesce {quiesce}")
 
     def undo(self, step):
         kind = step["kind"]

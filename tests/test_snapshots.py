@@ -43,7 +43,7 @@ class Setup:
         self.work = os.path.join(base, "work")
         self.fs = []
         mnt = os.path.join(base, "mnt")
-        if provider == "btrfs":
+        if provider in ("btrfs", "btrfs-2fs"):
             self.fs.append(LoopFs(f"btrfs-{os.path.basename(base)}", "btrfs").make(mnt))
             sh("btrfs", "subvolume", "create", os.path.join(mnt, "cyrus"))
             data = os.path.join(mnt, "cyrus")
@@ -99,6 +99,12 @@ class Setup:
         self.mnt = mnt
         self.layout = {"configdirectory": f"{data}/conf", "partition-default": f"{data}/spool-default",
                        "partition-second": f"{data}/spool-second", "sievedir": f"{data}/sieve"}
+        if provider == "btrfs-2fs":
+            # the second partition on another btrfs: two snapshots in one window
+            mnt2 = os.path.join(base, "mnt2")
+            self.fs.append(LoopFs(f"btrfs2-{os.path.basename(base)}", "btrfs").make(mnt2))
+            self.layout["partition-second"] = f"{mnt2}/spool-second"
+            self.mnt2 = mnt2
         self.sb = Sandbox(os.path.join(base, "cyrus"), partitions=("default", "second"), layout=self.layout)
 
     def config(self, **extra):
@@ -121,9 +127,10 @@ class Setup:
     def leftovers(self):
         """Snapshots, mounts or frozen filesystems a run left behind."""
         out = list(mounts.mounted_under(self.read_root())) if os.path.isdir(self.read_root()) else []
-        if self.provider == "btrfs":
-            lst = sh("btrfs", "subvolume", "list", self.mnt)
-            out += [ln for ln in lst.splitlines() if "borg-cyrus-" in ln]
+        if self.provider.startswith("btrfs"):
+            for m in [self.mnt] + ([self.mnt2] if self.provider == "btrfs-2fs" else []):
+                lst = sh("btrfs", "subvolume", "list", m)
+                out += [ln for ln in lst.splitlines() if "borg-cyrus-" in ln]
         if self.provider == "command-xfs":
             out += os.listdir(self.snaps)
         if self.provider == "lvm-xfs":
@@ -135,11 +142,11 @@ class Setup:
         return out
 
     def wipe(self):
-        """Lose the server: its files and everything on the data volume."""
+        """Lose the server: its files and everything on the data volume(s)."""
         wipe(self.sb)
-        for name in os.listdir(self.data):
-            p = os.path.join(self.data, name)
-            subprocess.run(["rm", "-rf", p], check=True)
+        for d in [self.data] + ([self.mnt2] if self.provider == "btrfs-2fs" else []):
+            for name in os.listdir(d):
+                subprocess.run(["rm", "-rf", os.path.join(d, name)], check=True)
 
     def destroy(self):
         self.sb.stop()
@@ -153,16 +160,16 @@ class Setup:
             subprocess.run(["zpool", "destroy", "-f", "bctpool"], capture_output=True)
 
 
-@pytest.fixture(params=PROVIDERS)
-def setup(request, base_dir):
+@pytest.fixture(params=PROVIDERS + [pytest.param("btrfs-2fs", marks=pytest.mark.skipif(IN_VM, reason="host"))])
+def setup_multi(request, base_dir):
     s = Setup(base_dir, request.param)
     yield s
     s.destroy()
 
 
 @pytest.mark.slow
-def test_backup_through_snapshot_restores_identically(setup):
-    s = setup
+def test_backup_through_snapshot_restores_identically(setup_multi):
+    s = setup_multi
     sb = s.sb.create()
     populate(sb)
     bc = s.config()
@@ -178,7 +185,10 @@ def test_backup_through_snapshot_restores_identically(setup):
     assert manifest["blocked_seconds"] is not None and manifest["blocked_seconds"] < 5
     assert s.leftovers() == []
     paths = archive_paths(repo)
-    assert f"{s.data}/conf/mailboxes.db" in paths and f"{s.data}/spool-second" in paths
+    assert f"{s.data}/conf/mailboxes.db" in paths and s.layout["partition-second"] in paths
+    volumes = 2 if s.provider == "btrfs-2fs" else 1
+    if s.provider != "rsync-staging":
+        assert f"snapshots of {volumes} volume(s)" in manifest["view"], manifest["view"]
     assert not any("/snapshots/" in p or "/staging/" in p for p in paths)
     assert f"{s.data}/conf/deliver.db" not in paths
     # the mailbox list in the archive was dumped from the frozen view
