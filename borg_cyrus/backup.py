@@ -210,7 +210,7 @@ def before(ctx, force=False):
             ctx.plugins.pm.hook.view_ready(ctx=ctx, view=view)
             summary = _prepare(ctx, view, locs, timings)
             st.set(phase="ready", patterns=ctx.patterns_file)
-        except BaseException as e:
+        except BaseException:
             log.info("before failed; undoing what it did")
             errors = teardown(ctx, st)
             for err in errors:

@@ -1,9 +1,12 @@
 """What every plugin gets: config, discovered layout, tools, the runner."""
 
+import grp
 import logging
 import os
+import pwd
 from dataclasses import dataclass, field
 
+from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.execute import Runner
 
 log = logging.getLogger("borg_cyrus")
@@ -44,6 +47,15 @@ class Context:
     @property
     def lock_file(self):
         return os.path.join(self.work_dir, "lock")
+
+    def cyrus_ids(self):
+        """(uid, gid) of the configured cyrus user and group."""
+        try:
+            return (pwd.getpwnam(self.config["cyrus_user"]).pw_uid,
+                    grp.getgrnam(self.config["cyrus_group"]).gr_gid)
+        except KeyError as e:
+            raise BorgCyrusError(f"user/group {e.args[0]} does not exist; install Cyrus first "
+                                 "or set cyrus_user/cyrus_group") from None
 
     def run(self, argv, **kw):
         return self.runner.run(argv, **kw)

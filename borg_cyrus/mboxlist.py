@@ -102,6 +102,15 @@ def external_name(intname):
     return f"{name}@{domain}" if domain else name
 
 
+def admin_name(intname, unixhierarchysep=True):
+    """Name as Cyrus's tools (mbpath, reconstruct) take it: admin namespace,
+    '/' or '.' as separator like the server's unixhierarchysep."""
+    mb = Mailbox(intname, "", "")
+    parts = mb.parts if unixhierarchysep else [p.replace(".", "^") for p in mb.parts]
+    out = ("/" if unixhierarchysep else ".").join(parts)
+    return f"{out}@{mb.domain}" if mb.domain else out
+
+
 def internal_name(name):
     """Inverse of external_name."""
     domain = None

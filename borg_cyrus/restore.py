@@ -9,11 +9,9 @@ empties the folders whose messages were excluded on purpose (`reconstruct`),
 recomputes quota usage (`quota -f`) and fixes ownership.
 """
 
-import grp
 import json
 import logging
 import os
-import pwd
 import time
 
 from borg_cyrus import dbbatch, mboxlist
@@ -55,22 +53,12 @@ class Dump:
         return self.file(f"{os.path.basename(dbname)}.batch")
 
 
-def _ids(ctx):
-    try:
-        uid = pwd.getpwnam(ctx.config["cyrus_user"]).pw_uid
-        gid = grp.getgrnam(ctx.config["cyrus_group"]).gr_gid
-    except KeyError as e:
-        raise BorgCyrusError(f"user/group {e.args[0]} does not exist; install Cyrus first "
-                             "or set cyrus_user/cyrus_group") from None
-    return uid, gid
-
-
 class FullRestore:
     def __init__(self, ctx, dump_dir=None):
         self.ctx = ctx
         self.lay = ctx.layout
         self.dump = Dump(dump_dir or ctx.dump_dir)
-        self.uid, self.gid = _ids(ctx)
+        self.uid, self.gid = ctx.cyrus_ids()
         self.report = []
 
     def note(self, msg, *args):

@@ -27,11 +27,9 @@ would be extracted and run; the server is not changed.
 """
 
 import errno
-import grp
 import json
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import tempfile
@@ -72,11 +70,7 @@ def display(intname):
 
 def server_name(intname, lay):
     """Name as Cyrus's tools take it: admin namespace, the server's separator."""
-    mb = mboxlist.Mailbox(intname, "", "")
-    sep = "/" if lay.unixhierarchysep else "."
-    parts = mb.parts if sep == "/" else [p.replace(".", "^") for p in mb.parts]
-    out = sep.join(parts)
-    return f"{out}@{mb.domain}" if mb.domain else out
+    return mboxlist.admin_name(intname, lay.unixhierarchysep)
 
 
 def parent_name(intname):
@@ -309,7 +303,7 @@ class PartialRestore:
         self.force = force
         self.alay = session.layout                                   # archived
         self.llay = cyruspaths.PathLayout.from_layout(ctx.layout)    # live
-        self.uid, self.gid = _ids(ctx)
+        self.uid, self.gid = ctx.cyrus_ids()
         self.steps = []        # what is (or would be) done, in order
         self.report = []
         self.created_dirs = []
@@ -680,13 +674,6 @@ class PartialRestore:
 def occupied(d):
     """A directory that already holds a mailbox's files."""
     return any(os.path.lexists(os.path.join(d, n)) for n in ("cyrus.header", "cyrus.index"))
-
-
-def _ids(ctx):
-    try:
-        return pwd.getpwnam(ctx.config["cyrus_user"]).pw_uid, grp.getgrnam(ctx.config["cyrus_group"]).gr_gid
-    except KeyError as e:
-        raise BorgCyrusError(f"user/group {e.args[0]} does not exist; install Cyrus first") from None
 
 
 def _quota_roots(plans):

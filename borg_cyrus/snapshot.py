@@ -353,7 +353,7 @@ def point_in_time_config(ctx, prefix, mode_name):
     live = ctx.layout
     tmp = tempfile.mkdtemp(prefix=os.path.basename(PIT_PREFIX), dir=os.path.dirname(PIT_PREFIX))
     ctx.state.push("pit-dir", mode_name, path=tmp)
-    uid, gid = _cyrus_ids(ctx)
+    uid, gid = ctx.cyrus_ids()
     os.chmod(tmp, 0o700)
     os.chown(tmp, uid, gid)
     for sub in ("db", "proc", "lock", "socket"):
@@ -397,9 +397,3 @@ def point_in_time_config(ctx, prefix, mode_name):
             f.write(f"{k}: {v}\n")
     os.chmod(conf, 0o644)
     return conf, layout_mod.discover(conf)
-
-
-def _cyrus_ids(ctx):
-    import grp
-    import pwd
-    return pwd.getpwnam(ctx.config["cyrus_user"]).pw_uid, grp.getgrnam(ctx.config["cyrus_group"]).gr_gid

@@ -12,7 +12,6 @@ BORG_CYRUS_WRITE_DOCS=1 to rewrite docs/reliability.md from the results."""
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest

@@ -7,7 +7,7 @@ import stat
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from borg_cyrus import dbbatch, imapdconf, imapview, mboxlist
 from borg_cyrus.errors import ConfigError

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from borg_cyrus import imapview, mounts
-from borg_cyrus.demo import msg, populate
+from borg_cyrus.demo import populate
 from borg_cyrus.imapview import quote
 from borg_cyrus.sandbox import Sandbox
 from conftest import cli, write_config

@@ -62,12 +62,7 @@ def regenerable(ctx, categories):
 
 def server_name(mb, layout):
     """External name as Cyrus's tools take it (admin namespace, server's separator)."""
-    sep = "/" if layout.unixhierarchysep else "."
-    parts = mb.parts
-    if sep == ".":
-        parts = [p.replace(".", "^") for p in parts]
-    name = sep.join(parts)
-    return f"{name}@{mb.domain}" if mb.domain else name
+    return mboxlist.admin_name(mb.intname, layout.unixhierarchysep)
 
 
 def iter_json_objects(text):
