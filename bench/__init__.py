@@ -1,0 +1,1 @@
+"""Benchmarks of borg-cyrus against the alternatives; `python -m bench --help`."""

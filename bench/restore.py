@@ -1,0 +1,143 @@
+"""Single-user restore: `borg-cyrus restore user USER` into the running
+server against a raw `borg extract` of exactly that user's directories.
+
+The user is the one at the 90th percentile of archived bytes. Before every
+restore the user is deleted over IMAP (an admin DELETE of user/NAME removes
+all their folders), so each restore recreates every mailbox. Both the raw
+extract and borg-cyrus's staging directory are on the spool's filesystem.
+After each restore the message counts seen over IMAP are compared with the
+archived manifest.
+"""
+
+import os
+import shutil
+
+from bench.common import env, log, median, ratio, sh, timed
+from bench.testbed import manifest
+
+
+def latest_archive(repo):
+    r = sh("borg", "list", "--short", repo, env=env())
+    return r.stdout.split()[-1]
+
+
+def user_stats(m):
+    users = {}
+    for name, e in (m.get("mailboxes") or {}).items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[0] != "user":
+            continue
+        u = users.setdefault(parts[1], {"mailboxes": 0, "messages": 0, "bytes": 0, "boxes": {}})
+        u["mailboxes"] += 1
+        u["messages"] += e.get("messages") or 0
+        u["bytes"] += e.get("bytes") or 0
+        u["boxes"][name] = e
+    return users
+
+
+def user_paths(m, user, info):
+    lay = m["layout"]
+    parts = lay["partitions"]
+    out = []
+    for name, e in info["boxes"].items():
+        u = e["uniqueid"]
+        out.append(os.path.join(parts[e.get("partition") or "default"], "uuid", u[0], u[1], u))
+    inbox = info["boxes"].get(f"user.{user}")
+    if inbox:
+        u = inbox["uniqueid"]
+        # seen/subscription files: only once the user has logged in (not for spools written by reconstruct)
+        conf = os.path.join(lay["configdirectory"], "user", "uuid", u[0], u[1], u)
+        if os.path.isdir(conf):
+            out.append(conf)
+    return out
+
+
+def imap(sb, user="cyrus"):
+    import imaplib
+    c = imaplib.IMAP4("127.0.0.1", sb.port, timeout=120)
+    c.login(user, "x")
+    return c
+
+
+def imap_counts(sb, user):
+    c = imap(sb, user)
+    try:
+        typ, data = c.list()
+        total = 0
+        boxes = 0
+        for line in data or []:
+            if not line:
+                continue
+            name = line.decode().rsplit(' "/" ', 1)[-1] if isinstance(line, bytes) else str(line)
+            typ, st = c.status(name, "(MESSAGES)")
+            if typ == "OK":
+                total += int(st[0].decode().rsplit("MESSAGES ", 1)[1].rstrip(")"))
+                boxes += 1
+        return boxes, total
+    finally:
+        c.logout()
+
+
+def delete_user(sb, user):
+    c = imap(sb)
+    try:
+        c.setacl(f"user/{user}", "cyrus", "lrswipkxtecda")    # admins hold 'a' implicitly, not 'x'
+        typ, data = c.delete(f"user/{user}")
+        if typ != "OK":
+            raise RuntimeError(f"DELETE user/{user}: {typ} {data}")
+    finally:
+        c.logout()
+
+
+def run(bench, scale, reps):
+    bed = bench.testbed(scale)
+    from bench.blocked import ensure_server
+    ensure_server(bed.server.sb)
+    work = bed.work("btrfs")
+    bc = bed.borg_cyrus_config("btrfs", work, "btrfs")
+    repo = bed.repo("btrfs")
+    cfg = bed.borgmatic_bc("bc-btrfs", repo, work)
+    # a fresh archive of the current state (the nightly section's may predate the write-blocked runs)
+    bed.borgmatic(cfg, bc_config=bc)
+    m = manifest(work)
+    archive = latest_archive(repo)
+    users = user_stats(m)
+    ranked = sorted(users, key=lambda u: users[u]["bytes"])
+    user = ranked[int(len(ranked) * 0.9)] if ranked else None
+    info = users[user]
+    paths = user_paths(m, user, info)
+    sb = bed.server.sb
+    help_text = sh("borg-cyrus", "restore", "--help", env=env(), check=False).stdout
+    has_user = " user " in help_text or "\n    user" in help_text
+    out = {"scale": scale.name, "scale_desc": scale.describe(), "user": user, "user_mailboxes": info["mailboxes"],
+           "user_messages": info["messages"], "user_bytes": info["bytes"], "paths": len(paths), "reps": reps,
+           "archive_users": len(users), "archive_bytes": sum(u["bytes"] for u in users.values()),
+           "restore_user_available": has_user}
+    if not has_user:
+        out["error"] = "borg-cyrus restore user is not available"
+        return out
+    staging = os.path.join(bed.data, ".restore-staging")
+    raw_dir = os.path.join(bed.data, ".raw-extract")
+    raw, rest, ok = [], [], []
+    for k in range(reps):
+        shutil.rmtree(raw_dir, ignore_errors=True)
+        os.makedirs(raw_dir)
+        r = timed(["borg", "extract", f"{repo}::{archive}", *[p.lstrip("/") for p in paths]], env_=env(), cwd=raw_dir)
+        raw.append(r.seconds)
+        shutil.rmtree(raw_dir, ignore_errors=True)
+
+        delete_user(sb, user)
+        shutil.rmtree(staging, ignore_errors=True)
+        r = timed(["borg-cyrus", "-c", bc, "restore", "user", user, "--borgmatic-config", cfg, "--staging", staging],
+                  env_=env(), check=False)
+        if r.returncode:
+            out["error"] = f"restore user failed ({r.returncode}): {(r.stderr or r.stdout)[-1500:]}"
+            break
+        rest.append(r.seconds)
+        boxes, msgs = imap_counts(sb, user)
+        ok.append(boxes == info["mailboxes"] and msgs == info["messages"])
+        log(f"    #{k + 1}: raw borg extract {raw[-1]:.2f} s, borg-cyrus restore user {rest[-1]:.2f} s; "
+            f"IMAP sees {boxes}/{info['mailboxes']} mailboxes, {msgs}/{info['messages']} messages")
+    out.update(raw_s=raw, restore_s=rest, raw_median=median(raw), restore_median=median(rest),
+               ratio=ratio(median(rest), median(raw)), verified=ok)
+    return out
