@@ -56,12 +56,12 @@ def report(ctx, view, counts=True):
         except KeyError:
             without_dir.append(mb.intname)
             continue
-        if not os.path.isdir(view.read_path(d)):
+        hdr = indexfile.read_header(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
+        if hdr is None and not os.path.isdir(view.read_path(d)):
             without_dir.append(mb.intname)
             continue
         if per is None:
             continue
-        hdr = indexfile.read_header(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
         entry = {"uniqueid": mb.uniqueid, "partition": mb.partition}
         if mb.legacy:
             entry.update(layout="legacy", path=d)

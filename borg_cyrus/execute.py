@@ -35,6 +35,13 @@ class Result:
         return self.stdout.decode("utf-8", "replace")
 
 
+def _normal_priority():
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError:
+        pass
+
+
 def _kill_group(proc):
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -61,8 +68,10 @@ class Runner:
         self.default_timeout = default_timeout
 
     def run(self, argv, *, changes=True, input=None, stdin=None, stdout=None,
-            timeout=None, check=True, env=None, cwd=None, what=None):
+            timeout=None, check=True, env=None, cwd=None, what=None, daemon=False):
         """Run argv. stdout: None = capture, or an open binary file to stream to.
+        daemon=True starts a service (own session, normal CPU priority even when
+        the backup job runs niced).
 
         Returns a Result; raises CommandError on non-zero exit (check=True),
         on timeout, or when the program is missing.
@@ -87,7 +96,11 @@ class Runner:
                 stderr=subprocess.PIPE,
                 env=full_env,
                 cwd=cwd,
-                process_group=0,  # so a timeout or our own death takes its children too
+                # own process group, so a timeout or our own death takes its children too;
+                # a daemon (Cyrus's master) gets its own session and normal priority instead
+                process_group=None if daemon else 0,
+                start_new_session=daemon,
+                preexec_fn=_normal_priority if daemon else None,
             )
         except FileNotFoundError:
             raise CommandError(f"{label}: program not found: {argv[0]}", argv) from None

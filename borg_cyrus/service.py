@@ -83,6 +83,16 @@ class Service:
             if st is None or st[1] == "Z":
                 return
             time.sleep(0.05)
+        cur = pid if pid is not None else self.master_pid()
+        if cur is not None and self.manager == "command":
+            # seen once with Cyrus 3.6: a master spinning after SIGTERM; it must not
+            # be mistaken for a running server when it is started again
+            log.warning("Cyrus master (pid %d) ignored SIGTERM for %d s; killing it", cur, self.cfg["stop_timeout"])
+            os.kill(cur, signal.SIGKILL)
+            end = time.monotonic() + 10
+            while time.monotonic() < end and proc_stat(cur) and proc_stat(cur)[1] != "Z":
+                time.sleep(0.05)
+            return
         raise BorgCyrusError(f"Cyrus master did not stop within {self.cfg['stop_timeout']} s; check it and raise service.stop_timeout")
 
     def start(self):
@@ -90,12 +100,12 @@ class Service:
         if self.manager == "systemd":
             self.runner.run(["systemctl", "start", self.cfg["systemd_unit"]], timeout=self.cfg["start_timeout"])
         elif self.manager == "sysv":
-            self.runner.run([self.cfg["init_script"], "start"], timeout=self.cfg["start_timeout"])
+            self.runner.run([self.cfg["init_script"], "start"], timeout=self.cfg["start_timeout"], daemon=True)
         else:
             argv = self.cfg.get("start_command")
             if not argv:
                 raise BorgCyrusError("cannot start Cyrus: service.start_command is not set; set it, e.g. [/usr/sbin/cyrmaster, -d]")
-            self.runner.run(argv, timeout=self.cfg["start_timeout"])
+            self.runner.run(argv, timeout=self.cfg["start_timeout"], daemon=True)
         if self.runner.dry_run:
             return
         deadline = t0 + self.cfg["start_timeout"]

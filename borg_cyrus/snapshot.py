@@ -11,6 +11,7 @@ the same on every run: Borg's files cache (keyed on the full path) then
 recognises unchanged files and reads only what changed.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -181,7 +182,14 @@ class SnapshotMode(Mode):
         return self.scfg.get("mount_directory") or os.path.join(self.ctx.work_dir, "snapshots")
 
     def snapshot_name(self, vol):
-        return f"{self.scfg['prefix']}-{safe_name(vol['root'])}"
+        return f"{self.name_prefix}{safe_name(vol['root'])}"
+
+    @property
+    def name_prefix(self):
+        """`<prefix>-<config id>-`: stale cleanup only ever touches this
+        configuration's snapshots, even when several configs share a host."""
+        ident = hashlib.sha1(os.path.realpath(self.ctx.work_dir).encode()).hexdigest()[:8]
+        return f"{self.scfg['prefix']}-{ident}-"
 
     def quiesce_mode(self):
         q = self.scfg["quiesce"]

@@ -69,17 +69,22 @@ class Btrfs(SnapshotMode):
         umount(self.ctx.runner, top)
 
     def stale(self):
+        lay = self.ctx.layout
+        table = mounts.mounts()
+        devices = []
+        for path in [lay.configdirectory, lay.sievedir] + lay.all_partition_dirs():
+            m = mounts.mount_of(path, table) if os.path.exists(path) else None
+            if m and m.fstype == "btrfs" and m.source not in devices:
+                devices.append(m.source)
+        in_use = {m.root for m in table if m.fstype == "btrfs"}
         out = []
-        seen = set()
-        for m in mounts.mounts():
-            if m.fstype != "btrfs" or m.source in seen or m.mountpoint.startswith(self.mount_dir):
-                continue
-            seen.add(m.source)
-            top = self.top(m.source)
+        for device in devices:
+            top = self.top(device)
             snapdir = os.path.join(top, SNAPDIR)
-            names = [n for n in os.listdir(snapdir) if n.startswith(self.scfg["prefix"] + "-")] \
+            names = [n for n in os.listdir(snapdir) if n.startswith(self.name_prefix)] \
                 if os.path.isdir(snapdir) else []
-            out.extend({"name": n, "device": m.source} for n in names)
+            names = [n for n in names if f"/{SNAPDIR}/{n}" not in in_use]
+            out.extend({"name": n, "device": device} for n in names)
             if not names:
                 umount(self.ctx.runner, top)
         return out

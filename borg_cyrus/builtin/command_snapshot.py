@@ -104,7 +104,7 @@ class CommandSnapshot(SnapshotMode):
             return []
         r = self.ctx.run(fill(c["list"], {k: "" for k in KNOWN}), changes=False, check=False)
         return [{"name": n.strip(), "snapshot": n.strip()} for n in r.text.splitlines()
-                if n.strip().startswith(self.scfg["prefix"] + "-")]
+                if n.strip().startswith(self.name_prefix)]
 
 
 @hookimpl

@@ -90,7 +90,7 @@ class Lvm(SnapshotMode):
         out = []
         for line in r.text.splitlines():
             parts = [x.strip() for x in line.split("|")]
-            if len(parts) == 3 and parts[1].startswith(self.scfg["prefix"] + "-") and parts[2][:1] in "sS":
+            if len(parts) == 3 and parts[1].startswith(self.name_prefix) and parts[2][:1] in "sS":
                 out.append({"name": parts[1], "vg": parts[0]})
         return out
 

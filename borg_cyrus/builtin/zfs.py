@@ -52,7 +52,7 @@ class Zfs(SnapshotMode):
         out = []
         for line in r.text.splitlines():
             ds, _, name = line.strip().partition("@")
-            if name.startswith(self.scfg["prefix"] + "-"):
+            if name.startswith(self.name_prefix):
                 out.append({"name": name, "dataset": ds})
         return out
 
