@@ -418,3 +418,35 @@ def test_lvm_snapshot_overflow_fails_the_backup(base_dir):
         assert sb.running()
     finally:
         s.destroy()
+
+
+@pytest.mark.skipif(IN_VM, reason="host test")
+def test_stale_cleanup_leaves_other_configurations_alone(base_dir):
+    """Two configurations on one btrfs (two Cyrus servers, two work
+    directories): B's `before` must not remove or unmount A's snapshot."""
+    s = Setup(base_dir, "btrfs")
+    try:
+        a = s.sb.create().start()
+        a.imap().create("user/alice")
+        cfg_a = s.config()
+        other = os.path.join(s.mnt, "other")
+        sh("btrfs", "subvolume", "create", other)
+        os.chmod(other, 0o755)
+        b = Sandbox(os.path.join(base_dir, "cyrus-b"), layout={
+            "configdirectory": f"{other}/conf", "partition-default": f"{other}/spool", "sievedir": f"{other}/sieve"})
+        b.create().start()
+        b.imap().create("user/bob")
+        cfg_b = write_config(os.path.join(base_dir, "b.yaml"), {
+            "imapd_conf": b.imapd_conf, "work_directory": os.path.join(base_dir, "work-b"), "mode": "btrfs",
+            "service": b.borg_cyrus_service()})
+        cli("before", config=cfg_a, check=0)
+        a_mount = os.path.join(s.work, "snapshots") + s.data
+        assert os.path.exists(os.path.join(a_mount, "conf", "mailboxes.db"))
+        cli("before", config=cfg_b, check=0)
+        assert os.path.exists(os.path.join(a_mount, "conf", "mailboxes.db")), "B removed A's snapshot"
+        cli("after", config=cfg_b, check=0)
+        cli("after", config=cfg_a, check=0)
+        assert s.leftovers() == []
+        b.stop()
+    finally:
+        s.destroy()
