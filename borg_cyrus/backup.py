@@ -160,6 +160,14 @@ def _consistency(ctx, records, view):
             raise BorgCyrusError(msg + " although it was frozen")
 
 
+def _disk_full(path, margin=64 * 1024):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
+
+
 def run_dumps(ctx, view):
     dump_dir = _fresh_dump_dir(ctx)
     records = []
@@ -172,6 +180,15 @@ def run_dumps(ctx, view):
         shutil.rmtree(dump_dir, ignore_errors=True)
         raise BorgCyrusError(f"writing the dumps into {ctx.work_dir} failed: {e.strerror}"
                              f"{'; free space there or move work_directory' if e.errno == 28 else ''}") from None
+    except BorgCyrusError as e:
+        # Cyrus tools write their dumps to our file and may not notice a full disk:
+        # the dump then looks truncated. Say what really happened.
+        full = _disk_full(dump_dir)
+        shutil.rmtree(dump_dir, ignore_errors=True)
+        if full:
+            raise BorgCyrusError(f"writing the dumps into {ctx.work_dir} failed: No space left on device "
+                                 f"({e}); free space there or move work_directory") from None
+        raise
     except BaseException:
         shutil.rmtree(dump_dir, ignore_errors=True)
         raise
