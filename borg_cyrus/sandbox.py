@@ -76,6 +76,7 @@ class Sandbox:
             "annotation_allow_undefined": "yes",
             "quota_db": "quotalegacy",
             "syslog_prefix": "cyrus-sandbox",
+            "umask": "077",
         }
         for name, path in self.partitions.items():
             v[f"partition-{name}"] = path

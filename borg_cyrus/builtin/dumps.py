@@ -70,6 +70,17 @@ def dump_db(ctx, view, dump_dir, name):
     return DumpRecord(filename, [filename], len(records), len(data), time.monotonic() - t0, PLUGIN, extra)
 
 
+def _private_dirs(top, path):
+    """mkdir -p below top, every new directory 0700 (whatever the umask)."""
+    rel = os.path.relpath(path, top)
+    cur = top
+    for part in rel.split(os.sep):
+        cur = os.path.join(cur, part)
+        if not os.path.isdir(cur):
+            os.mkdir(cur)
+            os.chmod(cur, 0o700)
+
+
 def copy_configs(ctx, dump_dir):
     lay = ctx.layout
     os.mkdir(os.path.join(dump_dir, "config"), 0o700)
@@ -79,7 +90,7 @@ def copy_configs(ctx, dump_dir):
             continue
         rel = os.path.join("config", os.path.abspath(src).lstrip("/"))
         dst = os.path.join(dump_dir, rel)
-        os.makedirs(os.path.dirname(dst), 0o700, exist_ok=True)
+        _private_dirs(dump_dir, os.path.dirname(dst))
         shutil.copyfile(src, dst)
         os.chmod(dst, 0o600)
         files.append(rel)
