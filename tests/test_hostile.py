@@ -97,7 +97,7 @@ def test_mutf7_round_trip(s):
 
 # -- odd mailbox names end to end --------------------------------------------------
 
-ODD = ["Ünïcödé ✓ 日本", "with  two spaces", "dot.in.name", "-rf", "$(touch PWNED)", "; rm -rf ~",
+ODD = ["Ünïcödé ✓ 日本", "with  two spaces", "dot.in.name", "car^et", "-rf", "$(touch PWNED)", "; rm -rf ~",
        "`id`", "quote\"d", "back\\slash", "a*b?c[d]", "Junk"]
 
 
@@ -276,3 +276,38 @@ def test_dump_directory_full(populated, base_dir):
     finally:
         populated.stop()
         fs.destroy()
+
+
+@pytest.mark.needs_root
+@pytest.mark.slow
+def test_ten_thousand_mailboxes(sandbox, base_dir):
+    """10k mailboxes through `before`: every one dumped, counted and in the
+    manifest; an exclude glob resolved over all of them."""
+    import socket
+    n = 10_000
+    with socket.create_connection(("127.0.0.1", sandbox.port)) as sock:
+        f = sock.makefile("rwb")
+        f.readline()
+        f.write(b"a LOGIN cyrus x\r\n")
+        f.flush()
+        f.readline()
+        users = n // 10
+        cmds = []
+        for u in range(users):
+            cmds.append(f"c{u} CREATE user/u{u:05d}\r\n")
+            cmds += [f"c{u}-{k} CREATE user/u{u:05d}/f{k}\r\n" for k in range(9)]
+        f.write("".join(cmds).encode())
+        f.write(b"z LOGOUT\r\n")
+        f.flush()
+        ok = sum(1 for line in f if b" OK " in line and not line.startswith(b"* "))
+    assert ok >= n
+    cfg = sandbox_config(sandbox, base_dir, exclude={"mailboxes": ["user/*/f3"]})
+    r = cli("before", config=cfg, check=0)
+    cli("after", config=cfg, check=0)
+    manifest = json.load(open(os.path.join(base_dir, "work", "dump", "manifest.json")))
+    assert manifest["counts"]["mailboxes"] == n
+    assert len(manifest["mailboxes"]) == n
+    assert len(manifest["excluded_mailboxes"]) == users
+    patterns = open(os.path.join(base_dir, "work", "patterns")).read()
+    assert patterns.count("cyrus\\.cache$") >= users
+    assert "before: ready" in r.stderr

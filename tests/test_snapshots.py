@@ -442,6 +442,8 @@ def test_stale_cleanup_leaves_other_configurations_alone(base_dir):
         cli("before", config=cfg_a, check=0)
         a_mount = os.path.join(s.work, "snapshots") + s.data
         assert os.path.exists(os.path.join(a_mount, "conf", "mailboxes.db"))
+        opts = [m for m in mounts.mounts() if m.mountpoint == a_mount][0].options.split(",")
+        assert {"ro", "nosuid", "nodev", "noexec"} <= set(opts), opts
         cli("before", config=cfg_b, check=0)
         assert os.path.exists(os.path.join(a_mount, "conf", "mailboxes.db")), "B removed A's snapshot"
         cli("after", config=cfg_b, check=0)
