@@ -38,7 +38,7 @@ class Setup:
     """A Cyrus whose configdirectory, partitions and sievedir live on the
     volume a provider snapshots, and the borg-cyrus config for it."""
 
-    def __init__(self, base, provider):
+    def __init__(self, base, provider, tmpfs=False):
         self.base, self.provider = base, provider
         self.work = os.path.join(base, "work")
         self.fs = []
@@ -93,6 +93,9 @@ class Setup:
         else:
             data = os.path.join(base, "data")
             os.makedirs(data)
+            if tmpfs:
+                # tmpfs numbers inodes in creation order, and borg reads a directory in inode order
+                sh("mount", "-t", "tmpfs", "-o", "size=512m", "bct-data", data)
             self.mode = {"mode": "rsync-staging"}
         os.chmod(data, 0o755)
         self.data = data
@@ -272,12 +275,16 @@ def test_message_moved_during_backup(provider, base_dir):
     one already read is lost by a live backup, and kept exactly once through a
     snapshot. Borg is held between the two folders by a FIFO it reads
     (--read-special), so the move happens at exactly that moment."""
-    s = Setup(base_dir, "rsync-staging" if provider == "live" else provider)
+    s = Setup(base_dir, "rsync-staging", tmpfs=True) if provider == "live" else Setup(base_dir, provider)
     try:
         sb = s.sb.create()
         os.makedirs(sb.partitions["second"], exist_ok=True)
         os.mkfifo(os.path.join(sb.partitions["second"], FIFO))   # first entry borg meets in partition second
         populate(sb)
+        if provider == "live":
+            with os.scandir(sb.partitions["second"]) as it:
+                first = min(it, key=lambda e: e.inode()).name
+            assert first == FIFO, f"borg would read {first} before the FIFO: the test cannot hold it between the folders"
         bo = sb.imap("bob")
         bo.select(quote("INBOX/Archive 2019"))
         typ, data = bo.uid("FETCH", "1", "(BODY.PEEK[])")
