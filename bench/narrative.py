@@ -515,9 +515,9 @@ def _bounds(res):
             for secs, fn, where, kids in phases)
         fixes = []
         names = " ".join(fn + " " + " ".join(k[1] for k in kids) for _s, fn, _w, kids in phases)
-        if "write_manifest" in names:
-            fixes.append("write `manifest.json` without `indent`/`sort_keys` (or stream it): at 100k mailboxes "
-                         "the per-mailbox manifest is most of the JSON encoding time")
+        if "read_header" in names:
+            fixes.append("read the `cyrus.index` headers from a few threads: the per-mailbox pass waits on one "
+                         "`open()` after another on a snapshot whose metadata is cold, and those waits overlap")
         if "isdir" in names and ("read_header" in names or "cyrusindex" in names):
             fixes.append("drop the separate `isdir()` per mailbox in the consistency pass: opening its "
                          "`cyrus.index` already answers whether the directory exists, and the uuid-directory "

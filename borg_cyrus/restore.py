@@ -267,8 +267,8 @@ class FullRestore:
         self.ctx.cyrus("quota", "-f")
         self.fix_ownership()
         if start:
-            Service(self.ctx.config["service"], self.ctx.runner).start()
-            self.note("Cyrus started")
+            Service(self.ctx.config["service"], self.ctx.runner).start()   # logs "Cyrus started in …"
+            self.report.append("Cyrus started")
         self.note("full restore finished in %.2f s (%d mailboxes in the dump)", time.monotonic() - t0,
                   len(self.dump.mailboxes))
         return self.report
