@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 
+from borg_cyrus import mounts
 from borg_cyrus.sandbox import Sandbox
 
 from bench import spool
@@ -23,24 +24,11 @@ GENERATOR_VERSION = 3      # bump when spool.py changes what it generates
 
 
 def mounted_below(path):
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if mp == path or mp.startswith(path.rstrip("/") + "/"):
-                out.append(mp)
-    return sorted(out, key=len, reverse=True)
+    return mounts.mounted_under(path)
 
 
 def mounts_of_source(source):
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            if parts[sep + 2] == source:
-                out.append(parts[4].replace("\\040", " "))
-    return sorted(out, key=len, reverse=True)
+    return sorted({m.mountpoint for m in mounts.mounts() if m.source == source}, key=len, reverse=True)
 
 
 def unmount(mps):
@@ -151,17 +139,8 @@ class Server:
         self.roots = [self.layout["configdirectory"], self.layout["partition-default"], self.layout["sievedir"]]
 
     def fresh(self):
+        """This server's config and directories, around whatever data is already there."""
         self.sb.create()
-        CLEANUP.push(self.sb.stop, what=f"stop Cyrus {self.name}")
-        return self
-
-    def adopt(self):
-        """Data copied in from elsewhere: write this server's config around it."""
-        if os.path.exists(self.base):
-            self.sb.stop()
-            shutil.rmtree(self.base)
-        self.sb.write_config()
-        self.sb.make_dirs()
         CLEANUP.push(self.sb.stop, what=f"stop Cyrus {self.name}")
         return self
 

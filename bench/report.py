@@ -397,26 +397,20 @@ def profile_tree(prof):
             k += 1
         return out
 
-    i = 0
-    while True:
-        kids = children(i)
-        big = [k for k in kids if nodes[k][1] >= 0.9 * nodes[i][1]]
-        if len(big) == 1:
+    def descend(i):
+        """Follow the single child that holds >= 90 % of a frame's time."""
+        while True:
+            big = [k for k in children(i) if nodes[k][1] >= 0.9 * nodes[i][1]]
+            if len(big) != 1:
+                return i
             i = big[0]
-        else:
-            break
+
+    i = descend(0)
     phases = []
     for j in children(i):
         if nodes[j][1] < 0.03 * total:
             continue
-        top = j
-        while True:
-            kids = children(top)
-            big = [k for k in kids if nodes[k][1] >= 0.9 * nodes[top][1]]
-            if len(big) == 1:
-                top = big[0]
-            else:
-                break
+        top = descend(j)
         kids = sorted((nodes[k] for k in children(top) if nodes[k][1] >= 0.03 * total), key=lambda n: -n[1])
         phases.append((nodes[j][1], nodes[j][2], nodes[j][3], [(k[1], k[2], k[3]) for k in kids[:4]]))
     return total, phases

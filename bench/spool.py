@@ -218,13 +218,13 @@ class Pipelined:
         self.n = 0
         self.run([f"LOGIN {user} x"])
 
-    def run(self, commands, window=500):
+    def _pipeline(self, payloads, window, what):
+        """Send tagged commands (bytes after the tag) with up to `window` in flight."""
         bad = []
         sent = done = 0
-        cmds = list(commands)
-        while done < len(cmds):
-            while sent < len(cmds) and sent - done < window:
-                self.s.sendall(f"p{self.n + sent} {cmds[sent]}\r\n".encode())
+        while done < len(payloads):
+            while sent < len(payloads) and sent - done < window:
+                self.s.sendall(f"p{self.n + sent} ".encode() + payloads[sent])
                 sent += 1
             line = self.f.readline()
             if not line:
@@ -233,29 +233,17 @@ class Pipelined:
                 done += 1
                 if b" OK" not in line[:20]:
                     bad.append(line.decode(errors="replace").strip())
-        self.n += len(cmds)
+        self.n += len(payloads)
         if bad:
-            raise RuntimeError(f"{len(bad)} IMAP command(s) failed, e.g. {bad[0]}")
+            raise RuntimeError(f"{len(bad)} {what} failed, e.g. {bad[0]}")
+
+    def run(self, commands, window=500):
+        self._pipeline([f"{c}\r\n".encode() for c in commands], window, "IMAP command(s)")
 
     def append_many(self, items, window=50):
         """APPEND (mailbox, flags, data) items with LITERAL+ (no round trip per message)."""
-        done = sent = 0
-        bad = []
-        while done < len(items):
-            while sent < len(items) and sent - done < window:
-                box, flags, data = items[sent]
-                self.s.sendall(f"p{self.n + sent} APPEND {box} {flags}{{{len(data)}+}}\r\n".encode() + data + b"\r\n")
-                sent += 1
-            line = self.f.readline()
-            if not line:
-                raise RuntimeError("IMAP connection closed")
-            if line.startswith(b"p"):
-                done += 1
-                if b" OK" not in line[:20]:
-                    bad.append(line.decode(errors="replace").strip())
-        self.n += len(items)
-        if bad:
-            raise RuntimeError(f"{len(bad)} APPEND(s) failed, e.g. {bad[0]}")
+        self._pipeline([f"APPEND {box} {flags}{{{len(data)}+}}\r\n".encode() + data + b"\r\n"
+                        for box, flags, data in items], window, "APPEND(s)")
 
     def close(self):
         try:

@@ -86,7 +86,7 @@ class Testbed:
         else:
             raise ValueError(kind)
         self.setup_s = time.monotonic() - t
-        self.server = fs.Server(self.name, self.data).adopt().start()
+        self.server = fs.Server(self.name, self.data).fresh().start()
         c = self.server.sb.imap()
         c.create("user/writer")
         c.logout()

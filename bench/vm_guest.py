@@ -9,7 +9,6 @@ window of mode `lvm` against `live`. Results are JSON in FILE.
 """
 
 import argparse
-import json
 import os
 import sys
 import time

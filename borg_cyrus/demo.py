@@ -44,18 +44,12 @@ def populate(sb):
     partition, a shared folder with per-user \\Seen, flags and keywords,
     subscriptions, METADATA, quota, expunged UIDs, and a legacy-layout user."""
     # dave's mailboxes are created by name (legacy layout), as on an upgraded server
-    sb.stop()
-    sb.legacy_dirs = True
-    sb.write_config()
-    sb.start()
+    sb.restart_with_legacy_dirs(True)
     a = sb.imap("cyrus")
     for name in ("user/dave", "user/dave/Junk", "user/dave/Old Stuff"):
         _ok(a.create(quote(name)), f"create {name}")
     a.logout()
-    sb.stop()
-    sb.legacy_dirs = False
-    sb.write_config()
-    sb.start()
+    sb.restart_with_legacy_dirs(False)
 
     a = sb.imap("cyrus")
     for name in ("user/alice", "user/alice/Sent", "user/alice/Entwürfe", "user/alice/Project X",

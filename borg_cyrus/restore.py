@@ -15,7 +15,6 @@ import os
 import time
 
 from borg_cyrus import dbbatch, mboxlist
-from borg_cyrus.builtin.excludes import server_name
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.service import Service
 
@@ -228,7 +227,7 @@ class FullRestore:
         names = set(self.dump.manifest.get("excluded_mailboxes") or [])
         boxes = [mb for mb in self.dump.mailboxes if mb.intname in names]
         for i in range(0, len(boxes), 200):
-            self.ctx.cyrus("reconstruct", "--", *[server_name(mb, self.lay) for mb in boxes[i:i + 200]])
+            self.ctx.cyrus("reconstruct", "--", *[mboxlist.admin_name(mb.intname, self.lay.unixhierarchysep) for mb in boxes[i:i + 200]])
         if boxes:
             self.note("reconstructed %d mailbox(es) whose messages were excluded (now empty)", len(boxes))
 

@@ -40,6 +40,7 @@ from borg_cyrus import archive as archive_mod
 from borg_cyrus import cyrusheader, cyruspaths, dbbatch, imapdconf, imapview, indexfile, mboxlist
 from borg_cyrus import state as state_mod
 from borg_cyrus.errors import BorgCyrusError, ConfigError
+from borg_cyrus.model import nest_free
 
 log = logging.getLogger("borg_cyrus.restore")
 
@@ -66,11 +67,6 @@ def to_intname(name):
 def display(intname):
     """Human-readable external name (Unicode, '/' separator)."""
     return imapview.mutf7_decode(mboxlist.external_name(intname))
-
-
-def server_name(intname, lay):
-    """Name as Cyrus's tools take it: admin namespace, the server's separator."""
-    return mboxlist.admin_name(intname, lay.unixhierarchysep)
 
 
 def parent_name(intname):
@@ -321,6 +317,10 @@ class PartialRestore:
         self.say("%s: %s", "would run" if self.ctx.dry_run else "run", shown)
         return self.ctx.cyrus(name, *args, **kw)
 
+    def admin(self, intname):
+        """A mailbox name as the live server's tools take it."""
+        return mboxlist.admin_name(intname, self.ctx.layout.unixhierarchysep)
+
     # -- live state ----------------------------------------------------------
     def load_live(self):
         r = self.ctx.cyrus("ctl_mboxlist", "-d", changes=False)
@@ -437,7 +437,6 @@ class PartialRestore:
     def extract(self, paths, required):
         paths = sorted({os.path.normpath(p) for p in paths})
         if self.ctx.dry_run:
-            from borg_cyrus.model import nest_free
             listed = self.s.repo.list_paths(self.s.archive, nest_free(paths))
             missing = {p for p in paths if p not in listed}
             self.say("would extract %d path(s) from archive %s into a private staging directory:",
@@ -735,9 +734,9 @@ class UserRestore(PartialRestore):
         headers, merged = self.apply(plans, extras)
         self.tool("reconstruct", "-r", "-u", userid)
         for p in merged:
-            self.tool("reconstruct", server_name(p.target, self.ctx.layout))
+            self.tool("reconstruct", self.admin(p.target))
         for root in _quota_roots(plans):
-            self.tool("quota", "-f", server_name(root, self.ctx.layout))
+            self.tool("quota", "-f", self.admin(root))
         self.finish_log(t0, f"restore user {userid}")
         return self.steps
 
@@ -780,9 +779,9 @@ class MailboxRestore(PartialRestore):
         optional = [d for p in plans for k, d in self.box_sources(p).items() if k != "data"]
         self.extract(required + optional, required)
         headers, merged = self.apply(plans, [])
-        self.tool("reconstruct", *[server_name(p.target, self.ctx.layout) for p in sorted(plans, key=lambda p: p.target)])
+        self.tool("reconstruct", *[self.admin(p.target) for p in sorted(plans, key=lambda p: p.target)])
         for root in _quota_roots(plans):
-            self.tool("quota", "-f", server_name(root, self.ctx.layout))
+            self.tool("quota", "-f", self.admin(root))
         self.finish_log(t0, f"restore mailbox {display(src_name)}")
         return self.steps
 

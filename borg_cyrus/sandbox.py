@@ -181,6 +181,14 @@ class Sandbox:
         # children (imapd, lmtpd) exit with the master; give them a moment
         time.sleep(0.1)
 
+    def restart_with_legacy_dirs(self, on):
+        """Restart with mailbox_legacy_dirs on or off: new mailboxes are then
+        stored by name (as on a server upgraded from 2.x) or by uniqueid."""
+        self.stop()
+        self.legacy_dirs = on
+        self.write_config()
+        self.start()
+
     # -- clients ---------------------------------------------------------------
     def imap(self, user="cyrus"):
         import imaplib

@@ -13,6 +13,20 @@ log = logging.getLogger("borg_cyrus.service")
 MASTER_NAMES = ("master", "cyrmaster", "cyrus-master")
 
 
+def _exited(pid):
+    st = proc_stat(pid)
+    return st is None or st[1] == "Z"
+
+
+def _poll(cond, deadline):
+    """True as soon as cond() holds, False at the deadline."""
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class Service:
     def __init__(self, cfg, runner):
         self.cfg = cfg
@@ -76,22 +90,19 @@ class Service:
     def _wait_gone(self, t0, pid=None):
         if self.runner.dry_run:
             return
-        deadline = t0 + self.cfg["stop_timeout"]
-        while time.monotonic() < deadline:
+        def gone():
             cur = pid if pid is not None else self.master_pid()
-            st = proc_stat(cur) if cur is not None else None
-            if st is None or st[1] == "Z":
-                return
-            time.sleep(0.05)
+            return cur is None or _exited(cur)
+
+        if _poll(gone, t0 + self.cfg["stop_timeout"]):
+            return
         cur = pid if pid is not None else self.master_pid()
         if cur is not None and self.manager == "command":
             # seen once with Cyrus 3.6: a master spinning after SIGTERM; it must not
             # be mistaken for a running server when it is started again
             log.warning("Cyrus master (pid %d) ignored SIGTERM for %d s; killing it", cur, self.cfg["stop_timeout"])
             os.kill(cur, signal.SIGKILL)
-            end = time.monotonic() + 10
-            while time.monotonic() < end and proc_stat(cur) and proc_stat(cur)[1] != "Z":
-                time.sleep(0.05)
+            _poll(lambda: _exited(cur), time.monotonic() + 10)
             return
         raise BorgCyrusError(f"Cyrus master did not stop within {self.cfg['stop_timeout']} s; check it and raise service.stop_timeout")
 
@@ -108,10 +119,7 @@ class Service:
             self.runner.run(argv, timeout=self.cfg["start_timeout"], daemon=True)
         if self.runner.dry_run:
             return
-        deadline = t0 + self.cfg["start_timeout"]
-        while time.monotonic() < deadline:
-            if self.is_running():
-                log.info("Cyrus started in %.2f s", time.monotonic() - t0)
-                return
-            time.sleep(0.05)
+        if _poll(self.is_running, t0 + self.cfg["start_timeout"]):
+            log.info("Cyrus started in %.2f s", time.monotonic() - t0)
+            return
         raise BorgCyrusError(f"Cyrus did not come up within {self.cfg['start_timeout']} s after start ({self.describe()})")

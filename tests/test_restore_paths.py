@@ -73,10 +73,7 @@ def test_paths_match_mbpath_with_fulldirhash_and_virtual_domains(base_dir):
         assert a.setquota('"user/carol@example.org"', "(STORAGE 1000)")[0] == "OK"
         a.logout()
         # legacy-layout mailboxes of an upgraded server
-        sb.stop()
-        sb.legacy_dirs = True
-        sb.write_config()
-        sb.start()
+        sb.restart_with_legacy_dirs(True)
         a = sb.imap("cyrus")
         for name in ("user/erin@example.org", "user/erin/Sub Folder@example.org", "user/frank"):
             assert a.create(f'"{name}"')[0] == "OK", name

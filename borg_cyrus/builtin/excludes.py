@@ -60,11 +60,6 @@ def regenerable(ctx, categories):
     return out
 
 
-def server_name(mb, layout):
-    """External name as Cyrus's tools take it (admin namespace, server's separator)."""
-    return mboxlist.admin_name(mb.intname, layout.unixhierarchysep)
-
-
 def iter_json_objects(text):
     dec = json.JSONDecoder()
     i = 0
@@ -81,7 +76,7 @@ def legacy_paths(ctx, view, boxes):
     """{intname: (data dir, meta dir)} for legacy-layout mailboxes, from mbpath."""
     if not boxes:
         return {}
-    names = [server_name(mb, view.layout) for mb in boxes]
+    names = [mboxlist.admin_name(mb.intname, view.layout.unixhierarchysep) for mb in boxes]
     out = {}
     for i in range(0, len(names), 500):
         chunk = boxes[i:i + 500]
