@@ -732,11 +732,11 @@ class UserRestore(PartialRestore):
         missing = self.extract(required + optional + [x[0] for x in extras], required)
         extras = [(self.s.staged(s), d, label, lo) for s, d, label, lo in extras if s not in missing]
         headers, merged = self.apply(plans, extras)
-        self.tool("reconstruct", "-r", "-u", userid)
+        self.tool("reconstruct", "-r", "-u", "--", userid)
         for p in merged:
-            self.tool("reconstruct", self.admin(p.target))
+            self.tool("reconstruct", "--", self.admin(p.target))
         for root in _quota_roots(plans):
-            self.tool("quota", "-f", self.admin(root))
+            self.tool("quota", "-f", "--", self.admin(root))
         self.finish_log(t0, f"restore user {userid}")
         return self.steps
 
@@ -779,9 +779,9 @@ class MailboxRestore(PartialRestore):
         optional = [d for p in plans for k, d in self.box_sources(p).items() if k != "data"]
         self.extract(required + optional, required)
         headers, merged = self.apply(plans, [])
-        self.tool("reconstruct", *[self.admin(p.target) for p in sorted(plans, key=lambda p: p.target)])
+        self.tool("reconstruct", "--", *[self.admin(p.target) for p in sorted(plans, key=lambda p: p.target)])
         for root in _quota_roots(plans):
-            self.tool("quota", "-f", self.admin(root))
+            self.tool("quota", "-f", "--", self.admin(root))
         self.finish_log(t0, f"restore mailbox {display(src_name)}")
         return self.steps
 

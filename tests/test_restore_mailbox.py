@@ -103,3 +103,24 @@ def test_existing_mailbox_is_refused_then_merged_with_force(populated, base_dir)
     assert "mailbox user/alice/Nope is not in archive" in r.stderr
     r = restore(b, "mailbox", "user/alice/Sent", "--into", "user/nobody/x", check=1)
     assert "user/nobody does not exist" in r.stderr
+
+
+def test_mailbox_named_like_an_option(populated, base_dir):
+    """A shared folder called `-rf` is restored as a mailbox name, never
+    passed to reconstruct or quota as options."""
+    from conftest import cli
+    sb = populated
+    a = sb.imap("cyrus")
+    assert a.create('"-rf"')[0] == "OK"
+    assert a.setacl('"-rf"', "alice", "lrswipkxtecda")[0] == "OK"
+    a.logout()
+    al = sb.imap("alice")
+    assert al.append('"-rf"', None, None, b"Subject: dash\r\n\r\nkeep me\r\n")[0] == "OK"
+    al.logout()
+    before = snapshot(sb)
+    b = backup(sb, base_dir)
+    delete_mailbox(sb, "-rf")
+    assert "-rf" not in snapshot(sb)["alice"]["mailboxes"]
+    r = cli("restore", "mailbox", "--borgmatic-config", b["bm"], "--", "-rf", config=b["bc"], check=0)
+    assert "reconstruct -- -rf" in r.stdout + r.stderr
+    assert imapview.diff(before, snapshot(sb)) == []

@@ -171,8 +171,8 @@ def test_dry_run_changes_nothing(populated, base_dir):
     r = cli("-n", "restore", "user", "alice", "--borgmatic-config", b["bm"], config=b["bc"], check=0)
     out = r.stdout
     assert "would extract" in out and "would create user/alice (uniqueid" in out
-    assert "would run: reconstruct -P" in out and "would run: reconstruct -r -u alice" in out
-    assert "would run: quota -f user/alice" in out
+    assert "would run: reconstruct -P" in out and "would run: reconstruct -r -u -- alice" in out
+    assert "would run: quota -f -- user/alice" in out
     assert re.search(r"^  /.*/spool-default/uuid/./././?\w+$", out, re.M) or "/spool-default/uuid/" in out
     r = cli("-n", "restore", "mailbox", "user/bob/Archive 2019", "--borgmatic-config", b["bm"], config=b["bc"],
             check=0)
