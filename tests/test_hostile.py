@@ -5,6 +5,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -243,15 +244,27 @@ def test_cyrus_tool_hang_times_out(populated, base_dir):
     for name in os.listdir("/usr/lib/cyrus/bin"):
         os.symlink(f"/usr/lib/cyrus/bin/{name}", os.path.join(tools, name))
     os.unlink(os.path.join(tools, "ctl_mboxlist"))
+    pidfile = os.path.join(base_dir, "hung.pid")
     with open(os.path.join(tools, "ctl_mboxlist"), "w") as f:
-        f.write("#!/bin/sh\nsleep 600\n")
+        f.write(f"#!/bin/sh\necho $$ > {pidfile}\nsleep 600\n")
     os.chmod(os.path.join(tools, "ctl_mboxlist"), 0o755)
     cfg = sandbox_config(populated, base_dir, mode="stop-master", tool_timeout=2, cyrus_tools_directory=tools)
     r = cli("before", config=cfg)
     assert r.returncode == 1
     assert "ctl_mboxlist did not finish within 2 s and was killed" in r.stderr
     assert populated.running()
-    assert subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True).returncode != 0
+    # the tool's whole process group (the script and its sleep) is gone
+    pgid = int(open(pidfile).read())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"process group {pgid} of the hung tool survived: "
+                    + subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(pgid)], capture_output=True, text=True).stdout)
 
 
 @pytest.mark.needs_root
