@@ -115,8 +115,8 @@ class Repository:
                     pass
         log.debug("%s exited %d after %.2f s", what, proc.returncode, time.monotonic() - t0)
         if proc.returncode not in ok_codes:
-            msgs = _log_messages(proc.stderr) or [" ".join(proc.stderr.decode("utf-8", "replace").split())[-400:]]
-            raise ArchiveError(f"{what} failed (exit {proc.returncode}): {'; '.join(m for m in msgs if m)[-600:]} "
+            msgs = [m for m in _log_messages(proc.stderr, plain=False) if m] or [_last_line(proc.stderr)]
+            raise ArchiveError(f"{what} failed (exit {proc.returncode}): {_clip('; '.join(msgs))} "
                                f"[command: {shlex.join(argv)}]")
         return proc
 
@@ -192,7 +192,25 @@ class Repository:
         self.run(["extract", *self._common(), f"{self.path}::{archive}"], cwd=dest, what="borg extract")
 
 
-def _log_messages(stderr, msgid=None):
+def _clip(text, limit=500):
+    """At most limit characters, cut at a word boundary."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return "…" + text[-limit:].split(" ", 1)[-1]
+
+
+def _last_line(stderr):
+    """What a crashing borg says last (a traceback's exception line), whole."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "Traceback", "^", "~")):
+            return ln
+    return lines[-1] if lines else "no output"
+
+
+def _log_messages(stderr, msgid=None, plain=True):
+    """Messages of borg's --log-json lines (and other lines when plain)."""
     out = []
     for line in stderr.decode("utf-8", "replace").splitlines():
         line = line.strip()
@@ -201,7 +219,7 @@ def _log_messages(stderr, msgid=None):
         try:
             obj = json.loads(line)
         except ValueError:
-            if msgid is None:
+            if msgid is None and plain:
                 out.append(line)
             continue
         if not isinstance(obj, dict):

@@ -13,20 +13,23 @@ import shutil
 import socket
 import time
 
-from borg_cyrus import __version__, consistency, faults, layout as layout_mod, patterns, state as state_mod
+from borg_cyrus import __version__, consistency, faults, layout as layout_mod, pathpolicy, patterns, state as state_mod
 from borg_cyrus.context import Context
-from borg_cyrus.errors import BorgCyrusError, BusyError
+from borg_cyrus.errors import BorgCyrusError, BusyError, ConfigError
 from borg_cyrus.model import nest_free
 
 log = logging.getLogger("borg_cyrus.backup")
 
-# enterable (not listable) by the cyrus user, whose tools read snapshot mounts
-# below it; the dump directory inside stays 0700
-WORK_DIR_MODE = 0o711
+WORK_DIR_MODE = state_mod.WORK_DIR_MODE
 
 
 def build_context(cfg, runner, plugins):
     lay = layout_mod.discover(cfg["imapd_conf"], cfg["cyrus_conf"] if os.path.exists(cfg["cyrus_conf"]) else None)
+    clash = pathpolicy.check_apart(cfg.own_directories, lay.data_locations())
+    if clash:
+        k, d, ck, cd = clash
+        raise ConfigError(f"{cfg.path}: {k}: {d} overlaps Cyrus's {ck} {cd} ({lay.imapd_conf}); keep "
+                          "borg-cyrus's directories apart from Cyrus's data")
     tools = layout_mod.find_tools(cfg["cyrus_tools_directory"])
     return Context(config=cfg, layout=lay, tools=tools, runner=runner, plugins=plugins)
 

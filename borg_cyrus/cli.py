@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -206,6 +207,10 @@ COMMANDS = {"before": cmd_before, "after": cmd_after, "plugins": cmd_plugins, "c
             "doctor": cmd_doctor, "restore": cmd_restore, "verify": cmd_verify, "demo": cmd_demo}
 
 
+# commands that stop, snapshot or read Cyrus, or write into its directories
+NEEDS_ROOT = {"before", "after", "doctor", "restore", "verify", "demo"}
+
+
 def _on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -215,6 +220,10 @@ def main(argv=None):
     setup_logging(-1 if args.quiet else args.verbose)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
+    if args.command in NEEDS_ROOT and os.geteuid() != 0:
+        log.error("borg-cyrus %s must run as root (it reads every Cyrus file, stops or snapshots Cyrus and "
+                  "runs borg as root); run it as root, e.g. from root's borgmatic", args.command)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except BorgCyrusError as e:

@@ -12,7 +12,7 @@ from importlib import resources
 import jsonschema
 import yaml
 
-from borg_cyrus.errors import ConfigError
+from borg_cyrus.errors import BorgCyrusError, ConfigError
 
 DEFAULT_PATH = "/etc/borg-cyrus.yaml"
 # absolute, no '..' component, no line break (paths end up in the patterns file)
@@ -52,10 +52,39 @@ def full_schema(plugin_fragments=(), modes=()):
     return schema
 
 
+# `format: own-directory`: a directory borg-cyrus creates, chmods or mounts on
+FORMATS = jsonschema.FormatChecker(formats=())
+
+
+@FORMATS.checks("own-directory", raises=ValueError)
+def _own_directory(value):
+    from borg_cyrus import pathpolicy
+    why = pathpolicy.system_reason(value) if isinstance(value, str) else None
+    if why:
+        raise ValueError(why)
+    return True
+
+
 class Config(dict):
-    """The validated configuration (defaults filled in); .path is its file."""
+    """The validated configuration (defaults filled in); .path is its file,
+    .own_directories the (key, path) of every `own-directory` value."""
 
     path = None
+    own_directories = ()
+
+
+def _own_directories(schema, data, key=""):
+    out = []
+    if not isinstance(data, dict):
+        return out
+    for name, sub in (schema.get("properties") or {}).items():
+        value = data.get(name)
+        k = f"{key}.{name}" if key else name
+        if sub.get("format") == "own-directory" and isinstance(value, str):
+            out.append((k, value))
+        elif isinstance(value, dict):
+            out.extend(_own_directories(sub, value, k))
+    return out
 
 
 def _fill_defaults(schema, data):
@@ -102,26 +131,72 @@ def explain(error, source):
     if v == "pattern" and error.validator_value in ("^/", SAFE_PATH):
         return (f"{source}: {key}: {error.instance!r} is not a plain absolute path (it must start with /, "
                 "and contain no '..' component and no line break); fix the value")
+    if v == "format" and error.validator_value == "own-directory":
+        why = error.cause or "is not usable"
+        return (f"{source}: {key}: {error.instance!r} {why}; borg-cyrus creates, chmods and mounts below this "
+                "directory: give it one of its own, e.g. /var/lib/borg-cyrus")
     if v in ("minimum", "minLength", "uniqueItems"):
         return f"{source}: {key}: {error.message}; fix the value"
     return f"{source}: {key}: {error.message}"
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader; aliases are counted (a small file can expand to
+    billions of nodes: `config show` and validation would walk them all)."""
+
+
+def _count_nodes(data, limit):
+    """Nodes of the loaded value, counting shared (aliased) ones each time;
+    stops at limit."""
+    n = 0
+    todo = [data]
+    while todo:
+        n += 1
+        if n > limit:
+            return n
+        x = todo.pop()
+        if isinstance(x, dict):
+            todo.extend(x.keys())
+            todo.extend(x.values())
+        elif isinstance(x, list):
+            todo.extend(x)
+    return n
+
+
 def read_yaml(path):
+    from borg_cyrus import safeio
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        raw = safeio.read_bytes(path, limit=MAX_CONFIG_BYTES, follow=True, what=f"{path}: config file")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; create it (an empty file is fine) or pass --config") from None
+    except safeio.NotRegularFile as e:
+        raise ConfigError(f"{path}: config file is {e.kind}, not a regular file; point --config at a file") from None
+    except BorgCyrusError as e:
+        raise ConfigError(f"{e}; a borg-cyrus config is a few KB") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                          "save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}{where}: YAML syntax error: {problem}; fix the syntax there") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply; a borg-cyrus config is a few levels deep") from None
+    if _count_nodes(data, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_NODES} values (YAML aliases?); "
+                          "write the config out without anchors and aliases")
     return {} if data is None else data
 
 
@@ -158,10 +233,11 @@ def load(path, explicit=True, schema=None):
         check_permissions(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values, not {_type_name(data)}")
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft7Validator(schema, format_checker=FORMATS)
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise ConfigError(explain(jsonschema.exceptions.best_match(errors), path))
     cfg = Config(_fill_defaults(schema, copy.deepcopy(data)))
     cfg.path = path
+    cfg.own_directories = _own_directories(schema, cfg)
     return cfg

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from borg_cyrus.errors import ConfigError
+from borg_cyrus.errors import BorgCyrusError, ConfigError
 
 _KEY = re.compile(r"@?[A-Za-z0-9_-]+")
 
@@ -85,14 +85,22 @@ def parse_text(text, path="<imapd.conf>", values=None, files=None, _depth=0):
     return values, files
 
 
+MAX_BYTES = 4 << 20
+
+
 def _read(path, what):
+    from borg_cyrus import safeio
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return f.read()
+        data = safeio.read_bytes(path, limit=MAX_BYTES, follow=True, what=f"{what}: {path}")
     except FileNotFoundError:
         raise ConfigError(f"{what}: {path} does not exist; set imapd_conf in the borg-cyrus config") from None
+    except safeio.NotRegularFile as e:
+        raise ConfigError(f"{what}: {path} is {e.kind}, not a regular file; Cyrus reads only files there") from None
     except OSError as e:
         raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from None
+    except BorgCyrusError as e:
+        raise ConfigError(str(e)) from None
+    return data.decode("utf-8", "surrogateescape")
 
 
 def load(path):

@@ -8,7 +8,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from borg_cyrus import imapdconf
+from borg_cyrus import imapdconf, pathpolicy
 from borg_cyrus.errors import ConfigError
 
 # Databases in configdirectory: name -> (backend key, path key, default file)
@@ -133,6 +133,15 @@ class Layout:
             out.extend(group[k] for k in sorted(group))
         return out
 
+    def data_locations(self):
+        """(imapd.conf key, directory) of every place Cyrus keeps data."""
+        out = [("configdirectory", self.configdirectory), ("sievedir", self.sievedir)]
+        for prefix, group in (("partition-", self.partitions), ("metapartition-", self.metapartitions),
+                              ("archivepartition-", self.archivepartitions)):
+            out += [(prefix + k, group[k]) for k in sorted(group)]
+        out += sorted(self.searchpartitions.items())
+        return out
+
     def to_json(self):
         return {
             "imapd_conf": self.imapd_conf,
@@ -154,15 +163,22 @@ class Layout:
         }
 
 
-def _abs(conf, key, value):
+def _abs(conf, key, value, directory=True):
+    """A location from imapd.conf, refused when it is or sits in a system
+    directory (restores chown Cyrus's locations to the cyrus user)."""
     if not value.startswith("/"):
         raise ConfigError(f"{conf.path}: {key}: '{value}' is not an absolute path; Cyrus needs absolute paths")
+    why = pathpolicy.system_reason(value) if directory else pathpolicy.file_reason(value)
+    if why:
+        raise ConfigError(f"{conf.path}: {key}: '{value}' {why}; give Cyrus's "
+                          f"{'data a directory' if directory else 'database a path'} of its own "
+                          "(e.g. below /var/lib/cyrus or /var/spool/cyrus)")
     return os.path.normpath(value)
 
 
 def discover(imapd_conf_path, cyrus_conf_path=None):
     conf = imapdconf.load(imapd_conf_path)
-    confdir = os.path.normpath(conf.configdirectory)
+    confdir = _abs(conf, "configdirectory", conf.configdirectory)
 
     def paths(prefix):
         return {name.lower(): _abs(conf, prefix + name, v) for name, v in conf.with_prefix(prefix).items() if name}
@@ -178,15 +194,17 @@ def discover(imapd_conf_path, cyrus_conf_path=None):
     for name, (backend_key, path_key, default) in DATABASES.items():
         backend = conf.get(backend_key, DB_DEFAULT_BACKEND[name])
         path = conf.get(path_key)
-        databases[name] = (backend, _abs(conf, path_key, path) if path else os.path.join(confdir, default))
+        databases[name] = (backend, _abs(conf, path_key, path, False) if path else os.path.join(confdir, default))
     quota_backend = conf.get("quota_db", "quotalegacy")
     quota_path = conf.get("quota_db_path")
-    databases["quota"] = (quota_backend, _abs(conf, "quota_db_path", quota_path) if quota_path
+    databases["quota"] = (quota_backend, _abs(conf, "quota_db_path", quota_path, quota_backend == "quotalegacy")
+                          if quota_path
                           else os.path.join(confdir, "quota" if quota_backend == "quotalegacy" else "quotas.db"))
 
     runtime = {
-        "proc_path": conf.get("proc_path") or os.path.join(confdir, "proc"),
-        "mboxname_lockpath": conf.get("mboxname_lockpath") or os.path.join(confdir, "lock"),
+        "proc_path": _abs(conf, "proc_path", conf.get("proc_path") or os.path.join(confdir, "proc")),
+        "mboxname_lockpath": _abs(conf, "mboxname_lockpath",
+                                  conf.get("mboxname_lockpath") or os.path.join(confdir, "lock")),
         "socket_dir": os.path.join(confdir, "socket"),
     }
     for key in ("lmtpsocket", "idlesocket", "notifysocket"):

@@ -142,7 +142,7 @@ class ArchiveSession:
             if self.ctx.dry_run and not os.path.isdir(parent):
                 parent = tempfile.gettempdir()
             else:
-                state_mod.secure_dir(self.ctx.work_dir)
+                state_mod.secure_dir(self.ctx.work_dir, state_mod.WORK_DIR_MODE)
                 state_mod.secure_dir(parent)
         else:
             os.makedirs(parent, 0o700, exist_ok=True)
@@ -790,7 +790,7 @@ def with_lock(ctx, fn):
     """Run fn holding borg-cyrus's lock (no backup `before` meanwhile); dry runs take no lock."""
     if ctx.dry_run:
         return fn()
-    state_mod.secure_dir(ctx.work_dir)
+    state_mod.secure_dir(ctx.work_dir, state_mod.WORK_DIR_MODE)
     with state_mod.lock(ctx.lock_file):
         return fn()
 

@@ -52,7 +52,7 @@ SCHEMA = {
                                "the filesystems / starts Cyrus if borg-cyrus died or hangs.",
             },
             "mount_directory": {
-                "type": ["string", "null"], "pattern": "^/", "default": None,
+                "type": ["string", "null"], "pattern": "^/", "format": "own-directory", "default": None,
                 "description": "Stable directory the snapshots are mounted under (default "
                                "<work_directory>/snapshots). Keep it fixed: Borg's files cache is keyed on paths.",
             },

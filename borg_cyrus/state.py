@@ -25,18 +25,34 @@ log = logging.getLogger("borg_cyrus.state")
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "busybox", "timeout", "env", "nice", "ionice", "flock"}
 
 
+# enterable (not listable) by the cyrus user, whose tools read snapshot mounts
+# and the point-in-time config below it; the dump directory inside stays 0700
+WORK_DIR_MODE = 0o711
+
+
 def secure_dir(path, mode=0o700):
-    """Create path (and parents) and refuse a symlink at the final component."""
+    """Create path (and parents) with mode; an existing one is used as it is
+    (never chmod a directory borg-cyrus did not create) if it is a plain
+    directory of this user that nobody else can write to."""
     os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
     try:
         os.mkdir(path, mode)
+        os.chmod(path, mode)    # whatever the umask
+        return path
     except FileExistsError:
         pass
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise BorgCyrusError(f"{path} is not a plain directory (symlink?); remove it and run again")
-    if st.st_mode & 0o777 != mode:
-        os.chmod(path, mode)
+    if st.st_uid != os.geteuid():
+        raise BorgCyrusError(f"{path} belongs to uid {st.st_uid}, not to this user; it holds run state, so "
+                             f"remove it or give it to root (chown root {path})")
+    if st.st_mode & 0o022:
+        raise BorgCyrusError(f"{path} is writable by others (mode {st.st_mode & 0o7777:o}); it holds run state: "
+                             f"run chmod go-w {path} or use a directory of its own")
+    if mode & 0o001 and not st.st_mode & 0o001:
+        raise BorgCyrusError(f"{path} (mode {st.st_mode & 0o7777:o}) cannot be entered by the cyrus user, whose "
+                             f"tools read the snapshots and the point-in-time config below it; run chmod o+x {path}")
     return path
 
 

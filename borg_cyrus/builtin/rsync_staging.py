@@ -23,7 +23,7 @@ SCHEMA = {
         "type": "object", "additionalProperties": False, "default": {},
         "description": "Settings of mode rsync-staging.",
         "properties": {
-            "directory": {"type": ["string", "null"], "pattern": "^/", "default": None,
+            "directory": {"type": ["string", "null"], "pattern": "^/", "format": "own-directory", "default": None,
                           "description": "Stable staging directory (default <work_directory>/staging)."},
             "options": {"type": "array", "items": {"type": "string"},
                         "default": ["-aHAX", "--numeric-ids", "--delete", "--sparse"],
