@@ -5,17 +5,19 @@ dumps -> excludes -> manifest + patterns file; `after` undoes what the state
 file records. Data flows one way; every change is recorded before it is made.
 """
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 
 from borg_cyrus import __version__, consistency, faults, layout as layout_mod, pathpolicy, patterns, state as state_mod
 from borg_cyrus.context import Context
-from borg_cyrus.errors import BorgCyrusError, BusyError, ConfigError
+from borg_cyrus.errors import BorgCyrusError, BusyError, ConfigError, DeadlineError, SkipError
 from borg_cyrus.model import nest_free
 
 log = logging.getLogger("borg_cyrus.backup")
@@ -81,6 +83,110 @@ def teardown(ctx, st):
     return errors
 
 
+def describe_step(ctx, step):
+    """What a recorded step left on the host, as a phrase."""
+    kind = step.get("kind")
+    if kind == "service-stopped":
+        from borg_cyrus.service import Service
+        running = Service(ctx.config["service"], ctx.runner).is_running()
+        return "Cyrus stopped by borg-cyrus" + (" (it runs again now)" if running else " (STILL STOPPED)")
+    if kind == "fs-frozen":
+        return f"filesystem {step.get('mountpoint')} frozen"
+    if kind == "mount":
+        return f"snapshot mounted at {step.get('target')}"
+    if kind == "snapshot":
+        return f"snapshot {(step.get('snapshot') or {}).get('name')} of {(step.get('volume') or {}).get('root')}"
+    if kind == "watchdog":
+        alive = state_mod.is_alive(step.get("process"))
+        return "dead-man switch " + ("still armed" if alive else "gone")
+    if kind == "pit-dir":
+        return f"private config copy {step.get('path')}"
+    return f"{kind} ({step.get('mode')})"
+
+
+def left_behind(ctx):
+    """Problems a run left on this host, each with the command that fixes it."""
+    try:
+        data = state_mod.State(ctx.state_file).load()
+    except BorgCyrusError as e:
+        return [str(e)]
+    if data is None:
+        return []
+    prev = data.get("owner") or {}
+    steps = data.get("steps") or []
+    what = "; ".join(describe_step(ctx, s) for s in steps) or "no steps"
+    age = _run_age(data)
+    if state_mod.is_alive(prev):
+        if age is not None and age > ctx.config["busy"]["max_run_age"]:
+            return [f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) has run "
+                    f"for {age / 3600:.1f} h, longer than busy.max_run_age: it looks stuck ({what}); stop it, "
+                    "then run `borg-cyrus after`"]
+        return []
+    return [f"a backup started {data.get('started')} (mode {data.get('mode')}) ended without `after` and left: "
+            f"{what}; run `borg-cyrus after` to undo it (the next backup would too)"]
+
+
+def _run_age(data):
+    try:
+        started = datetime.datetime.fromisoformat(data.get("started"))
+    except (TypeError, ValueError):
+        return None
+    return (datetime.datetime.now().astimezone() - started).total_seconds()
+
+
+class Deadline:
+    """SIGALRM after `seconds`: the run fails with DeadlineError (and undoes
+    what it did) instead of hanging with Cyrus stopped."""
+
+    def __init__(self, seconds, what):
+        self.seconds, self.what = seconds, what
+        self.old = None
+
+    def _fire(self, signum, frame):
+        self.cancel()
+        raise DeadlineError(f"{self.what} did not finish within {self.seconds:g} s (run_timeout); undoing it. "
+                            "Find what hangs (a tool, a filesystem) or raise run_timeout")
+
+    def __enter__(self):
+        self.old = signal.signal(signal.SIGALRM, self._fire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def cancel(self):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def __exit__(self, *exc):
+        self.cancel()
+        signal.signal(signal.SIGALRM, self.old or signal.SIG_DFL)
+
+
+def other_run(ctx, owner, force=False):
+    """The state of another backup that is still running, or None. A run
+    older than busy.max_run_age is an error right away."""
+    data = state_mod.State(ctx.state_file).load()
+    if data is None or force:
+        return None
+    prev = data.get("owner")
+    if not state_mod.is_alive(prev) or prev == owner:
+        return None
+    age = _run_age(data)
+    limit = ctx.config["busy"]["max_run_age"]
+    if age is not None and age > limit:
+        raise BusyError(f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) "
+                        f"has been running for {age / 3600:.1f} h, longer than busy.max_run_age ({limit:g} s): it "
+                        "looks stuck; stop it, then run `borg-cyrus after` to clean up")
+    return data
+
+
+def busy_error(ctx, data):
+    prev = data.get("owner") or {}
+    cls = SkipError if ctx.config["busy"]["action"] == "skip" else BusyError
+    return cls(f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
+               f"running after waiting {ctx.config['busy']['wait']:g} s (busy.wait); "
+               + ("skipping this one (busy.action: skip)" if cls is SkipError else
+                  "this run fails. If that backup is not running, run `borg-cyrus after --force` to clean up"))
+
+
 def recover_stale(ctx, owner, force=False):
     """Handle a state file left by an earlier run before starting a new one."""
     st = state_mod.State(ctx.state_file)
@@ -95,8 +201,9 @@ def recover_stale(ctx, owner, force=False):
             raise BusyError(
                 f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
                 "running; if it is not, run `borg-cyrus after --force` to clean up")
-    log.warning("cleaning up after an earlier run that did not finish (started %s, mode %s, %d step(s) to undo)",
-                data.get("started"), data.get("mode"), len(st.steps))
+    log.warning("cleaning up after an earlier run that did not finish (started %s, mode %s): %s",
+                data.get("started"), data.get("mode"),
+                "; ".join(describe_step(ctx, s) for s in st.steps) or "nothing to undo")
     errors = teardown(ctx, st)
     if errors:
         raise BorgCyrusError("could not clean up an earlier run: " + "; ".join(errors))
@@ -200,43 +307,64 @@ def run_dumps(ctx, view):
 
 def before(ctx, force=False):
     """Prepare a backup. Returns a summary dict."""
-    t_start = time.monotonic()
-    timings = {}
     check_tools(ctx)
     modes = ctx.plugins.modes()
-    mode_name = ctx.config["mode"]
-    mode = modes[mode_name](ctx)
+    mode = modes[ctx.config["mode"]](ctx)
     owner = state_mod.find_owner()
     state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
     if ctx.dry_run:
-        return _before_dry_run(ctx, mode, t_start)
-    with state_mod.lock(ctx.lock_file):
-        faults.point("locked")
-        recover_stale(ctx, owner, force)
-        for cls in modes.values():
-            cls(ctx).cleanup_stale()
-        st = state_mod.State(ctx.state_file)
-        st.begin(mode_name, owner)
-        ctx.state = st
-        try:
-            locs = plan_locations(ctx)
-            data = [loc for loc in locs if loc.kind == "data"]
-            t = time.monotonic()
-            view = mode.freeze(data)
-            timings["freeze"] = time.monotonic() - t
-            st.set(view={"description": view.description, "prefixes": view.prefixes,
-                         "blocked_seconds": view.blocked_seconds})
-            if view.blocked_seconds is not None:
-                log.info("write-blocked window %.1f ms (%s)", view.blocked_seconds * 1000, view.description)
-            ctx.plugins.pm.hook.view_ready(ctx=ctx, view=view)
-            summary = _prepare(ctx, view, locs, timings)
-            st.set(phase="ready", patterns=ctx.patterns_file)
-        except BaseException:
-            log.info("before failed; undoing what it did")
-            errors = teardown(ctx, st)
-            for err in errors:
-                log.error("cleanup: %s", err)
-            raise
+        return _before_dry_run(ctx, mode, time.monotonic())
+    busy = ctx.config["busy"]
+    give_up = time.monotonic() + busy["wait"]
+    with Deadline(ctx.config["run_timeout"], "before") as deadline:
+        while True:
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(state_mod.lock(ctx.lock_file, wait=max(0.0, give_up - time.monotonic())))
+                except BusyError as e:
+                    raise (SkipError(f"{e}; skipping this run (busy.action: skip)") if busy["action"] == "skip"
+                           else e) from None
+                data = other_run(ctx, owner, force)
+                if data is None:
+                    return _before_locked(ctx, modes, mode, owner, force, deadline)
+            if time.monotonic() >= give_up:
+                raise busy_error(ctx, data)
+            log.info("waiting for the backup started %s (pid %s) to finish", data.get("started"),
+                     (data.get("owner") or {}).get("pid"))
+            time.sleep(min(2.0, max(0.1, give_up - time.monotonic())))
+
+
+def _before_locked(ctx, modes, mode, owner, force, deadline):
+    t_start = time.monotonic()
+    timings = {}
+    mode_name = mode.name
+    faults.point("locked")
+    recover_stale(ctx, owner, force)
+    for cls in modes.values():
+        cls(ctx).cleanup_stale()
+    st = state_mod.State(ctx.state_file)
+    st.begin(mode_name, owner)
+    ctx.state = st
+    try:
+        locs = plan_locations(ctx)
+        data = [loc for loc in locs if loc.kind == "data"]
+        t = time.monotonic()
+        view = mode.freeze(data)
+        timings["freeze"] = time.monotonic() - t
+        st.set(view={"description": view.description, "prefixes": view.prefixes,
+                     "blocked_seconds": view.blocked_seconds})
+        if view.blocked_seconds is not None:
+            log.info("write-blocked window %.1f ms (%s)", view.blocked_seconds * 1000, view.description)
+        ctx.plugins.pm.hook.view_ready(ctx=ctx, view=view)
+        summary = _prepare(ctx, view, locs, timings)
+        st.set(phase="ready", patterns=ctx.patterns_file)
+    except BaseException:
+        deadline.cancel()     # the undo must not be cut short
+        log.info("before failed; undoing what it did")
+        errors = teardown(ctx, st)
+        for err in errors:
+            log.error("cleanup: %s", err)
+        raise
     summary["seconds"] = time.monotonic() - t_start
     log.info("before: ready in %.2f s — mode %s, %d mailboxes, %d messages, %d roots, %d excludes",
              summary["seconds"], mode_name, summary["mailboxes"], summary["messages"], summary["roots"],
@@ -291,10 +419,14 @@ def after(ctx, force=False):
     """Tear down what `before` set up. Idempotent."""
     t0 = time.monotonic()
     state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
-    with state_mod.lock(ctx.lock_file):
+    with Deadline(ctx.config["run_timeout"], "after"), \
+            state_mod.lock(ctx.lock_file, wait=ctx.config["busy"]["wait"]):
         st = state_mod.State(ctx.state_file)
         data = st.load()
         if data is None:
+            if not ctx.dry_run:
+                for cls in ctx.plugins.modes().values():
+                    cls(ctx).cleanup_stale()
             log.info("after: nothing to tear down")
             return {"seconds": time.monotonic() - t0, "undone": 0}
         owner = state_mod.find_owner()

@@ -39,6 +39,8 @@ def gather(ctx):
     info["borg_version"], p = borg_version(ctx)
     if p:
         problems.append(p)
+    from borg_cyrus.backup import left_behind
+    problems.extend(left_behind(ctx))
     svc = Service(ctx.config["service"], ctx.runner)
     info["service"] = {"manager": svc.manager, "how": svc.describe(), "running": svc.is_running()}
     try:

@@ -24,6 +24,15 @@ class CommandError(BorgCyrusError):
 
 
 class BusyError(BorgCyrusError):
-    """Another run holds the lock or has a backup in progress."""
+    """Another run holds the lock or has a backup in progress (an error:
+    borgmatic reports it, so a stuck run cannot skip every night silently)."""
+
+
+class SkipError(BusyError):
+    """Busy, and the config asks to skip: exit 75, borgmatic's soft failure."""
 
     exit_code = 75
+
+
+class DeadlineError(BorgCyrusError):
+    """`before` or `after` ran past run_timeout."""

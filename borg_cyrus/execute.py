@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from borg_cyrus import cgroups
 from borg_cyrus.errors import CommandError
 
 log = logging.getLogger("borg_cyrus.execute")
@@ -35,11 +36,14 @@ class Result:
         return self.stdout.decode("utf-8", "replace")
 
 
-def _normal_priority():
+def _as_daemon():
+    """A service started by a backup: normal CPU priority even when the backup
+    runs niced, and outside the backup's control group (borg_cyrus.cgroups)."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:
         pass
+    cgroups.escape()
 
 
 def _kill_group(proc):
@@ -97,10 +101,10 @@ class Runner:
                 env=full_env,
                 cwd=cwd,
                 # own process group, so a timeout or our own death takes its children too;
-                # a daemon (Cyrus's master) gets its own session and normal priority instead
+                # a daemon (Cyrus's master) gets its own session, normal priority and leaves our cgroup
                 process_group=None if daemon else 0,
                 start_new_session=daemon,
-                preexec_fn=_normal_priority if daemon else None,
+                preexec_fn=_as_daemon if daemon else None,
             )
         except FileNotFoundError:
             raise CommandError(f"{label}: program not found: {argv[0]}", argv) from None

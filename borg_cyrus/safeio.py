@@ -162,3 +162,23 @@ def sanitize_tree(root, uid, gid):
         os.lchown(root, uid, gid)
         os.chmod(root, (st.st_mode & 0o755) | 0o700)
     return removed
+
+
+def blocking_parent(path, uid, gid):
+    """The first directory on the way to path (path included) that uid:gid
+    cannot enter, with its mode; None if it can get there."""
+    parts = os.path.normpath(path).split("/")
+    cur = "/"
+    for part in parts[1:] if len(parts) > 1 and parts[1] else []:
+        cur = os.path.join(cur, part)
+        try:
+            st = os.stat(cur)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        ok = (st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010)
+              or (st.st_uid == uid and st.st_mode & 0o100))
+        if not ok:
+            return cur, st
+    return None

@@ -17,12 +17,13 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from borg_cyrus import faults, layout as layout_mod, mounts, state as state_mod
+from borg_cyrus import cgroups, faults, layout as layout_mod, mounts, state as state_mod
 from borg_cyrus.errors import BorgCyrusError, CommandError
 from borg_cyrus.model import View
 from borg_cyrus.modes import Mode
@@ -113,7 +114,7 @@ class Watchdog:
             os.close(w)
             return None
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        proc = subprocess.Popen(argv, pass_fds=(w,), start_new_session=True, env=env,
+        proc = subprocess.Popen(argv, pass_fds=(w,), start_new_session=True, env=env, preexec_fn=cgroups.escape,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(w)
         with os.fdopen(r) as f:
@@ -129,7 +130,7 @@ class Watchdog:
                 with open(f"/proc/{ident['pid']}/cmdline", "rb") as f:
                     if b"borg_cyrus.watchdog" not in f.read():
                         return
-                os.kill(ident["pid"], 15)
+                os.kill(ident["pid"], signal.SIGUSR1)   # disarm: SIGTERM would make it act
             except OSError:
                 pass
 

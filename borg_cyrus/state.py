@@ -50,9 +50,6 @@ def secure_dir(path, mode=0o700):
     if st.st_mode & 0o022:
         raise BorgCyrusError(f"{path} is writable by others (mode {st.st_mode & 0o7777:o}); it holds run state: "
                              f"run chmod go-w {path} or use a directory of its own")
-    if mode & 0o001 and not st.st_mode & 0o001:
-        raise BorgCyrusError(f"{path} (mode {st.st_mode & 0o7777:o}) cannot be entered by the cyrus user, whose "
-                             f"tools read the snapshots and the point-in-time config below it; run chmod o+x {path}")
     return path
 
 

@@ -6,7 +6,11 @@ must come from elsewhere. `before` starts this watchdog in its own session
 before it freezes or stops anything; the watchdog acts when the deadline
 passes or the guarded process (borg-cyrus, or the borgmatic that owns a
 stop-master run) is gone, whichever comes first. A run that finishes normally
-kills it. It never writes to a filesystem before thawing it.
+disarms it (SIGUSR1). SIGTERM makes it act at once: systemd signals every
+process of a unit together, and the watchdog leaves the backup's control
+group when it starts (borg_cyrus.cgroups), so neither the SIGTERM nor the
+final SIGKILL of a stopped unit can take it down unnoticed. It never writes
+to a filesystem before thawing it.
 """
 
 import argparse
@@ -50,7 +54,11 @@ def main(argv=None):
     p.add_argument("--log", help="file to append what was done to (written after thawing)")
     p.add_argument("--ready-fd", type=int)
     a = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    got = {}
+    # SIGTERM is what a dying unit sends everybody: act first, then exit.
+    # A run that finished normally disarms the switch with SIGUSR1.
+    signal.signal(signal.SIGTERM, lambda *_: got.setdefault("reason", "SIGTERM received"))
+    signal.signal(signal.SIGUSR1, lambda *_: got.setdefault("disarmed", True))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     service = json.loads(a.service) if a.service else None
@@ -63,12 +71,16 @@ def main(argv=None):
         os.close(a.ready_fd)
     reason = None
     while reason is None:
+        if got.get("disarmed"):
+            return 0
+        reason = got.get("reason")
         if a.deadline is not None and time.time() >= a.deadline:
             reason = "deadline passed"
         for pid, start in guards:
             if not _alive(pid, start):
                 reason = f"process {pid} is gone"
-        time.sleep(0.02)
+        if reason is None:
+            time.sleep(0.02)
     done = []
     act(a.thaw, service, done)
     if a.log:

@@ -87,14 +87,35 @@ def test_crashed_run_is_cleaned_up_by_next_before(setup, owner):
 
 
 def test_second_run_refused_while_first_runs(setup, owner):
+    """A second run waits busy.wait, then fails (exit 1: borgmatic reports an
+    error); with busy.action: skip it exits 75 (borgmatic's soft skip)."""
     sb, cfg, work = setup
+    with open(cfg, "a") as f:
+        f.write("busy: {wait: 2}\n")
     first = owner()
     cli("before", config=cfg, check=0, extra_env={"BORG_CYRUS_OWNER_PID": str(first.pid)})
     patterns = open(os.path.join(work, "patterns")).read()
+    t0 = time.monotonic()
     r = cli("before", config=cfg)
-    assert r.returncode == 75 and "is still running" in r.stderr and str(first.pid) in r.stderr
+    assert 2 <= time.monotonic() - t0 < 15
+    assert r.returncode == 1 and "is still running after waiting 2 s" in r.stderr and str(first.pid) in r.stderr
     assert not sb.running()  # untouched: the first run keeps Cyrus stopped
     assert open(os.path.join(work, "patterns")).read() == patterns
+    skip = cfg + ".skip.yaml"
+    with open(cfg) as f, open(skip, "w") as g:
+        g.write(f.read().replace("busy: {wait: 2}", "busy: {wait: 0, action: skip}"))
+    os.chmod(skip, 0o600)
+    r = cli("before", config=skip)
+    assert r.returncode == 75 and "skipping this one" in r.stderr
+    # a run older than busy.max_run_age is stuck: an error even with skip
+    state = json.load(open(os.path.join(work, "state.json")))
+    state["started"] = "2020-01-01T03:00:00+00:00"
+    with open(os.path.join(work, "state.json"), "w") as f:
+        json.dump(state, f)
+    r = cli("before", config=skip)
+    assert r.returncode == 1 and "looks stuck" in r.stderr
+    r = cli("doctor", config=cfg)
+    assert r.returncode == 1 and "looks stuck" in r.stdout
     # the second borgmatic's `after` (it runs even when `before` failed) must not tear down the first run
     r = cli("after", config=cfg, check=0)
     assert "leaving it alone" in r.stderr and not sb.running()
@@ -107,11 +128,13 @@ def test_lock_held_means_busy(setup):
     os.makedirs(work, 0o700, exist_ok=True)
     fd = os.open(os.path.join(work, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    with open(cfg, "a") as f:
+        f.write("busy: {wait: 1}\n")
     try:
-        r = cli("before", config=cfg, extra_env={"BORG_CYRUS_LOCK_WAIT": "1"})
+        r = cli("before", config=cfg)
     finally:
         os.close(fd)
-    assert r.returncode == 75 and "another borg-cyrus command holds" in r.stderr
+    assert r.returncode == 1 and "another borg-cyrus command holds" in r.stderr
     assert sb.running() and not os.path.exists(os.path.join(work, "state.json"))
 
 
