@@ -16,6 +16,7 @@ import logging
 import os
 
 from borg_cyrus import cyruspaths, indexfile, mboxlist
+from borg_cyrus.errors import BorgCyrusError
 
 log = logging.getLogger("borg_cyrus.consistency")
 
@@ -43,21 +44,26 @@ def report(ctx, view, counts=True):
     """One pass over the mailbox list: per-mailbox message counts and bytes
     from each cyrus.index header (counts=True) into ctx.manifest["mailboxes"]
     and ["counts"], and the consistency report into ["consistency"]; log one
-    warning line when something does not match. Returns the report."""
+    warning line when something does not match. Mailbox directories the list
+    does not name (a truncated or damaged mailboxes.db) fail the backup
+    unless consistency.unlisted_mailboxes allows them. Returns the report."""
     boxes = [mb for mb in (ctx.mailboxes or []) if mb.has_spool]
     lay = cyruspaths.PathLayout.from_layout(ctx.layout)
     per = ctx.manifest.setdefault("mailboxes", {}) if counts else None
     totals = ctx.manifest.setdefault("counts", {})
     totals.update(messages=0, bytes=0, unreadable=0)
     without_dir = []
+    damaged = {}
     for mb in boxes:
         try:
             d = cyruspaths.data_dir(lay, mb)
         except KeyError:
             without_dir.append(mb.intname)
             continue
-        hdr = indexfile.read_header(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
-        if hdr is None and not os.path.isdir(view.read_path(d)):
+        hdr, problem = indexfile.inspect(view.read_path(os.path.join(cyruspaths.index_dir(lay, mb), "cyrus.index")))
+        if problem:
+            damaged[mb.intname] = problem
+        if hdr is None and not problem and not os.path.isdir(view.read_path(d)):
             without_dir.append(mb.intname)
             continue
         if per is None:
@@ -72,21 +78,30 @@ def report(ctx, view, counts=True):
                          uidvalidity=hdr.uidvalidity)
             totals["messages"] += hdr.exists
             totals["bytes"] += hdr.quota_used
+        if problem:
+            entry["problem"] = problem
         per[mb.intname] = entry
 
     known = {mb.uniqueid for mb in boxes if not mb.legacy}
-    orphans = []
+    orphans, unlisted = [], []
     for root in lay.roots():
         for name, path in _uuid_dirs(view.read_path(root)):
             if name not in known:
-                orphans.append(os.path.join(root, "uuid", name[0], name[1], name))
+                orig = os.path.join(root, "uuid", name[0], name[1], name)
+                orphans.append(orig)
+                if os.path.lexists(os.path.join(path, "cyrus.header")):
+                    unlisted.append(orig)
     orphans = sorted(set(orphans))
+    unlisted = sorted(set(unlisted))
 
+    live = getattr(view, "description", "live") == "live"
     rep = {
         "counts": {"mailboxes_without_directory": len(without_dir), "directories_without_mailbox": len(orphans)},
         "mailboxes_without_directory": sorted(without_dir)[:LIST_LIMIT],
         "directories_without_mailbox": orphans[:LIST_LIMIT],
-        "checked": {"mailboxes": len(boxes), "live": getattr(view, "description", "live") == "live"},
+        "unlisted_mailboxes": unlisted[:LIST_LIMIT],
+        "damaged_indexes": dict(sorted(damaged.items())[:LIST_LIMIT]),
+        "checked": {"mailboxes": len(boxes), "live": live},
     }
     ctx.manifest["consistency"] = rep
     if without_dir or orphans:
@@ -97,5 +112,21 @@ def report(ctx, view, counts=True):
         if orphans:
             parts.append(f"{len(orphans)} directory(ies) without a mailbox entry (e.g. {orphans[0]})")
         log.warning("consistency: %s; listed in manifest.json under consistency%s", ", ".join(parts),
-                    " (a live backup can race with changes)" if rep["checked"]["live"] else "")
+                    " (a live backup can race with changes)" if live else "")
+    if damaged:
+        first = sorted(damaged)[0]
+        log.warning("%d mailbox(es) with a damaged or unreadable cyrus.index, e.g. %s: %s; run `reconstruct` on "
+                    "them (listed in manifest.json under consistency.damaged_indexes)", len(damaged),
+                    mboxlist.external_name(first), damaged[first])
+    if unlisted:
+        msg = (f"the mailbox list names {len(boxes)} mailboxes, but the spool holds {len(unlisted)} more mailbox "
+               f"director{'y' if len(unlisted) == 1 else 'ies'} with a cyrus.header that it does not list (e.g. "
+               f"{unlisted[0]}): mailboxes.db looks damaged or truncated. Check it (ctl_mboxlist -d), rebuild the "
+               "missing entries with `reconstruct -P` over those cyrus.header files")
+        if live and ctx.config["consistency"]["unlisted_mailboxes"] == "warn-in-live":
+            log.warning("%s (consistency.unlisted_mailboxes: warn-in-live)", msg)
+            ctx.problems.append(msg)
+        else:
+            raise BorgCyrusError(msg + ("; in mode live, consistency.unlisted_mailboxes: warn-in-live lets the "
+                                        "backup go on" if live else ""))
     return rep

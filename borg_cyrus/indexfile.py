@@ -89,8 +89,8 @@ def parse(data, path="cyrus.index"):
 
 
 def read(path):
-    with open(path, "rb") as f:
-        return parse(f.read(), path)
+    from borg_cyrus import safeio
+    return parse(safeio.read_bytes(path), path)
 
 
 HEADER_BYTES = 96
@@ -107,23 +107,44 @@ class IndexHeader:
     exists: int          # non-expunged messages
 
 
-def read_header(path):
-    """IndexHeader of the cyrus.index at path, or None if absent/unsupported."""
+def inspect(path):
+    """(IndexHeader or None, problem or None) of the cyrus.index at path.
+
+    Never blocks (a FIFO or device there is a problem, not a hang) and never
+    follows a symlink. A missing file is (None, None); an index of a version
+    whose header is not known is (None, None) too. A problem is a phrase:
+    truncated, checksum mismatch, not a regular file."""
+    from borg_cyrus import safeio
     try:
-        with open(path, "rb") as f:
-            data = f.read(HEADER_BYTES)
-    except OSError:
-        return None
+        data, size = safeio.read_head(path, 1024)
+    except FileNotFoundError:
+        return None, None
+    except safeio.NotRegularFile as e:
+        return None, f"cyrus.index is {e.kind}, not a regular file (not read)"
+    except OSError as e:
+        return None, f"cyrus.index cannot be read ({e.strerror})"
     if len(data) < HEADER_BYTES:
-        return None
-    minor = struct.unpack_from(">I", data, 8)[0]
+        return None, f"cyrus.index is truncated ({size} bytes, shorter than its header)"
+    minor, start, rsize, nrec = struct.unpack_from(">IIII", data, 8)
     if minor not in HEADER_VERSIONS:
-        return None
-    return IndexHeader(
+        return None, None
+    hdr = IndexHeader(
         minor_version=minor,
-        num_records=struct.unpack_from(">I", data, 20)[0],
+        num_records=nrec,
         last_uid=struct.unpack_from(">I", data, 28)[0],
         quota_used=struct.unpack_from(">Q", data, 32)[0],
         uidvalidity=struct.unpack_from(">I", data, 44)[0],
         exists=struct.unpack_from(">I", data, 84)[0],
     )
+    if HEADER_BYTES <= start <= len(data) and zlib.crc32(data[:start - 4]) != struct.unpack_from(">I", data, start - 4)[0]:
+        return hdr, "cyrus.index header checksum mismatch"
+    if rsize and size < start + nrec * rsize:
+        return hdr, (f"cyrus.index is truncated ({nrec} records announced, "
+                     f"{max(0, size - start) // rsize} present)")
+    return hdr, None
+
+
+def read_header(path):
+    """IndexHeader of the cyrus.index at path, or None if absent/unsupported/damaged."""
+    hdr, problem = inspect(path)
+    return None if problem else hdr
