@@ -104,34 +104,39 @@ def create_file(path, data=b"", uid=None, gid=None, mode=0o600):
         os.fchmod(f.fileno(), mode)
 
 
-def chown_tree(root, uid, gid, dry_run=False):
+def chown_tree(root, uid, gid, dry_run=False, skipped=None):
     """Give every entry below root (root included) to uid:gid without
-    following symlinks; returns how many entries changed."""
+    following symlinks, children before their directory (so no directory
+    is uid's while its contents are still being changed); returns how many
+    entries changed. A file of another owner with more than one hard link
+    is left alone (a link planted to a file outside) and appended to skipped."""
     changed = 0
     try:
         st = os.lstat(root)
     except FileNotFoundError:
         return 0
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            if not dry_run:
-                os.lchown(root, uid, gid)
-            changed += 1
-        return changed
-    for _dirpath, dirnames, filenames, dfd in os.fwalk(root, follow_symlinks=False):
-        for name in dirnames + filenames:
-            try:
-                est = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if (est.st_uid, est.st_gid) != (uid, gid):
-                if not dry_run:
-                    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-                changed += 1
-    if (st.st_uid, st.st_gid) != (uid, gid):
+
+    def fix(est, name, dfd):
+        nonlocal changed
+        if (est.st_uid, est.st_gid) == (uid, gid):
+            return
+        if stat.S_ISREG(est.st_mode) and est.st_nlink > 1 and est.st_uid != uid:
+            if skipped is not None:
+                skipped.append(name if dfd is None else os.path.join(dirpath, name))
+            return
         if not dry_run:
-            os.lchown(root, uid, gid)
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
         changed += 1
+
+    if stat.S_ISDIR(st.st_mode):
+        for dirpath, dirnames, filenames, dfd in os.fwalk(root, topdown=False, follow_symlinks=False):
+            for name in filenames + dirnames:
+                try:
+                    est = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                fix(est, name, dfd)
+    fix(st, root, None)
     return changed
 
 
@@ -182,3 +187,19 @@ def blocking_parent(path, uid, gid):
         if not ok:
             return cur, st
     return None
+
+
+def copy_tree(src, dst, mode=0o600):
+    """Copy the directories and regular files below src to a new dst (root's,
+    until the caller chowns it); anything else is left out. src is read
+    without following symlinks."""
+    os.mkdir(dst, 0o700)
+    for dirpath, dirnames, filenames, dfd in os.fwalk(src, follow_symlinks=False):
+        out = os.path.join(dst, os.path.relpath(dirpath, src))
+        for name in dirnames:
+            os.mkdir(os.path.join(out, name), 0o700)
+        for name in filenames:
+            try:
+                copy_regular(os.path.join(dirpath, name), os.path.join(out, name), mode=mode)
+            except NotRegularFile:
+                continue

@@ -83,7 +83,7 @@ class RsyncStaging(Mode):
             if not svc.is_running():
                 svc.start()
         elif step["kind"] == "pit-dir":
-            remove_pit_dir(step["path"])
+            remove_pit_dir(self.ctx, step["path"])
 
 
 @hookimpl
