@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import time
 
 from borg_cyrus import __version__, consistency, faults, layout as layout_mod, pathpolicy, patterns, state as state_mod
@@ -230,6 +231,33 @@ def _publish_dump_dir(ctx, new):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def parent_dirs(lay):
+    """Owner and mode of every directory above Cyrus's locations, so a full
+    restore can give the ones `borg extract` creates (root 0700) their own back."""
+    import grp
+    import pwd
+    out = {}
+    for _key, loc in lay.data_locations():
+        p = os.path.dirname(loc)
+        while p not in ("", "/") and p not in out:
+            try:
+                st = os.stat(p)
+            except OSError:
+                break
+            try:
+                user = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                user = None
+            try:
+                group = grp.getgrgid(st.st_gid).gr_name
+            except KeyError:
+                group = None
+            out[p] = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid, "user": user,
+                      "group": group}
+            p = os.path.dirname(p)
+    return out
+
+
 def write_manifest(ctx, dump_dir, records, view, timings):
     boxes = ctx.mailboxes or []
     users = {mb.userid for mb in boxes if mb.userid and mb.has_spool}
@@ -245,6 +273,7 @@ def write_manifest(ctx, dump_dir, records, view, timings):
         "imapd_conf": ctx.layout.imapd_conf,
         "work_directory": ctx.work_dir,
         "layout": ctx.layout.to_json(),
+        "parents": parent_dirs(ctx.layout),
         "dumps": [r.to_json() for r in records],
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })

@@ -77,16 +77,20 @@ def build_parser():
     ru = rsub.add_parser("user", parents=[arch, stg], help="bring one user back into the running server")
     ru.add_argument("user", metavar="USER")
     ru.add_argument("--force", action="store_true",
-                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack)")
+                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack), "
+                         "and from an archive of another Cyrus version")
     rm = rsub.add_parser("mailbox", parents=[arch, stg], help="bring one mailbox back, in place or --into a new folder")
     rm.add_argument("mailbox", metavar="NAME", help="admin namespace, e.g. 'user/bob/Archive 2019'")
     rm.add_argument("--into", metavar="FOLDER", help="restore as this new folder, e.g. user/bob/Restored-2026-11-26")
     rm.add_argument("--recursive", "-r", action="store_true", help="with its child folders")
     rm.add_argument("--force", action="store_true",
-                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack)")
+                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack), "
+                         "and from an archive of another Cyrus version")
     rf = rsub.add_parser("full", help="whole server: archive extracted to /, Cyrus stopped")
     rf.add_argument("--dump-dir", help="dump directory (default: <work_directory>/dump)")
     rf.add_argument("--start", action="store_true", help="start Cyrus when done")
+    rf.add_argument("--force", action="store_true",
+                    help="restore raw files even if the archive was made by another Cyrus version")
 
     v = sub.add_parser("verify", parents=[arch], help="restore drill: extract an archive into a throwaway Cyrus "
                        "and check every mailbox against the backup's records")
@@ -171,7 +175,7 @@ def cmd_restore(args):
     _, _, ctx = load(args)
     if args.restore_command == "full":
         from borg_cyrus.restore import FullRestore
-        FullRestore(ctx, args.dump_dir).run(start=args.start)
+        FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start)
         return 0
     from borg_cyrus import restore_partial as rp
     session = rp.ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging,

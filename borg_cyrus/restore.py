@@ -9,12 +9,15 @@ empties the folders whose messages were excluded on purpose (`reconstruct`),
 recomputes quota usage (`quota -f`) and fixes ownership.
 """
 
+import contextlib
 import json
 import logging
 import os
+import stat
+import tempfile
 import time
 
-from borg_cyrus import dbbatch, mboxlist
+from borg_cyrus import dbbatch, mboxlist, safeio, trust
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.service import Service
 
@@ -22,20 +25,25 @@ log = logging.getLogger("borg_cyrus.restore")
 
 
 class Dump:
-    """A dump directory as written by `before` (and extracted from an archive)."""
+    """A dump directory as written by `before` (and extracted from an archive).
+    Its contents are untrusted: every mailbox entry is checked (trust.py)."""
 
-    def __init__(self, path):
+    def __init__(self, path, where=None):
         self.path = path
         mpath = os.path.join(path, "manifest.json")
         try:
-            with open(mpath) as f:
-                self.manifest = json.load(f)
+            self.manifest = json.loads(safeio.read_bytes(mpath, limit=1 << 30))
         except FileNotFoundError:
             raise BorgCyrusError(f"{mpath} is missing; extract the dump directory from the archive "
                                  "or pass --dump-dir") from None
+        except safeio.NotRegularFile as e:
+            raise BorgCyrusError(f"{e}; the dump is damaged") from None
         except ValueError as e:
             raise BorgCyrusError(f"{mpath} is not valid JSON ({e}); the dump is damaged") from None
+        if not isinstance(self.manifest, dict):
+            raise BorgCyrusError(f"{mpath} is not a borg-cyrus manifest; the dump is damaged")
         self.mailboxes = mboxlist.load_dump(os.path.join(path, "mailboxes.json"))
+        trust.check_mailboxes(self.mailboxes, f"{where or path}: mailboxes.json")
         expected = self.manifest.get("counts", {}).get("mailboxes")
         if expected is not None and expected != len(self.mailboxes):
             raise BorgCyrusError(f"{path}/mailboxes.json lists {len(self.mailboxes)} mailboxes, "
@@ -52,11 +60,60 @@ class Dump:
         return self.file(f"{os.path.basename(dbname)}.batch")
 
 
+def _int(value, default):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def live_cyrus_version(ctx):
+    if not ctx.tools.has("cyr_info"):
+        return None
+    r = ctx.cyrus("cyr_info", "version", changes=False, check=False)
+    return r.text.strip() or None if r.returncode == 0 else None
+
+
+def check_cyrus_version(ctx, dump, force, where):
+    """Refuse raw files of another Cyrus series (3.6 vs 3.10) unless force;
+    a manifest that does not agree with the dump's cyrus-version.txt is named."""
+    claimed = dump.manifest.get("cyrus_version")
+    recorded = None
+    vfile = dump.file("cyrus-version.txt")
+    if vfile:
+        try:
+            recorded = safeio.read_bytes(vfile, limit=4096).decode("utf-8", "replace").strip()
+        except (OSError, BorgCyrusError):
+            recorded = None
+    if claimed and recorded and trust.cyrus_series(claimed) != trust.cyrus_series(recorded):
+        log.warning("%s: the manifest says %s but cyrus-version.txt says %s; the archive may have been tampered "
+                    "with", where, claimed, recorded)
+    archived = trust.cyrus_series(recorded or (claimed if isinstance(claimed, str) else None))
+    live_text = live_cyrus_version(ctx)
+    live = trust.cyrus_series(live_text)
+    if archived is not None and archived == live:
+        return
+    if archived is None:
+        why = "does not say which Cyrus version made it"
+    elif live is None:
+        why = f"was made by Cyrus {archived[0]}.{archived[1]} and this server's version cannot be read (cyr_info)"
+    else:
+        why = (f"was made by Cyrus {archived[0]}.{archived[1]} ({recorded or claimed}), this server runs "
+               f"{live[0]}.{live[1]} ({live_text})")
+    if force:
+        log.warning("%s %s; restoring its raw mailbox files anyway (--force)", where, why)
+        return
+    raise BorgCyrusError(f"{where} {why}: its raw mailbox and database files are not restored onto another Cyrus "
+                         "version (formats change between releases; read Cyrus's upgrade notes). Add --force to "
+                         "restore them anyway")
+
+
 class FullRestore:
-    def __init__(self, ctx, dump_dir=None):
+    def __init__(self, ctx, dump_dir=None, force=False):
         self.ctx = ctx
         self.lay = ctx.layout
         self.dump = Dump(dump_dir or ctx.dump_dir)
+        self.force = force
         self.uid, self.gid = ctx.cyrus_ids()
         self.report = []
 
@@ -71,23 +128,60 @@ class FullRestore:
         if svc.is_running():
             raise BorgCyrusError(f"Cyrus is running ({svc.describe()}); stop it before a full restore")
 
-    def check_reachable(self):
-        """The cyrus user must be able to enter every parent of Cyrus's dirs
-        (`borg extract` creates missing parents as root, mode 0700)."""
-        for root in [self.lay.configdirectory] + self.lay.all_partition_dirs():
+    def roots(self):
+        return [self.lay.configdirectory, self.lay.sievedir] + self.lay.all_partition_dirs()
+
+    def fix_parents(self):
+        """`borg extract` creates the parents of archived paths that are not in
+        the archive (e.g. /var/spool/cyrus above the partitions) as root:root
+        0700, which the cyrus user cannot enter. Give such a directory the
+        owner and mode recorded at backup time (manifest `parents`), or 0755;
+        a directory that does not look made by borg is left alone."""
+        recorded = self.dump.manifest.get("parents") or {}
+        done = set()
+        for root in self.roots():
             parent = os.path.dirname(root)
-            while parent and parent != "/":
+            while parent not in ("", "/") and parent not in done:
+                done.add(parent)
                 try:
-                    st = os.stat(parent)
+                    st = os.lstat(parent)
                 except FileNotFoundError:
                     parent = os.path.dirname(parent)
                     continue
-                ok = (st.st_mode & 0o001 or (st.st_gid == self.gid and st.st_mode & 0o010)
-                      or (st.st_uid == self.uid and st.st_mode & 0o100))
-                if not ok:
-                    raise BorgCyrusError(f"the {self.ctx.config['cyrus_user']} user cannot enter {parent} "
-                                         f"(mode {st.st_mode & 0o777:o}); run chmod o+x {parent}")
+                if stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o700):
+                    self.restore_parent(parent, recorded.get(parent))
                 parent = os.path.dirname(parent)
+
+    def restore_parent(self, path, rec):
+        """Only root's or the cyrus user's, never writable by others: the record
+        comes from the archive."""
+        uid, gid, mode = 0, 0, 0o755
+        if isinstance(rec, dict):
+            mode = _int(rec.get("mode"), 0o755) & 0o755
+            uid = self.uid if rec.get("user") == self.ctx.config["cyrus_user"] else 0
+            gid = self.gid if rec.get("group") == self.ctx.config["cyrus_group"] else 0
+            if not mode & 0o111:
+                return
+        if self.ctx.dry_run:
+            self.note("would give %s (made by borg extract, root 0700) owner %d:%d and mode %o", path, uid, gid, mode)
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        self.note("gave %s (made by borg extract, root 0700) owner %d:%d and mode %o%s", path, uid, gid, mode,
+                  " as recorded at backup time" if rec else "")
+
+    def check_reachable(self):
+        """The cyrus user must be able to enter every parent of Cyrus's dirs."""
+        for root in [self.lay.configdirectory] + self.lay.all_partition_dirs():
+            blocked = safeio.blocking_parent(os.path.dirname(root), self.uid, self.gid)
+            if blocked:
+                parent, st = blocked
+                raise BorgCyrusError(f"the {self.ctx.config['cyrus_user']} user cannot enter {parent} "
+                                     f"(mode {st.st_mode & 0o777:o}); run chmod o+x {parent}")
 
     def ensure_dirs(self):
         lay = self.lay
@@ -108,7 +202,7 @@ class FullRestore:
         if not os.path.isdir(parent):
             os.makedirs(parent, 0o755)
         os.mkdir(path, mode)
-        os.chown(path, self.uid, self.gid)
+        os.lchown(path, self.uid, self.gid)
         self.note("created %s", path)
 
     def db_health(self, name, expected_names=None):
@@ -147,16 +241,18 @@ class FullRestore:
             else:
                 os.rename(path, aside)
                 self.note("moved the damaged %s to %s", path, aside)
-        empty = os.path.join(self.lay.configdirectory, f".borg-cyrus-empty-{os.getpid()}")
+        empty = os.path.join(self.lay.configdirectory, ".borg-cyrus-empty-(dry-run)")
         if not self.ctx.dry_run:
-            with open(empty, "w"):
-                pass
-            os.chown(empty, self.uid, self.gid)
+            # a fresh name, O_EXCL: never through something planted in the configdirectory
+            fd, empty = tempfile.mkstemp(prefix=".borg-cyrus-empty-", dir=self.lay.configdirectory)
+            os.fchown(fd, self.uid, self.gid)
+            os.close(fd)
         try:
             self.ctx.cyrus("cvt_cyrusdb", empty, "flat", path, backend)
         finally:
-            if os.path.exists(empty):
-                os.unlink(empty)
+            if not self.ctx.dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(empty)
 
     def load_batch(self, name, batch_path):
         backend, path = self.lay.database(name)
@@ -232,30 +328,25 @@ class FullRestore:
             self.note("reconstructed %d mailbox(es) whose messages were excluded (now empty)", len(boxes))
 
     def fix_ownership(self):
-        roots = [self.lay.configdirectory, self.lay.sievedir] + self.lay.all_partition_dirs()
         fixed = 0
-        for root in roots:
-            if not os.path.isdir(root):
-                continue
-            for dirpath, dirnames, filenames in os.walk(root):
-                for name in [None] + dirnames + filenames:
-                    p = dirpath if name is None else os.path.join(dirpath, name)
-                    try:
-                        st = os.lstat(p)
-                    except FileNotFoundError:
-                        continue
-                    if (st.st_uid, st.st_gid) != (self.uid, self.gid):
-                        if not self.ctx.dry_run:
-                            os.lchown(p, self.uid, self.gid)
-                        fixed += 1
+        skipped = []
+        for root in [self.lay.configdirectory, self.lay.sievedir] + self.lay.all_partition_dirs():
+            if os.path.isdir(root):
+                fixed += safeio.chown_tree(root, self.uid, self.gid, dry_run=self.ctx.dry_run, skipped=skipped)
         if fixed:
             self.note("%s ownership of %d entries to %s:%s", "would fix" if self.ctx.dry_run else "fixed", fixed,
                       self.ctx.config["cyrus_user"], self.ctx.config["cyrus_group"])
+        if skipped:
+            log.warning("left the owner of %d hard-linked file(s) of other users alone, e.g. %s", len(skipped),
+                        skipped[0])
 
     def run(self, start=False):
         t0 = time.monotonic()
         self.check_stopped()
-        self.check_reachable()
+        check_cyrus_version(self.ctx, self.dump, self.force, f"the dump in {self.dump.path}")
+        self.fix_parents()
+        if not self.ctx.dry_run:
+            self.check_reachable()
         self.ensure_dirs()
         self.fix_ownership()
         self.restore_mailboxes_db()

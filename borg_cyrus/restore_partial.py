@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from borg_cyrus import archive as archive_mod
 from borg_cyrus import cyrusheader, cyruspaths, dbbatch, imapdconf, imapview, indexfile, mboxlist
+from borg_cyrus import pathpolicy, privdrop, safeio, trust
 from borg_cyrus import state as state_mod
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 from borg_cyrus.model import nest_free
@@ -134,9 +135,13 @@ class ArchiveSession:
         self.dir = None
         self.dump = None
         self.layout = None
+        self.tree_override = None    # "." in the child that places files as the cyrus user
 
     def __enter__(self):
         parent = self.staging_parent
+        if parent is not None and pathpolicy.system_reason(parent):
+            raise ConfigError(f"--staging {parent} {pathpolicy.system_reason(parent)}; give the restore a directory "
+                              "of its own")
         if parent is None:
             parent = os.path.join(self.ctx.work_dir, "staging")
             if self.ctx.dry_run and not os.path.isdir(parent):
@@ -158,15 +163,35 @@ class ArchiveSession:
 
     @property
     def tree(self):
-        return os.path.join(self.dir, "tree")
+        return self.tree_override or os.path.join(self.dir, "tree")
 
     def staged(self, path):
         return self.tree + path
 
+    def sanitize(self):
+        """The extracted files are untrusted: make them plain cyrus-owned data
+        (symlinks, devices, FIFOs and sockets removed and named; no set-id or
+        execute bits) while the staging tree is still root's alone."""
+        if not os.path.isdir(self.tree):
+            return
+        uid, gid = self.ctx.cyrus_ids()
+        removed = safeio.sanitize_tree(self.tree, uid, gid)
+        if removed:
+            shown = ", ".join(f"/{p} ({k})" for p, k in removed[:5])
+            log.warning("archive %s: left out %d entr%s that are not regular files or directories: %s%s",
+                        self.archive, len(removed), "y" if len(removed) == 1 else "ies", shown,
+                        " …" if len(removed) > 5 else "")
+        return removed
+
+    def extract(self, paths):
+        missing = self.repo.extract(self.archive, paths, self.tree)
+        self.sanitize()
+        return missing
+
     def load_dump(self):
         from borg_cyrus.restore import Dump
         dump_path = self.ctx.dump_dir
-        missing = self.repo.extract(self.archive, [dump_path], self.tree)
+        missing = self.extract([dump_path])
         if missing:
             found = sorted(p for p in self.repo.list_paths(self.archive)
                            if p.endswith("/dump/manifest.json"))
@@ -175,14 +200,16 @@ class ArchiveSession:
                                      "and any */dump/manifest.json); was it made with borg-cyrus?")
             dump_path = os.path.dirname(found[0])
             log.info("the archive's dump is at %s (not %s)", dump_path, self.ctx.dump_dir)
-            self.repo.extract(self.archive, [dump_path], self.tree)
+            trust.check_archived_path(dump_path, "dump directory", f"archive {self.archive}")
+            self.extract([dump_path])
         self.dump_path = dump_path
-        self.dump = Dump(self.staged(dump_path))
+        self.dump = Dump(self.staged(dump_path), where=f"archive {self.archive}")
         self.conf_values = archived_conf_values(self.dump.path, self.dump.manifest)
         try:
             self.layout = cyruspaths.PathLayout.from_manifest(self.dump.manifest, self.conf_values)
-        except ValueError as e:
+        except (ValueError, TypeError, AttributeError) as e:
             raise BorgCyrusError(f"archive {self.archive}: {e}; the dump is too old or damaged") from None
+        trust.check_archived_layout(self.layout, f"archive {self.archive}: manifest.json")
         return self.dump
 
 
@@ -317,6 +344,11 @@ class PartialRestore:
         self.say("%s: %s", "would run" if self.ctx.dry_run else "run", shown)
         return self.ctx.cyrus(name, *args, **kw)
 
+    def check_version(self):
+        """Raw mailbox files go only onto the Cyrus series that wrote them."""
+        from borg_cyrus.restore import check_cyrus_version
+        check_cyrus_version(self.ctx, self.s.dump, self.force, f"archive {self.s.archive}")
+
     def admin(self, intname):
         """A mailbox name as the live server's tools take it."""
         return mboxlist.admin_name(intname, self.ctx.layout.unixhierarchysep)
@@ -448,7 +480,7 @@ class PartialRestore:
                 self.say("  (not in the archive, skipped: %s)", p)
         else:
             t0 = time.monotonic()
-            missing = self.s.repo.extract(self.s.archive, paths, self.s.tree)
+            missing = self.s.extract(paths)
             self.say("extracted %d path(s) from archive %s in %.2f s%s", len(paths) - len(missing), self.s.archive,
                      time.monotonic() - t0, f" ({len(missing)} not in the archive)" if missing else "")
         lost = sorted(set(required) & missing)
@@ -609,9 +641,48 @@ class PartialRestore:
                   what="cyr_dbtool (annotations)")
         return len(out)
 
+    def destinations(self, plans, extras):
+        """Every live path the restore writes, checked to lie in this server's
+        Cyrus directories (the names they are built from come from the archive)."""
+        roots = self.llay.roots() + [self.llay.configdirectory, self.llay.sievedir]
+        if self.llay.quota_path:
+            roots.append(os.path.dirname(self.llay.quota_path.rstrip("/")) or "/")
+        for p in plans:
+            for d in cyruspaths.mailbox_dirs(self.llay, p.dst_mailbox()).values():
+                trust.check_inside(d, roots, f"restoring {display(p.target)}")
+        for _src, dst, label, _lo in extras:
+            trust.check_inside(dst, roots, f"restoring {label}")
+
     def apply(self, plans, extras):
-        """Do it: place files, register, reconstruct. extras: [(staged src, live dst, label, replace
-        leftover)] optional per-user files."""
+        """Do it: place files (as the cyrus user), register, reconstruct. extras:
+        [(archived src, live dst, label, replace leftover)] optional per-user files."""
+        self.destinations(plans, extras)
+        if self.ctx.dry_run:
+            headers, merged = self.place(plans, extras)
+        else:
+            headers, merged = self.place_as_cyrus(plans, extras)
+        return self.register(plans, headers, merged)
+
+    def place_as_cyrus(self, plans, extras):
+        """place() in a child running as the cyrus user, from the staging tree."""
+        fd = os.open(self.s.tree, os.O_RDONLY | os.O_DIRECTORY)
+
+        def work():
+            self.s.tree_override = "."
+            self.steps = []
+            headers, merged = self.place(plans, extras)
+            return {"headers": headers, "merged": [p.target for p in merged], "steps": self.steps}
+        try:
+            res = privdrop.run_as(self.uid, self.gid, work, cwd_fd=fd)
+        finally:
+            os.close(fd)
+        self.steps.extend(res["steps"])
+        by_target = {p.target: p for p in plans}
+        return res["headers"], [by_target[t] for t in res["merged"]]
+
+    def place(self, plans, extras):
+        """Put the staged files into the live spool; returns (headers of created
+        mailboxes, merge plans)."""
         headers = []
         merged = []
         for p in sorted(plans, key=lambda p: (p.target.count("."), p.target)):
@@ -637,6 +708,7 @@ class PartialRestore:
                 merged.append(p)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for src, dst, label, leftover in extras:
+            src = self.s.staged(src)
             if os.path.lexists(dst) and not leftover:
                 self.say("kept the live %s (%s)", label, dst)
                 continue
@@ -652,6 +724,9 @@ class PartialRestore:
                 self.say("moved %s aside to %s (created after the user was deleted)", dst, aside)
             self.move(src, dst)
             self.say("restored %s", label)
+        return headers, merged
+
+    def register(self, plans, headers, merged):
         n = self.restore_annotations(plans)
         if n and not self.ctx.dry_run:
             self.say("restored %d annotations.db entr%s", n, "y" if n == 1 else "ies")
@@ -686,6 +761,8 @@ def _quota_roots(plans):
 class UserRestore(PartialRestore):
     def run(self, userid):
         t0 = time.monotonic()
+        trust.check_userid(userid)
+        self.check_version()
         self.load_live()
         boxes = [mb for mb in self.s.dump.mailboxes if mb.has_spool and mb.userid == userid]
         if not boxes:
@@ -730,7 +807,7 @@ class UserRestore(PartialRestore):
         required = [self.box_sources(p)["data"] for p in plans]
         optional = [d for p in plans for k, d in self.box_sources(p).items() if k != "data"]
         missing = self.extract(required + optional + [x[0] for x in extras], required)
-        extras = [(self.s.staged(s), d, label, lo) for s, d, label, lo in extras if s not in missing]
+        extras = [(s, d, label, lo) for s, d, label, lo in extras if s not in missing]
         headers, merged = self.apply(plans, extras)
         self.tool("reconstruct", "-r", "-u", "--", userid)
         for p in merged:
@@ -744,6 +821,7 @@ class UserRestore(PartialRestore):
 class MailboxRestore(PartialRestore):
     def run(self, name, into=None, recursive=False):
         t0 = time.monotonic()
+        self.check_version()
         self.load_live()
         by_name = {mb.intname: mb for mb in self.s.dump.mailboxes if mb.has_spool}
         src_name = to_intname(name)

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 
-from borg_cyrus import dbbatch, mboxlist
+from borg_cyrus import dbbatch, mboxlist, trust
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.model import DumpRecord
@@ -38,6 +38,8 @@ def dump_mailbox_list(ctx, view, dump_dir):
         boxes = mboxlist.load_dump(path)
     except mboxlist.DumpError as e:
         raise BorgCyrusError(f"ctl_mboxlist -d gave an unusable dump: {e}") from None
+    # the cyrus user can write mailboxes.db: nothing crafted may reach a path or the patterns file
+    trust.check_mailboxes(boxes, f"{view.layout.database('mailboxes')[1]}")
     if not boxes:
         raise BorgCyrusError("ctl_mboxlist -d listed no mailboxes; refusing to back up a server that looks empty "
                              f"(check imapd.conf {view.imapd_conf} points at the right configdirectory)")
