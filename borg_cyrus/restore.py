@@ -85,9 +85,12 @@ def check_cyrus_version(ctx, dump, force, where):
             recorded = safeio.read_bytes(vfile, limit=4096).decode("utf-8", "replace").strip()
         except (OSError, BorgCyrusError):
             recorded = None
-    if claimed and recorded and trust.cyrus_series(claimed) != trust.cyrus_series(recorded):
-        log.warning("%s: the manifest says %s but cyrus-version.txt says %s; the archive may have been tampered "
-                    "with", where, claimed, recorded)
+    if claimed and recorded and trust.cyrus_series(str(claimed)) != trust.cyrus_series(recorded):
+        msg = (f"{where}: the manifest says {claimed} but cyrus-version.txt says {recorded}; the archive may have "
+               "been tampered with")
+        if not force:
+            raise BorgCyrusError(msg + ". Add --force to restore it anyway")
+        log.warning("%s; restoring it anyway (--force)", msg)
     archived = trust.cyrus_series(recorded or (claimed if isinstance(claimed, str) else None))
     live_text = live_cyrus_version(ctx)
     live = trust.cyrus_series(live_text)

@@ -210,6 +210,11 @@ class ArchiveSession:
         except (ValueError, TypeError, AttributeError) as e:
             raise BorgCyrusError(f"archive {self.archive}: {e}; the dump is too old or damaged") from None
         trust.check_archived_layout(self.layout, f"archive {self.archive}: manifest.json")
+        for mb in self.dump.mailboxes:
+            if mb.has_spool and mb.partition not in self.layout.partitions:
+                raise trust.UntrustedEntry(
+                    f"archive {self.archive}: mailbox {mb.intname!r} is on partition {mb.partition!r}, which the "
+                    "archived layout does not define; it looks forged or damaged, so nothing was changed")
         return self.dump
 
 

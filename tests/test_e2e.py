@@ -107,3 +107,46 @@ def test_after_runs_on_borg_failure_and_restarts_cyrus(populated, base_dir):
     conn = sb.imap("alice")
     conn.select("INBOX")
     conn.logout()
+
+
+def test_restore_full_after_extract_to_root_fixes_borg_made_parents(base_dir):
+    """The runbook on a stock Debian layout: partitions below a directory that
+    is not archived (/var/spool/cyrus, cyrus:mail 0755, holds mail/ and news/).
+    `cd / && borg extract` recreates it as root 0700; `restore full` gives it
+    its recorded owner and mode back, and the server is IMAP-identical."""
+    from borg_cyrus.demo import populate
+    from borg_cyrus.sandbox import Sandbox
+    spool, lib = os.path.join(base_dir, "spool"), os.path.join(base_dir, "lib")
+    layout = {"configdirectory": f"{lib}/cyrus", "partition-default": f"{spool}/mail",
+              "partition-second": f"{spool}/news", "sievedir": f"{spool}/sieve"}
+    sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second"), layout=layout)
+    sb.create()
+    for d in (spool, lib):
+        os.chown(d, sb.uid, sb.gid)
+        os.chmod(d, 0o755)
+    sb.start()
+    try:
+        populate(sb)
+        bc = sandbox_config(sb, base_dir, mode="stop-master")
+        repo = os.path.join(base_dir, "repo")
+        cfg = borgmatic_config(base_dir, repo, os.path.join(base_dir, "work", "patterns"))
+        init_repo(cfg)
+        before = snapshot(sb)
+        borgmatic(cfg, "create", bc_config=bc)
+        manifest = load_manifest(os.path.join(base_dir, "work"))
+        assert manifest["parents"][spool] == {"mode": 0o755, "uid": sb.uid, "gid": sb.gid, "user": "cyrus",
+                                              "group": "mail"}
+        assert spool not in archive_paths(repo)
+        wipe(sb)
+        subprocess.run(["rm", "-rf", spool, lib, os.path.join(base_dir, "work", "dump")], check=True)
+        extract(repo)                                     # cd / && borg extract REPO::ARCHIVE
+        st = os.stat(spool)
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700), "borg extract no longer makes root 0700 parents"
+        r = cli("restore", "full", config=bc, check=0)
+        assert f"gave {spool} (made by borg extract, root 0700) owner {sb.uid}:{sb.gid} and mode 755" in r.stderr
+        st = os.stat(spool)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (sb.uid, sb.gid, 0o755)
+        sb.start()
+        assert imapview.diff(expected(before, manifest), snapshot(sb)) == []
+    finally:
+        sb.stop()
