@@ -20,6 +20,7 @@ from borg_cyrus import __version__, consistency, faults, layout as layout_mod, p
 from borg_cyrus.context import Context
 from borg_cyrus.errors import BorgCyrusError, BusyError, ConfigError, DeadlineError, SkipError
 from borg_cyrus.model import nest_free
+from borg_cyrus.snapshot import Watchdog
 
 log = logging.getLogger("borg_cyrus.backup")
 
@@ -387,6 +388,9 @@ def _before_locked(ctx, modes, mode, owner, force, deadline):
         ctx.plugins.pm.hook.view_ready(ctx=ctx, view=view)
         summary = _prepare(ctx, view, locs, timings)
         st.set(phase="ready", patterns=ctx.patterns_file)
+        for step in st.steps:
+            if step["kind"] == "watchdog":
+                Watchdog.before_done(step.get("process"))
     except BaseException:
         deadline.cancel()     # the undo must not be cut short
         log.info("before failed; undoing what it did")

@@ -96,12 +96,14 @@ class Watchdog:
     """Start / stop the dead-man switch process (borg_cyrus.watchdog)."""
 
     @staticmethod
-    def start(ctx, deadline=None, guards=(), thaw=(), service=None):
+    def start(ctx, deadline=None, guards=(), thaw=(), service=None, before_deadline=None):
         r, w = os.pipe()
         argv = [sys.executable, "-m", "borg_cyrus.watchdog", "--ready-fd", str(w),
                 "--log", os.path.join(ctx.work_dir, "watchdog.log")]
         if deadline is not None:
             argv += ["--deadline", repr(time.time() + deadline)]
+        if before_deadline is not None:
+            argv += ["--before-deadline", repr(time.time() + before_deadline)]
         for g in guards:
             argv += ["--guard", g]
         for mp in thaw:
@@ -124,13 +126,23 @@ class Watchdog:
         return ident
 
     @staticmethod
+    def before_done(ident):
+        """Tell a watchdog armed with a `before` deadline that `before` finished."""
+        Watchdog._signal(ident, signal.SIGUSR2)
+
+    @staticmethod
     def stop(ident):
+        """Disarm (SIGTERM would make it act)."""
+        Watchdog._signal(ident, signal.SIGUSR1)
+
+    @staticmethod
+    def _signal(ident, sig):
         if ident and state_mod.is_alive(ident):
             try:
                 with open(f"/proc/{ident['pid']}/cmdline", "rb") as f:
                     if b"borg_cyrus.watchdog" not in f.read():
                         return
-                os.kill(ident["pid"], signal.SIGUSR1)   # disarm: SIGTERM would make it act
+                os.kill(ident["pid"], sig)
             except OSError:
                 pass
 

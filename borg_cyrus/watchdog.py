@@ -48,6 +48,9 @@ def act(thaw, service, runner_log):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="borg-cyrus-watchdog")
     p.add_argument("--deadline", type=float, help="epoch seconds; act then at the latest")
+    p.add_argument("--before-deadline", type=float,
+                   help="epoch seconds; act then unless `before` said it is done (SIGUSR2) — a `before` hung "
+                        "on a filesystem cannot even be killed, let alone start Cyrus")
     p.add_argument("--guard", action="append", default=[], help="PID[:STARTTIME] whose death triggers the action")
     p.add_argument("--thaw", action="append", default=[], help="mountpoint to unfreeze")
     p.add_argument("--service", help="JSON service config of a Cyrus to start")
@@ -59,6 +62,7 @@ def main(argv=None):
     # A run that finished normally disarms the switch with SIGUSR1.
     signal.signal(signal.SIGTERM, lambda *_: got.setdefault("reason", "SIGTERM received"))
     signal.signal(signal.SIGUSR1, lambda *_: got.setdefault("disarmed", True))
+    signal.signal(signal.SIGUSR2, lambda *_: got.setdefault("before_done", True))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     service = json.loads(a.service) if a.service else None
@@ -76,6 +80,8 @@ def main(argv=None):
         reason = got.get("reason")
         if a.deadline is not None and time.time() >= a.deadline:
             reason = "deadline passed"
+        if a.before_deadline is not None and not got.get("before_done") and time.time() >= a.before_deadline:
+            reason = "`before` did not finish within run_timeout"
         for pid, start in guards:
             if not _alive(pid, start):
                 reason = f"process {pid} is gone"

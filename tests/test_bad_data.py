@@ -144,3 +144,46 @@ def test_two_borgmatic_runs_at_once_the_second_is_an_error(populated, base_dir):
                                          env=env(), check=True).stdout)["archives"]
     assert len(archives) == 1 and archives[0]["name"] == latest_archive(repo)
     assert sb.running() and not os.path.exists(state)
+
+
+def test_hung_before_in_stop_master_cyrus_started_at_run_timeout(populated, base_dir):
+    """`before` hangs where no signal reaches it (SIGSTOP stands in for a
+    process stuck on a dead network filesystem) while Cyrus is stopped: the
+    dead-man switch starts Cyrus at run_timeout. (A dump tool that sleeps keeps
+    `before` busy long enough to be stopped; the hang and the restart are real.)"""
+    import signal
+    import sys
+    sb = populated
+    tools = os.path.join(base_dir, "tools")
+    os.makedirs(tools)
+    for name in os.listdir("/usr/lib/cyrus/bin"):
+        os.symlink(f"/usr/lib/cyrus/bin/{name}", os.path.join(tools, name))
+    os.unlink(os.path.join(tools, "ctl_mboxlist"))
+    with open(os.path.join(tools, "ctl_mboxlist"), "w") as f:
+        f.write("#!/bin/sh\nsleep 30\nexec /usr/lib/cyrus/bin/ctl_mboxlist \"$@\"\n")
+    os.chmod(os.path.join(tools, "ctl_mboxlist"), 0o755)
+    cfg = sandbox_config(sb, base_dir, mode="stop-master", cyrus_tools_directory=tools, run_timeout=4)
+    p = subprocess.Popen([sys.executable, "-m", "borg_cyrus", "-c", cfg, "before"], env=env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while sb.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not sb.running()
+        p.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        deadline = time.monotonic() + 15
+        while not sb.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sb.running(), "nothing started Cyrus while `before` hung"
+        assert time.monotonic() - t0 < 8
+        logfile = os.path.join(base_dir, "work", "watchdog.log")
+        while not os.path.exists(logfile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = open(logfile).read()
+        assert "`before` did not finish within run_timeout" in log and "started Cyrus" in log
+    finally:
+        p.kill()
+        p.wait()
+    cli("after", config=cfg, check=0)
+    assert sb.running() and cli("doctor", config=cfg).returncode == 0

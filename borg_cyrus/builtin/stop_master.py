@@ -25,7 +25,8 @@ class StopMaster(Mode):
             owner = self.ctx.state.data.get("owner")
             if owner:
                 wd = Watchdog.start(self.ctx, guards=[f"{owner['pid']}:{owner['start']}"],
-                                    service=self.ctx.config["service"])
+                                    service=self.ctx.config["service"],
+                                    before_deadline=self.ctx.config["run_timeout"])
                 self.ctx.state.push("watchdog", self.name, process=wd)
             self.ctx.state.push("service-stopped", self.name, service=svc.describe())
             svc.stop()
