@@ -43,6 +43,11 @@ def gather(ctx):
     problems.extend(left_behind(ctx))
     svc = Service(ctx.config["service"], ctx.runner)
     info["service"] = {"manager": svc.manager, "how": svc.describe(), "running": svc.is_running()}
+    info["notes"] = []
+    if svc.manager != "systemd" and os.path.isdir("/run/systemd/system"):
+        info["notes"].append(f"systemd runs this host but service.manager is {svc.manager}: borg-cyrus starts "
+                             "Cyrus outside systemd's control (it moves the master out of the backup's control "
+                             "group); prefer service.manager: systemd")
     try:
         locs = plan_locations(ctx)
     except BorgCyrusError as e:
@@ -93,6 +98,8 @@ def doctor(ctx, as_json=False):
     print("\nexcluded:")
     for ex in info["excludes"]:
         print(f"  {ex['path']}{'/' + ex['regex'] if ex['regex'] else ''}  [{ex['reason']}]")
+    for note in info["notes"]:
+        print(f"\nnote: {note}")
     if info["problems"]:
         print("\nproblems:")
         for p in info["problems"]:
