@@ -39,10 +39,18 @@ def _ok(result, what):
     return data
 
 
-def populate(sb):
+BOB_SIEVE = ('require ["fileinto", "vacation"];\n'
+             'if header :contains "subject" "old" { fileinto "INBOX.Archive 2019"; }\n'
+             'vacation :days 7 :subject "Abwesend" "Bin bis Montag weg. Grüße, Bob";\n')
+
+
+def populate(sb, managesieve=False):
     """Awkward sample data: non-ASCII and spaced names, nesting, a second
     partition, a shared folder with per-user \\Seen, flags and keywords,
-    subscriptions, METADATA, quota, expunged UIDs, and a legacy-layout user."""
+    subscriptions, METADATA, quota, expunged UIDs, and a legacy-layout user.
+    managesieve: bob uploads an active Sieve script over ManageSieve (kept in
+    user/bob/#sieve, which IMAP cannot open; bob's quota root holds no
+    excluded folder, so his KiB usage must come back exactly)."""
     # dave's mailboxes are created by name (legacy layout), as on an upgraded server
     sb.restart_with_legacy_dirs(True)
     a = sb.imap("cyrus")
@@ -120,6 +128,8 @@ def populate(sb):
     with open(sieve, "w") as f:
         f.write('require "fileinto";\nif header :contains "subject" "spam" { fileinto "INBOX.Junk"; }\n')
     os.chown(sieve, sb.uid, sb.gid)
+    if managesieve:
+        sb.put_sieve("bob", "demo", BOB_SIEVE, active=True)
 
 
 def expected_after_restore(snap, excluded):
@@ -187,7 +197,7 @@ def run_demo(workdir, mode="stop-master", keep=False):
 
     a = Sandbox(os.path.join(workdir, "a"), partitions=("default", "second")).create()
     t = time.monotonic()
-    populate(a)
+    populate(a, managesieve=True)
     timings["populate"] = time.monotonic() - t
     before = imapview.snapshot(a, USERS, QUOTA_ROOTS)
     boxes, msgs = imapview.count(before)
@@ -248,7 +258,7 @@ def run_demo(workdir, mode="stop-master", keep=False):
             print("    " + d)
     else:
         print("  RESULT: identical — every mailbox, UID, message, flag, \\Seen, subscription, ACL, "
-              "METADATA entry and quota matches (excluded folders are empty, as configured)")
+              "METADATA entry, Sieve script and quota matches (excluded folders are empty, as configured)")
     print(f"  total {time.monotonic() - t_all:.1f} s")
     if not keep:
         a.destroy()

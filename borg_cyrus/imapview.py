@@ -2,14 +2,18 @@
 
 For each user: mailboxes (LIST), subscriptions (LSUB), and per mailbox
 UIDVALIDITY, UIDNEXT, every message's UID, flags (incl. per-user \\Seen on
-shared folders) and a hash of its bytes, ACL, METADATA and quota.
-Used by the demo, the tests and `verify --deep`.
+shared folders) and a hash of its bytes, ACL, METADATA and quota; and the
+user's Sieve scripts as a ManageSieve client sees them.
+Used by the demo and the tests.
 """
 
 import base64
 import hashlib
 import imaplib
 import re
+import socket
+
+from borg_cyrus.errors import BorgCyrusError
 
 imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
 imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
@@ -103,6 +107,17 @@ def fetch_messages(conn):
     return msgs
 
 
+def served_sha1(conn, uids, batch=100):
+    """{uid: SHA-1 digest of the bytes served} for the selected mailbox."""
+    got = {}
+    for i in range(0, len(uids), batch):
+        typ, data = conn.uid("FETCH", ",".join(map(str, uids[i:i + batch])), "(UID BODY.PEEK[])")
+        for item in data or []:
+            if isinstance(item, tuple):
+                got[int(_FETCH_UID.search(item[0]).group(1))] = hashlib.sha1(item[1]).digest()
+    return got
+
+
 _TOKEN = re.compile(rb'\s*(?:"((?:[^"\\]|\\.)*)"|(\()|(\))|\{(\d+)\+?\}|([^\s()"{]+))')
 
 
@@ -180,9 +195,43 @@ def quota_view(conn, roots):
     return out
 
 
+def sieve_view(host, port, user):
+    """The user's Sieve scripts as a ManageSieve client sees them (a
+    ManageSieve login creates the user's #sieve mailbox: see has_sieve)."""
+    try:
+        ms = ManageSieve(host, port).login(user, "x")
+    except (OSError, ManageSieveError) as e:
+        return {"error": str(e)}
+    try:
+        listed = ms.listscripts()
+        scripts = {name: ms.getscript(name).decode("utf-8", "replace") for name in sorted(listed)}
+        return {"scripts": scripts, "active": [n for n, on in sorted(listed.items()) if on]}
+    finally:
+        ms.logout()
+
+
+def has_sieve(host, port, users):
+    """{user: whether the admin's LIST shows user/NAME/#sieve} (Cyrus 3.6
+    keeps ManageSieve uploads there; users' own LIST hides it)."""
+    conn = imaplib.IMAP4(host, port)
+    conn.login("cyrus", "x")
+    try:
+        names = {n for n, _ in parse_list(conn.list('""', '"user/*"')[1])}
+    finally:
+        conn.logout()
+    out = {}
+    for user in users:
+        local, at, domain = user.partition("@")
+        out[user] = f"user/{local}/#sieve{at}{domain}" in names
+    return out
+
+
 def snapshot(sandbox_or_port, users, quota_roots=(), host="127.0.0.1"):
-    """{user: user_view, '#quota': {...}} — two snapshots compare with ==."""
+    """{user: user_view, '#quota': {...}} — two snapshots compare with ==.
+    Given a Sandbox with ManageSieve, each user view also holds 'sieve'."""
     port = getattr(sandbox_or_port, "port", sandbox_or_port)
+    sieve_port = getattr(sandbox_or_port, "sieve_port", None)
+    with_sieve = has_sieve(host, port, users) if sieve_port else {}
     out = {}
     for user in users:
         conn = imaplib.IMAP4(host, port)
@@ -191,6 +240,9 @@ def snapshot(sandbox_or_port, users, quota_roots=(), host="127.0.0.1"):
             out[user] = user_view(conn)
         finally:
             conn.logout()
+        if sieve_port:
+            out[user]["sieve"] = (sieve_view(host, sieve_port, user) if with_sieve[user]
+                                  else {"scripts": {}, "active": []})
     if quota_roots:
         conn = imaplib.IMAP4(host, port)
         conn.login("cyrus", "x")
@@ -222,3 +274,81 @@ def count(snap):
     msgs = sum(len(m["messages"]) for k, v in snap.items() if not k.startswith("#")
                for m in v["mailboxes"].values() if "messages" in m)
     return boxes, msgs
+
+
+class ManageSieveError(BorgCyrusError):
+    pass
+
+
+def _sieve_string(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ManageSieve:
+    """Minimal ManageSieve client (RFC 5804): PLAIN login, PUTSCRIPT,
+    SETACTIVE, LISTSCRIPTS, GETSCRIPT, LOGOUT."""
+
+    def __init__(self, host, port, timeout=10):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+        self.capabilities = self._response("greeting")
+
+    def _line(self):
+        line = self.file.readline()
+        if not line:
+            raise ManageSieveError("ManageSieve server closed the connection")
+        return line.rstrip(b"\r\n")
+
+    def _response(self, what):
+        """Lines (literals inlined as bytes) up to OK; NO/BYE raise."""
+        lines = []
+        while True:
+            line = self._line()
+            word = line.split(b" ", 1)[0].upper()
+            if line.endswith(b"}") and b"{" in line:
+                head, n = line.rsplit(b"{", 1)
+                line = head + self.file.read(int(n[:-1].rstrip(b"+"))) + self._line()
+            if word == b"OK":
+                return lines
+            if word in (b"NO", b"BYE"):
+                raise ManageSieveError(f"ManageSieve {what}: {line.decode('utf-8', 'replace')}")
+            lines.append(line)
+
+    def command(self, text, literal=None, what=None):
+        data = text.encode()
+        if literal is not None:
+            data += b" {%d+}\r\n" % len(literal) + literal
+        self.sock.sendall(data + b"\r\n")
+        return self._response(what or text.split(" ", 1)[0])
+
+    def login(self, user, password):
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        self.command(f'AUTHENTICATE "PLAIN" "{token}"', what="AUTHENTICATE")
+        return self
+
+    def putscript(self, name, script):
+        self.command(f"PUTSCRIPT {_sieve_string(name)}", script.encode() if isinstance(script, str) else script,
+                     what="PUTSCRIPT")
+
+    def setactive(self, name):
+        self.command(f"SETACTIVE {_sieve_string(name)}")
+
+    def listscripts(self):
+        """{name: active}"""
+        out = {}
+        for line in self.command("LISTSCRIPTS"):
+            name, _, rest = line.decode().rpartition('"')
+            out[name[1:].replace('\\"', '"').replace("\\\\", "\\")] = rest.strip().upper() == "ACTIVE"
+        return out
+
+    def getscript(self, name):
+        return self.command(f"GETSCRIPT {_sieve_string(name)}")[0]
+
+    def logout(self):
+        try:
+            self.command("LOGOUT")
+        except (OSError, ManageSieveError):
+            pass
+        finally:
+            self.file.close()
+            self.sock.close()

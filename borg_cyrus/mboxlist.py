@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 
 from borg_cyrus.errors import BorgCyrusError
 
-# mbtype letters that mean "no local spool directory": deleted (tombstone),
-# intermediate, remote, reserved, moved.
-_NO_SPOOL = set("dirRm")
+# mbtype letters (Cyrus 3.x imap/mboxlist.c): an optional first letter names
+# the type (none means email), the others are flags; sieve's 'f' is parsed
+# as a flag and may stand anywhere.
+MBTYPE_KINDS = {"e": "email", "n": "netnews", "s": "jmapsubmit", "p": "jmappushsub", "j": "jmapnotify",
+                "f": "sieve", "b": "collection", "c": "calendar", "a": "addressbook"}
+_FLAGS = set("dfilmrz")
+# flags that mean "no local spool directory": deleted (tombstone),
+# intermediate, remote, reserved, moving (partition is host!partition).
+_NO_SPOOL = set("dirzm")
 
 
 class DumpError(BorgCyrusError):
@@ -39,6 +45,22 @@ class Mailbox:
     @property
     def has_spool(self):
         return not (_NO_SPOOL & set(self.mbtype)) and bool(self.partition)
+
+    @property
+    def kind(self):
+        """'email', 'sieve', 'calendar', ... ('unknown' for a letter Cyrus 3.x does not write)."""
+        if "f" in self.mbtype:
+            return "sieve"
+        first = self.mbtype[:1]
+        if not first or first in _FLAGS:
+            return "email"
+        return MBTYPE_KINDS.get(first, "unknown")
+
+    @property
+    def imap_opens(self):
+        """IMAP SELECT/EXAMINE opens only email mailboxes; the others answer
+        "Invalid mailbox type" (index.c) and are checked on disk instead."""
+        return self.kind == "email"
 
     @property
     def domain(self):

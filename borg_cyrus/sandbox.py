@@ -2,7 +2,8 @@
 
 Used by `borg-cyrus demo`, the restore drill and the tests. Everything (config,
 spools, sockets, pidfile) lives under `base`; any login works with any password
-(`sasl_pwcheck_method: alwaystrue`), and `cyrus` is the admin.
+(`sasl_pwcheck_method: alwaystrue`), and `cyrus` is the admin. IMAP and, when
+timsieved is installed, ManageSieve listen on loopback ports.
 """
 
 import grp
@@ -15,6 +16,7 @@ import subprocess
 import time
 
 from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.imapview import ManageSieve
 from borg_cyrus.layout import find_tools
 from borg_cyrus.state import proc_stat
 
@@ -38,6 +40,8 @@ class Sandbox:
         self.tools = find_tools()
         if not self.tools.has("master"):
             raise BorgCyrusError("Cyrus is not installed (no master binary); apt-get install cyrus-imapd")
+        timsieved = os.path.join(self.tools.directory or "", "timsieved")
+        self.sieve_port = free_port() if os.access(timsieved, os.X_OK) else None
         self.uid = pwd.getpwnam(CYRUS_USER).pw_uid
         self.gid = grp.getgrnam(CYRUS_GROUP).gr_gid
         layout = dict(layout or {})
@@ -97,7 +101,9 @@ class Sandbox:
                 "SERVICES {\n"
                 f"  imap cmd=\"imapd {c}\" listen=\"127.0.0.1:{self.port}\" prefork=0 maxchild=20\n"
                 f"  lmtpunix cmd=\"lmtpd {c}\" listen=\"{self.lmtp_socket}\" prefork=0 maxchild=10\n"
-                "}\n"
+                + (f"  sieve cmd=\"timsieved {c}\" listen=\"127.0.0.1:{self.sieve_port}\" prefork=0 maxchild=10\n"
+                   if self.sieve_port else "")
+                + "}\n"
                 "EVENTS {\n"
                 f"  checkpoint cmd=\"ctl_cyrusdb {c} -c\" period=30\n"
                 "}\n")
@@ -205,6 +211,22 @@ class Sandbox:
             lm.sendmail(sender, [rcpt], message)
         finally:
             lm.quit()
+
+    def managesieve(self, user):
+        """A logged-in ManageSieve session (timsieved) as `user`."""
+        if not self.sieve_port:
+            raise BorgCyrusError("timsieved is not installed; no ManageSieve service in the sandbox")
+        return ManageSieve("127.0.0.1", self.sieve_port).login(user, "x")
+
+    def put_sieve(self, user, name, script, active=False):
+        """Upload a Sieve script for `user` over ManageSieve (and make it the active one)."""
+        ms = self.managesieve(user)
+        try:
+            ms.putscript(name, script)
+            if active:
+                ms.setactive(name)
+        finally:
+            ms.logout()
 
     def tool(self, name, *args, **kw):
         kw.setdefault("check", True)

@@ -3,23 +3,24 @@
 1. extract the whole archive into a private directory (`borg extract`, with
    the repository and passphrase from borgmatic's configuration);
 2. check the archive against what the backup recorded: every mailbox of the
-   dump has its directory, a readable cyrus.index whose message count equals
-   the count in manifest.json, and every message the index lists has its
-   file, of the size the index records; with --deep the file's SHA-1 equals
-   the GUID in the index (Cyrus's own checksum of the message), so nothing
-   needs to be recorded at backup time for a byte-level check;
-3. start a throwaway Cyrus on the extracted tree (borg_cyrus.sandbox, a
-   config rewritten to the extracted paths, loopback port), after the same
-   `restore full` steps a disaster recovery runs (missing databases rebuilt
-   from the dumps, excluded mailboxes emptied, quota recomputed);
-4. open every mailbox over IMAP: it must be there with the expected number
-   of messages (--deep: every message served byte-identical);
+   dump has its directory, a readable cyrus.index with the message count of
+   manifest.json, and every message it lists has its file, of the recorded
+   size; --deep: the file's SHA-1 equals the GUID in the index;
+3. start a throwaway Cyrus on the extracted tree (borg_cyrus.sandbox, config
+   rewritten to the extracted paths, loopback port) after the same `restore
+   full` steps a disaster recovery runs;
+4. every mailbox must be in the restored server's mailbox list, of its type;
+   email mailboxes are opened over IMAP with the expected message count
+   (--deep: served byte-identical); the types IMAP cannot open (sieve
+   scripts, calendars, ...: `Mailbox.imap_opens`) are checked on the
+   restored server's disk: readable cyrus.index, every message file;
 5. tear everything down; exit 1 naming each mailbox that differs.
 
 Counts differ legitimately only in `live` mode (mail arrives while borg
 reads): there a count difference is a warning, a missing file still fails.
 """
 
+import collections
 import hashlib
 import imaplib
 import json
@@ -32,7 +33,7 @@ import time
 
 from borg_cyrus import archive as archive_mod
 from borg_cyrus import config as config_mod
-from borg_cyrus import cyruspaths, indexfile, mboxlist
+from borg_cyrus import cyruspaths, imapview, indexfile, mboxlist
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.execute import Runner
 from borg_cyrus.layout import DATABASES
@@ -59,7 +60,8 @@ class Drill:
         self.failures = {}      # display name -> [problems]
         self.warnings = []
         self.info = []
-        self.stats = {"mailboxes": 0, "messages": 0, "bytes": 0, "hashed": 0, "served": 0}
+        self.stats = {"mailboxes": 0, "messages": 0, "bytes": 0, "hashed": 0, "served": 0, "on_disk": 0}
+        self.on_disk = {}       # display name -> kind, of mailboxes IMAP cannot open
         self.sandbox = None
 
     def fail(self, intname, problem):
@@ -139,36 +141,41 @@ class Drill:
             if not ix.detailed:
                 self.warnings.append(f"{display(mb.intname)}: index version {ix.minor_version}: only file "
                                      "presence is checked")
-            arch_dir = None
-            if self.slay.archivepartitions.get(mb.partition):
-                arch_dir = cyruspaths.mailbox_dir(self.slay, self.slay.archivepartitions[mb.partition], mb)
-            missing, wrong = [], []
-            for rec in ix.live():
-                where = arch_dir if (rec.archived and arch_dir) else d
-                f = os.path.join(where, f"{rec.uid}.")
-                try:
-                    st = os.stat(f)
-                except FileNotFoundError:
-                    missing.append(rec.uid)
-                    continue
+            self.scan_messages(mb, ix, d, "from the archive", count=True)
+
+    def scan_messages(self, mb, ix, d, where, count=False):
+        """Fail mb for each message file ix lists below d that is missing or
+        of another size; count=True adds them to the stats (--deep: hashes)."""
+        arch_dir = None
+        if self.slay.archivepartitions.get(mb.partition):
+            arch_dir = cyruspaths.mailbox_dir(self.slay, self.slay.archivepartitions[mb.partition], mb)
+        missing, wrong = [], []
+        for rec in ix.live():
+            f = os.path.join(arch_dir if (rec.archived and arch_dir) else d, f"{rec.uid}.")
+            try:
+                st = os.stat(f)
+            except FileNotFoundError:
+                missing.append(rec.uid)
+                continue
+            if count:
                 self.stats["messages"] += 1
                 self.stats["bytes"] += st.st_size
-                if rec.size is not None and st.st_size != rec.size:
-                    wrong.append(f"UID {rec.uid}: {st.st_size} bytes, the index says {rec.size}")
-                    continue
-                if self.deep and rec.guid:
-                    h = hashlib.sha1()
-                    with open(f, "rb") as fh:
-                        for chunk in iter(lambda: fh.read(1 << 20), b""):
-                            h.update(chunk)
-                    self.stats["hashed"] += 1
-                    if h.digest() != rec.guid:
-                        wrong.append(f"UID {rec.uid}: content differs from the index GUID (SHA-1)")
-            if missing:
-                shown = ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else "")
-                self.fail(mb.intname, f"{len(missing)} message file(s) missing from the archive (UID {shown})")
-            for w in wrong[:10]:
-                self.fail(mb.intname, w)
+            if rec.size is not None and st.st_size != rec.size:
+                wrong.append(f"UID {rec.uid}: {st.st_size} bytes, the index says {rec.size}")
+                continue
+            if count and self.deep and rec.guid:
+                h = hashlib.sha1()
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                self.stats["hashed"] += 1
+                if h.digest() != rec.guid:
+                    wrong.append(f"UID {rec.uid}: content differs from the index GUID (SHA-1)")
+        if missing:
+            shown = ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else "")
+            self.fail(mb.intname, f"{len(missing)} message file(s) missing {where} (UID {shown})")
+        for w in wrong[:10]:
+            self.fail(mb.intname, w)
 
     # -- 3. throwaway Cyrus ---------------------------------------------------
     def open_parents(self):
@@ -253,58 +260,67 @@ class Drill:
 
     # -- 4. what IMAP clients see ------------------------------------------------
     def check_imap(self):
-        sb = self.sandbox
         r = self.sctx.cyrus("ctl_mboxlist", "-d", changes=False)
-        restored = {mb.intname for mb in mboxlist.iter_dump(r.text.splitlines()) if mb.has_spool}
-        conn = imaplib.IMAP4("127.0.0.1", sb.port)
+        restored = {mb.intname: mb for mb in mboxlist.iter_dump(r.text.splitlines()) if mb.has_spool}
+        conn = imaplib.IMAP4("127.0.0.1", self.sandbox.port)
         conn.login("cyrus", "x")
         try:
             for mb in self.boxes:
-                if mb.intname not in restored:
+                rmb = restored.get(mb.intname)
+                if rmb is None:
                     self.fail(mb.intname, "not in the restored server's mailbox list")
+                    continue
+                if rmb.kind != mb.kind:
+                    self.fail(mb.intname, f"the restored server lists it as a {rmb.kind} mailbox, "
+                                          f"the archive as {mb.kind}")
                     continue
                 ix = self.indexes.get(mb.intname)
                 if ix is None:
                     continue
-                name = '"' + mboxlist.external_name(mb.intname).replace("\\", "\\\\").replace('"', '\\"') + '"'
-                conn.setacl(name, "cyrus", "lrs")
-                typ, data = conn.select(name, readonly=True)
-                if typ != "OK":
-                    self.fail(mb.intname, f"the restored server cannot open it: {data}")
-                    continue
-                exists = int(data[0] or 0)
                 want = 0 if mb.intname in self.excluded else ix.exists
-                if exists != want:
-                    self.fail(mb.intname, f"the restored server shows {exists} message(s), expected {want}")
-                elif self.deep and exists and mb.intname not in self.excluded:
-                    self.check_bodies(conn, mb, ix)
-                self.stats["served"] += exists
-                conn.close()
+                if mb.imap_opens:
+                    self.check_served(conn, mb, ix, want)
+                else:
+                    self.check_restored_files(rmb, want)
         finally:
             try:
                 conn.logout()
             except Exception:
                 pass
 
-    def check_bodies(self, conn, mb, ix):
-        guids = {r.uid: r.guid for r in ix.live() if r.guid}
-        uids = sorted(guids)
-        bad = []
-        for i in range(0, len(uids), 100):
-            chunk = uids[i:i + 100]
-            typ, data = conn.uid("FETCH", ",".join(map(str, chunk)), "(UID BODY.PEEK[])")
-            got = {}
-            for item in data or []:
-                if isinstance(item, tuple):
-                    head, body = item
-                    uid = int(head.split(b"UID ", 1)[1].split()[0].rstrip(b")"))
-                    got[uid] = hashlib.sha1(body).digest()
-            for u in chunk:
-                if got.get(u) != guids[u]:
-                    bad.append(u)
-        if bad:
-            self.fail(mb.intname, f"{len(bad)} message(s) served with other bytes than archived "
-                                  f"(UID {', '.join(map(str, bad[:10]))})")
+    def check_served(self, conn, mb, ix, want):
+        name = '"' + mboxlist.external_name(mb.intname).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        conn.setacl(name, "cyrus", "lrs")
+        typ, data = conn.select(name, readonly=True)
+        if typ != "OK":
+            self.fail(mb.intname, f"the restored server cannot open it: {data}")
+            return
+        exists = int(data[0] or 0)
+        if exists != want:
+            self.fail(mb.intname, f"the restored server shows {exists} message(s), expected {want}")
+        elif self.deep and exists and mb.intname not in self.excluded:
+            guids = {r.uid: r.guid for r in ix.live() if r.guid}
+            got = imapview.served_sha1(conn, sorted(guids))
+            bad = [u for u in sorted(guids) if got.get(u) != guids[u]]
+            if bad:
+                self.fail(mb.intname, f"{len(bad)} message(s) served with other bytes than archived "
+                                      f"(UID {', '.join(map(str, bad[:10]))})")
+        self.stats["served"] += exists
+        conn.close()
+
+    def check_restored_files(self, mb, want):
+        """A mailbox IMAP cannot open, as the restored server holds it on disk."""
+        self.stats["on_disk"] += 1
+        self.on_disk[display(mb.intname)] = mb.kind
+        try:
+            d = cyruspaths.data_dir(self.slay, mb)
+            ix = indexfile.read(os.path.join(cyruspaths.index_dir(self.slay, mb), "cyrus.index"))
+        except (KeyError, OSError, ValueError) as e:
+            self.fail(mb.intname, f"the restored server's cyrus.index is unreadable: {e}")
+            return
+        if ix.exists != want:
+            self.fail(mb.intname, f"the restored server holds {ix.exists} message(s), expected {want}")
+        self.scan_messages(mb, ix, d, "on the restored server")
 
     def orphans(self):
         known = {mb.uniqueid for mb in self.boxes}
@@ -329,7 +345,7 @@ class Drill:
         m = self.dump.manifest if getattr(self, "dump", None) else {}
         return {"archive": self.archive, "repository": str(self.repo), "created": m.get("created"),
                 "hostname": m.get("hostname"), "mode": m.get("mode"), "deep": self.deep, "stats": self.stats,
-                "failures": self.failures, "warnings": self.warnings, "info": self.info,
+                "on_disk": self.on_disk, "failures": self.failures, "warnings": self.warnings, "info": self.info,
                 "ok": not self.failures}
 
 
@@ -338,8 +354,10 @@ def format_report(rep):
            + (f" (made {rep['created']} on {rep['hostname']}, mode {rep['mode']})" if rep.get("created") else "")]
     out += [f"  {line}" for line in rep["info"]]
     s = rep["stats"]
+    kinds = ", ".join(f"{k}: {n}" for k, n in sorted(collections.Counter(rep["on_disk"].values()).items()))
     out.append(f"  checked {s['mailboxes']} mailboxes, {s['messages']} message files ({human_size(s['bytes'])}), "
-               f"{s['served']} messages served over IMAP" + (f", {s['hashed']} hashed" if rep["deep"] else ""))
+               f"{s['served']} messages served over IMAP" + (f", {s['hashed']} hashed" if rep["deep"] else "")
+               + (f"; {s['on_disk']} mailbox(es) IMAP cannot open checked on disk ({kinds})" if kinds else ""))
     if "seconds" in rep:
         out.append(f"  drill took {rep['seconds']:.2f} s" + (f"; files kept in {rep['kept']}" if rep.get("kept") else ""))
     for w in rep["warnings"]:
