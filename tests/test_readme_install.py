@@ -42,8 +42,9 @@ def install_cyrus(root):
     - Debian's stock cyrus.conf enables pop3, nntp and http, whose binaries
       are in cyrus-pop3d/-nntpd/-caldav; without them the master exits 78.
       An admin running IMAP only comments those services out; so does this.
-    - autocreate_post lets LMTP delivery create alice's INBOX (no IMAP admin
-      or SASL set-up needed).
+    - A server in use has mailboxes (borg-cyrus refuses an empty mailbox
+      list): autocreate_post lets LMTP delivery create alice's INBOX (no IMAP
+      admin or SASL set-up needed).
     - The master runs in its own network namespace (loopback only), so its
       ports (143, 4190, 2000) never collide with the host's.
     """
