@@ -27,13 +27,14 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
 
 from borg_cyrus import archive as archive_mod
 from borg_cyrus import config as config_mod
-from borg_cyrus import cyruspaths, imapview, indexfile, mboxlist
+from borg_cyrus import cyruspaths, imapview, indexfile, mboxlist, safeio
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.execute import Runner
 from borg_cyrus.layout import DATABASES
@@ -153,9 +154,12 @@ class Drill:
         for rec in ix.live():
             f = os.path.join(arch_dir if (rec.archived and arch_dir) else d, f"{rec.uid}.")
             try:
-                st = os.stat(f)
+                st = os.lstat(f)
             except FileNotFoundError:
                 missing.append(rec.uid)
+                continue
+            if not stat.S_ISREG(st.st_mode):      # the archive is untrusted: never follow or block on it
+                wrong.append(f"UID {rec.uid}: {safeio.kind(st.st_mode)} instead of a message file")
                 continue
             if count:
                 self.stats["messages"] += 1
@@ -165,7 +169,7 @@ class Drill:
                 continue
             if count and self.deep and rec.guid:
                 h = hashlib.sha1()
-                with open(f, "rb") as fh:
+                with os.fdopen(safeio.open_regular(f), "rb") as fh:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         h.update(chunk)
                 self.stats["hashed"] += 1
@@ -250,7 +254,8 @@ class Drill:
         level = restore_log.level
         restore_log.setLevel(logging.WARNING)     # the drill reports; restore's own lines are noise here
         try:
-            FullRestore(sctx, self.root + self.dump_path).run(start=False)
+            # a drill may try an archive of another Cyrus version (restore full refuses that without --force)
+            FullRestore(sctx, self.root + self.dump_path, force=True).run(start=False)
         finally:
             restore_log.setLevel(level)
         sb.start()
