@@ -595,7 +595,8 @@ class PartialRestore:
             where = meta if (meta and kind in meta_files) else data
             self.copy_file(p, os.path.join(where, n))
         quotaroot = plan.quotaroot if plan.target != plan.src.intname else old.get("Q")
-        hdr = cyrusheader.render("e", plan.target, plan.uniqueid, plan.acl, quotaroot, old.get("U") or [])
+        mbtype = (old.get("T") or "e").replace("l", "") or "e"   # the type stays (#sieve is 'f'); uuid layout
+        hdr = cyrusheader.render(mbtype, plan.target, plan.uniqueid, plan.acl, quotaroot, old.get("U") or [])
         hdir = meta if (meta and "header" in meta_files) else data
         path = os.path.join(hdir, "cyrus.header")
         with open(path + ".new", "wb") as f:

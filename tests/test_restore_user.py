@@ -208,3 +208,23 @@ def test_deleted_but_not_yet_purged_user(populated, base_dir):
     assert diffs == [], "\n".join(diffs)
     # the deleted copies are still there for cyr_expire to purge, untouched
     assert any(n.startswith("DELETED.user.alice") for n in _mbtypes(sb))
+
+
+def test_restore_user_brings_back_managesieve_scripts(sandbox, base_dir):
+    """ManageSieve scripts live in the user's #sieve mailbox (mbtype f) on 3.6:
+    a deleted user's scripts, and which one is active, come back."""
+    sb = sandbox
+    a = sb.imap()
+    for box in ("user/carol", "user/carol/Lists"):
+        assert a.create(box)[0] == "OK"
+    a.logout()
+    sb.put_sieve("carol", "vacation", 'require "vacation";\nvacation "Bin im Urlaub — zurück am 3.";\n', active=True)
+    sb.put_sieve("carol", "lists", 'require "fileinto";\nif header :contains "list-id" "x" { fileinto "Lists"; }\n')
+    before = imapview.snapshot(sb, ["carol"])
+    assert before["carol"]["sieve"]["active"] == ["vacation"] and len(before["carol"]["sieve"]["scripts"]) == 2
+    b = backup(sb, base_dir)
+    delete_user(sb, "carol")
+    restore(b, "user", "carol")
+    after = imapview.snapshot(sb, ["carol"])
+    assert after["carol"] == before["carol"]
+    assert "user.carol.#sieve" in _mbtypes(sb)
