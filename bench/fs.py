@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import time
 
-from borg_cyrus import mounts
-from borg_cyrus.sandbox import Sandbox
+from borg_cyrus.providers import mounts
+from borg_cyrus.cyrus.sandbox import Sandbox
 
 from bench import spool
 from bench.common import CLEANUP, RUN_DIR, SHORT_DIR, log, sh

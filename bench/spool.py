@@ -33,7 +33,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from borg_cyrus.imapview import mutf7_encode, quote
+from borg_cyrus.cyrus.imapview import mutf7_encode, quote
 
 FOLDERS = ("Sent", "Drafts", "Trash", "Junk", "Archive", "Archive/2022", "Archive/2023", "Archive/2024",
            "Projects", "Projects/Alpha", "Projects/Beta", "Lists", "Lists/cyrus-devel", "Lists/debian-user",

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 
-from borg_cyrus.demo import sample_borgmatic_config
+from borg_cyrus.tools.demo import sample_borgmatic_config
 
 from bench import fs
 from bench.common import CLEANUP, RUN_DIR, SHORT_DIR, env, log, sh, timed, write_yaml

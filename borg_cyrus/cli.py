@@ -116,13 +116,13 @@ def load(args, need_layout=True):
     cfg = config_mod.load(path, explicit, schema)
     if not need_layout:
         return cfg, plugins, None
-    from borg_cyrus.backup import build_context
+    from borg_cyrus.backup.run import build_context
     ctx = build_context(cfg, Runner(dry_run=args.dry_run, default_timeout=cfg["tool_timeout"]), plugins)
     return cfg, plugins, ctx
 
 
 def cmd_before(args):
-    from borg_cyrus import backup
+    from borg_cyrus.backup import run as backup
     _, _, ctx = load(args)
     summary = backup.before(ctx, force=args.force)
     if args.dry_run:
@@ -131,7 +131,7 @@ def cmd_before(args):
 
 
 def cmd_after(args):
-    from borg_cyrus import backup
+    from borg_cyrus.backup import run as backup
     _, _, ctx = load(args)
     backup.after(ctx, force=args.force)
     return 0
@@ -166,7 +166,7 @@ def cmd_config(args):
 
 
 def cmd_doctor(args):
-    from borg_cyrus.doctor import doctor
+    from borg_cyrus.tools.doctor import doctor
     cfg, plugins, ctx = load(args)
     return doctor(ctx, as_json=args.json)
 
@@ -174,10 +174,10 @@ def cmd_doctor(args):
 def cmd_restore(args):
     _, _, ctx = load(args)
     if args.restore_command == "full":
-        from borg_cyrus.restore import FullRestore
+        from borg_cyrus.restore.full import FullRestore
         FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start)
         return 0
-    from borg_cyrus import restore_partial as rp
+    from borg_cyrus.restore import partial as rp
     session = rp.ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging,
                                 args.keep_staging)
     with session:
@@ -197,13 +197,13 @@ def cmd_restore(args):
 
 
 def cmd_verify(args):
-    from borg_cyrus import verify
+    from borg_cyrus.restore import verify
     _, _, ctx = load(args)
     return verify.run(ctx, args)
 
 
 def cmd_demo(args):
-    from borg_cyrus.demo import run_demo
+    from borg_cyrus.tools.demo import run_demo
     return run_demo(args.workdir, mode=args.mode, keep=args.keep)
 
 

@@ -58,7 +58,7 @@ FORMATS = jsonschema.FormatChecker(formats=())
 
 @FORMATS.checks("own-directory", raises=ValueError)
 def _own_directory(value):
-    from borg_cyrus import pathpolicy
+    from borg_cyrus.safety import pathpolicy
     why = pathpolicy.system_reason(value) if isinstance(value, str) else None
     if why:
         raise ValueError(why)
@@ -168,7 +168,7 @@ def _count_nodes(data, limit):
 
 
 def read_yaml(path):
-    from borg_cyrus import safeio
+    from borg_cyrus.safety import safeio
     try:
         raw = safeio.read_bytes(path, limit=MAX_CONFIG_BYTES, follow=True, what=f"{path}: config file")
     except FileNotFoundError:

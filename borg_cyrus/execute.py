@@ -13,10 +13,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from borg_cyrus import cgroups
+from borg_cyrus.safety import cgroups
 from borg_cyrus.errors import CommandError
 
-log = logging.getLogger("borg_cyrus.execute")
+log = logging.getLogger(__name__)
 
 # Environment variables whose values never reach a log line.
 SECRET_ENV = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND", "BORG_NEW_PASSPHRASE", "BORG_KEY_FILE")
@@ -38,7 +38,7 @@ class Result:
 
 def _as_daemon():
     """A service started by a backup: normal CPU priority even when the backup
-    runs niced, and outside the backup's control group (borg_cyrus.cgroups)."""
+    runs niced, and outside the backup's control group (borg_cyrus.safety.cgroups)."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:

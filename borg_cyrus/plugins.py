@@ -15,23 +15,23 @@ import pluggy
 from borg_cyrus import hookspecs
 from borg_cyrus.errors import ConfigError
 
-log = logging.getLogger("borg_cyrus.plugins")
+log = logging.getLogger(__name__)
 
 GROUP = "borg_cyrus"
 # Used only when the package runs without installed metadata (e.g. from a
 # source tree on PYTHONPATH); an installed package lists them as entry points.
 BUILTIN = {
-    "core": "borg_cyrus.builtin.core",
-    "dumps": "borg_cyrus.builtin.dumps",
-    "excludes": "borg_cyrus.builtin.excludes",
-    "live": "borg_cyrus.builtin.live",
-    "stop_master": "borg_cyrus.builtin.stop_master",
-    "snapshot": "borg_cyrus.builtin.snapshot_settings",
-    "btrfs": "borg_cyrus.builtin.btrfs",
-    "lvm": "borg_cyrus.builtin.lvm",
-    "zfs": "borg_cyrus.builtin.zfs",
-    "command": "borg_cyrus.builtin.command_snapshot",
-    "rsync_staging": "borg_cyrus.builtin.rsync_staging",
+    "core": "borg_cyrus.backup.locations",
+    "dumps": "borg_cyrus.backup.dumps",
+    "excludes": "borg_cyrus.backup.excludes",
+    "live": "borg_cyrus.providers.live",
+    "stop_master": "borg_cyrus.providers.stop_master",
+    "snapshot": "borg_cyrus.providers.snapshot_settings",
+    "btrfs": "borg_cyrus.providers.btrfs",
+    "lvm": "borg_cyrus.providers.lvm",
+    "zfs": "borg_cyrus.providers.zfs",
+    "command": "borg_cyrus.providers.command",
+    "rsync_staging": "borg_cyrus.providers.rsync_staging",
 }
 
 

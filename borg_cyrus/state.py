@@ -20,7 +20,7 @@ import time
 
 from borg_cyrus.errors import BusyError, BorgCyrusError
 
-log = logging.getLogger("borg_cyrus.state")
+log = logging.getLogger(__name__)
 
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "busybox", "timeout", "env", "nice", "ionice", "flock"}
 

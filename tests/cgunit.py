@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from borg_cyrus import cgroups
+from borg_cyrus.safety import cgroups
 
 
 def hierarchy():

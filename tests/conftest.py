@@ -27,7 +27,7 @@ def base_dir(request):
     node = request.node.name
     name = node.replace("test_", "")[:16].strip("_[") + "-" + hashlib.sha1(node.encode()).hexdigest()[:6]
     path = os.path.join(BASE, name)
-    from borg_cyrus.sandbox import Sandbox
+    from borg_cyrus.cyrus.sandbox import Sandbox
     if os.path.exists(path):
         for sub in os.listdir(path):
             Sandbox(os.path.join(path, sub)).stop()
@@ -81,7 +81,7 @@ def sandbox_config(sb, base, **extra):
 @pytest.fixture
 def sandbox(base_dir):
     """A running, empty throwaway Cyrus."""
-    from borg_cyrus.sandbox import Sandbox
+    from borg_cyrus.cyrus.sandbox import Sandbox
     sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second")).create().start()
     yield sb
     sb.stop()
@@ -90,6 +90,6 @@ def sandbox(base_dir):
 @pytest.fixture
 def populated(sandbox):
     """A running throwaway Cyrus holding the demo's awkward data."""
-    from borg_cyrus.demo import populate
+    from borg_cyrus.tools.demo import populate
     populate(sandbox)
     return sandbox

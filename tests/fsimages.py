@@ -48,7 +48,7 @@ class LoopFs:
 
 def unmount_below(path):
     """Unmount everything mounted at or below path (deepest first)."""
-    from borg_cyrus import mounts
+    from borg_cyrus.providers import mounts
     for mp in mounts.mounted_under(path):
         subprocess.run(["umount", "-l", mp], capture_output=True)
 

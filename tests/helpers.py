@@ -7,7 +7,8 @@ import subprocess
 
 import yaml
 
-from borg_cyrus import demo, imapview
+from borg_cyrus.tools import demo
+from borg_cyrus.cyrus import imapview
 from conftest import env, write_config
 
 USERS = demo.USERS

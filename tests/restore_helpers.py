@@ -6,7 +6,8 @@ import os
 import threading
 import time
 
-from borg_cyrus import demo, imapview
+from borg_cyrus.tools import demo
+from borg_cyrus.cyrus import imapview
 from conftest import cli, sandbox_config
 from helpers import borgmatic, borgmatic_config, init_repo, load_manifest
 
@@ -130,6 +131,6 @@ def tree(path, skip=("run", "master.log", "conf/db.backup1", "conf/db.backup2", 
 
 def _boxes_by_name(sb):
     """{intname: Mailbox} of a running sandbox (from ctl_mboxlist -d)."""
-    from borg_cyrus.mboxlist import iter_dump
+    from borg_cyrus.cyrus.mboxlist import iter_dump
     return {mb.intname: mb for mb in iter_dump(sb.tool("ctl_mboxlist", "-d").stdout.decode().splitlines())
             if mb.has_spool}

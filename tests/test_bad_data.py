@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from borg_cyrus import cyruspaths
-from borg_cyrus.layout import discover
+from borg_cyrus.cyrus import storage
+from borg_cyrus.cyrus.layout import discover
 from conftest import cli, env, sandbox_config, write_config
 from helpers import borgmatic, borgmatic_config, init_repo, latest_archive, load_manifest, read_yaml
 from restore_helpers import _boxes_by_name
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.needs_root
 
 
 def index_of(sb, intname):
-    lay = cyruspaths.PathLayout.from_layout(discover(sb.imapd_conf))
-    return os.path.join(cyruspaths.index_dir(lay, _boxes_by_name(sb)[intname]), "cyrus.index")
+    lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
+    return os.path.join(storage.index_dir(lay, _boxes_by_name(sb)[intname]), "cyrus.index")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from borg_cyrus.demo import msg, populate
+from borg_cyrus.tools.demo import msg, populate
 from cgunit import Unit, hierarchy
 from conftest import cli, env, sandbox_config, write_config
 from fsimages import is_frozen

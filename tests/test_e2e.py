@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from borg_cyrus import imapview
+from borg_cyrus.cyrus import imapview
 from conftest import cli, sandbox_config
 from helpers import (archive_paths, borgmatic, borgmatic_config, expected, extract, init_repo, load_manifest,
                      snapshot, wipe)
@@ -114,8 +114,8 @@ def test_restore_full_after_extract_to_root_fixes_borg_made_parents(base_dir):
     is not archived (/var/spool/cyrus, cyrus:mail 0755, holds mail/ and news/).
     `cd / && borg extract` recreates it as root 0700; `restore full` gives it
     its recorded owner and mode back, and the server is IMAP-identical."""
-    from borg_cyrus.demo import populate
-    from borg_cyrus.sandbox import Sandbox
+    from borg_cyrus.tools.demo import populate
+    from borg_cyrus.cyrus.sandbox import Sandbox
     spool, lib = os.path.join(base_dir, "spool"), os.path.join(base_dir, "lib")
     layout = {"configdirectory": f"{lib}/cyrus", "partition-default": f"{spool}/mail",
               "partition-second": f"{spool}/news", "sievedir": f"{spool}/sieve"}

@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from borg_cyrus import faults, imapview
-from borg_cyrus.demo import env_with_venv, msg, populate, restore_into_second_server
+from borg_cyrus import faults
+from borg_cyrus.cyrus import imapview
+from borg_cyrus.tools.demo import env_with_venv, msg, populate, restore_into_second_server
 from conftest import ROOT
 from fsimages import is_frozen
 from helpers import borgmatic, borgmatic_config, init_repo, latest_archive

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from borg_cyrus import cyruspaths
-from borg_cyrus.layout import discover
+from borg_cyrus.cyrus import storage
+from borg_cyrus.cyrus.layout import discover
 from conftest import env
 from helpers import latest_archive, snapshot
 from restore_helpers import _boxes_by_name, backup, delete_mailbox, delete_user, restore
@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 def world(tmp_path_factory):
     """One real backup of the demo server, shared by the tests of this module."""
     import shutil
-    from borg_cyrus.demo import populate
-    from borg_cyrus.sandbox import Sandbox
+    from borg_cyrus.tools.demo import populate
+    from borg_cyrus.cyrus.sandbox import Sandbox
     base = "/tmp/bct/forged"
     if os.path.exists(base):
         for sub in os.listdir(base):
@@ -171,20 +171,20 @@ def test_files_that_are_not_plain_data_never_reach_the_spool(world):
     file, a FIFO and a set-uid executable: the mailbox comes back, those do not
     (named in a warning), and every placed file is the cyrus user's plain file."""
     b, sb = world, world["sb"]
-    lay = cyruspaths.PathLayout.from_layout(discover(sb.imapd_conf))
+    lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
     box = _boxes_by_name(sb)["user.bob.Archive 2019"]
-    d = cyruspaths.data_dir(lay, box)
+    d = storage.data_dir(lay, box)
     name = forge(b, "specials", lambda m, lines: None, [
         (d + "/cyrus.evil-link", ("/etc/shadow",), 0), (d + "/fifo", None, 0), (d + "/evil.sh", b"#!/bin/sh\nid\n", 0o4755),
     ])
     before = snapshot(sb)
     delete_user(sb, "bob")
     r = restore(b, "user", "bob", "--archive", name, check=0)
-    assert stat.S_IMODE(os.stat(os.path.join(cyruspaths.data_dir(lay, _boxes_by_name(sb)["user.bob.Archive 2019"]),
+    assert stat.S_IMODE(os.stat(os.path.join(storage.data_dir(lay, _boxes_by_name(sb)["user.bob.Archive 2019"]),
                                               "evil.sh")).st_mode) == 0o644
     assert "left out 2 entries that are not regular files or directories" in r.stderr, r.stderr
     assert "cyrus.evil-link (a symlink)" in r.stderr and "fifo (a FIFO)" in r.stderr
-    new = cyruspaths.data_dir(lay, _boxes_by_name(sb)["user.bob.Archive 2019"])
+    new = storage.data_dir(lay, _boxes_by_name(sb)["user.bob.Archive 2019"])
     assert not os.path.lexists(os.path.join(new, "cyrus.evil-link")) and not os.path.lexists(os.path.join(new, "fifo"))
     for root, dirs, files in os.walk(os.path.dirname(new)):
         for n in dirs + files:

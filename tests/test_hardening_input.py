@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from borg_cyrus import archive, config, layout
+from borg_cyrus.restore import archive
+from borg_cyrus import config
+from borg_cyrus.cyrus import layout
 from borg_cyrus.errors import ConfigError
 from conftest import cli, env, sandbox_config, write_config
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from borg_cyrus import dbbatch, imapdconf, imapview, mboxlist
+from borg_cyrus.cyrus import dbbatch, imapdconf, imapview, mboxlist
 from borg_cyrus.errors import ConfigError
-from borg_cyrus.imapview import quote
+from borg_cyrus.cyrus.imapview import quote
 from conftest import cli, sandbox_config, write_config
 from helpers import extract, wipe
 

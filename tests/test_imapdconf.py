@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from borg_cyrus import imapdconf, layout
+from borg_cyrus.cyrus import imapdconf, layout
 from borg_cyrus.errors import ConfigError
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from borg_cyrus import dbbatch, mboxlist
-from borg_cyrus.mboxlist import DumpError, NameMatcher
+from borg_cyrus.cyrus import dbbatch, mboxlist
+from borg_cyrus.cyrus.mboxlist import DumpError, NameMatcher
 
 DUMP = (
     '{\n'

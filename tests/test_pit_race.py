@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from borg_cyrus.demo import populate
+from borg_cyrus.tools.demo import populate
 from conftest import cli
 from test_snapshots import Setup
 

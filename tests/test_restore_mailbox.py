@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from borg_cyrus import imapview
+from borg_cyrus.cyrus import imapview
 from helpers import snapshot
 from restore_helpers import backup, delete_mailbox, restore
 

@@ -1,4 +1,4 @@
-"""Where restores look for files: borg_cyrus.cyruspaths against Cyrus's own
+"""Where restores look for files: borg_cyrus.cyrus.storage against Cyrus's own
 `mbpath -j` on real servers (uuid and legacy layouts, fulldirhash,
 virtual domains), plus the cyrus.header and cyrus.index readers against
 files Cyrus wrote."""
@@ -10,11 +10,11 @@ import os
 
 import pytest
 
-from borg_cyrus import cyrusheader, cyruspaths, indexfile, mboxlist
-from borg_cyrus.builtin.excludes import iter_json_objects
-from borg_cyrus.layout import discover
-from borg_cyrus.restore_partial import display, to_intname
-from borg_cyrus.sandbox import Sandbox
+from borg_cyrus.cyrus import header, storage, index, mboxlist
+from borg_cyrus.backup.excludes import iter_json_objects
+from borg_cyrus.cyrus.layout import discover
+from borg_cyrus.restore.partial import display, to_intname
+from borg_cyrus.cyrus.sandbox import Sandbox
 
 pytestmark = pytest.mark.needs_root
 
@@ -29,20 +29,20 @@ def _boxes(sb):
 
 
 def _check_server(sb, users):
-    lay = cyruspaths.PathLayout.from_layout(discover(sb.imapd_conf))
+    lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
     boxes = _boxes(sb)
     names = [mboxlist.external_name(mb.intname) for mb in boxes]
     answers = {o["mbname"]["intname"]: o for o in _mbpath(sb, *names)}
     assert len(answers) == len(boxes)
     for mb in boxes:
-        assert cyruspaths.data_dir(lay, mb) == answers[mb.intname]["data"], mb.intname
-        assert cyruspaths.index_dir(lay, mb) == answers[mb.intname]["meta"], mb.intname
-        assert os.path.exists(os.path.join(cyruspaths.header_dir(lay, mb), "cyrus.header"))
+        assert storage.data_dir(lay, mb) == answers[mb.intname]["data"], mb.intname
+        assert storage.index_dir(lay, mb) == answers[mb.intname]["meta"], mb.intname
+        assert os.path.exists(os.path.join(storage.header_dir(lay, mb), "cyrus.header"))
     by_name = {mb.intname: mb for mb in boxes}
     for user in users:
         (ans,) = _mbpath(sb, "-u", user)
         inbox = by_name[ans["mbname"]["intname"]]
-        paths = cyruspaths.user_paths(lay, user, inbox)
+        paths = storage.user_paths(lay, user, inbox)
         if inbox.legacy:
             want = {ans["user"][k] for k in ("seen", "sub", "conversations", "counters", "dav", "xapianactive")}
             assert set(paths["user"]) == want
@@ -58,8 +58,8 @@ def test_paths_match_mbpath_on_the_demo_server(populated):
     assert {mb.intname for mb in boxes if mb.legacy} == {"user.dave", "user.dave.Junk", "user.dave.Old Stuff"}
     # the quota files Cyrus wrote are where hash_quota() says
     for root in ("user.alice", "user.bob"):
-        assert os.path.isfile(cyruspaths.quota_file(lay, root)), root
-    assert cyruspaths.quota_file(lay, "user.alice").endswith("/quota/a/user.alice")
+        assert os.path.isfile(storage.quota_file(lay, root)), root
+    assert storage.quota_file(lay, "user.alice").endswith("/quota/a/user.alice")
 
 
 def test_paths_match_mbpath_with_fulldirhash_and_virtual_domains(base_dir):
@@ -81,7 +81,7 @@ def test_paths_match_mbpath_with_fulldirhash_and_virtual_domains(base_dir):
         sb.deliver("erin@example.org", b"Subject: x\r\n\r\nhello\r\n")
         lay, boxes = _check_server(sb, ["carol@example.org", "erin@example.org", "frank"])
         assert any(mb.legacy and mb.domain == "example.org" for mb in boxes)
-        q = cyruspaths.quota_file(lay, "example.org!user.carol")
+        q = storage.quota_file(lay, "example.org!user.carol")
         assert os.path.isfile(q) and "/domain/" in q
     finally:
         sb.stop()
@@ -89,16 +89,16 @@ def test_paths_match_mbpath_with_fulldirhash_and_virtual_domains(base_dir):
 
 def test_cyrus_header_round_trip_and_index_records(populated):
     sb = populated
-    lay = cyruspaths.PathLayout.from_layout(discover(sb.imapd_conf))
+    lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
     seen = 0
     for mb in _boxes(sb):
-        d = cyruspaths.data_dir(lay, mb)
+        d = storage.data_dir(lay, mb)
         raw = open(os.path.join(d, "cyrus.header"), "rb").read()
-        h = cyrusheader.parse(raw)
+        h = header.parse(raw)
         assert (h["N"], h["I"], h["T"]) == (mb.intname, mb.uniqueid, mb.mbtype)
         assert h["A"] == mb.acl
-        assert cyrusheader.render(h["T"], h["N"], h["I"], h["A"], h.get("Q"), h["U"]) == raw
-        ix = indexfile.read(os.path.join(d, "cyrus.index"))
+        assert header.render(h["T"], h["N"], h["I"], h["A"], h.get("Q"), h["U"]) == raw
+        ix = index.read(os.path.join(d, "cyrus.index"))
         assert ix.minor_version == 17
         for rec in ix.live():
             body = open(os.path.join(d, f"{rec.uid}."), "rb").read()
@@ -109,11 +109,11 @@ def test_cyrus_header_round_trip_and_index_records(populated):
     assert seen >= 20
     # an expunged record is recognised (alice's Trash had UID 2 expunged)
     trash = [mb for mb in _boxes(sb) if mb.intname == "user.alice.Trash"][0]
-    ix = indexfile.read(os.path.join(cyruspaths.data_dir(lay, trash), "cyrus.index"))
+    ix = index.read(os.path.join(storage.data_dir(lay, trash), "cyrus.index"))
     assert [r.uid for r in ix.records if r.expunged] == [2]
     # a header with a quoted name, a literal-worthy name and user flags parses back
-    raw = cyrusheader.render("e", 'user.bob.A "quoted" (name)', "abc", {"bob": "lrs"}, "user.bob", ["$X"])
-    assert cyrusheader.parse(raw)["N"] == 'user.bob.A "quoted" (name)'
+    raw = header.render("e", 'user.bob.A "quoted" (name)', "abc", {"bob": "lrs"}, "user.bob", ["$X"])
+    assert header.parse(raw)["N"] == 'user.bob.A "quoted" (name)'
 
 
 def test_names_unicode_and_modified_utf7():
@@ -124,9 +124,9 @@ def test_names_unicode_and_modified_utf7():
     assert to_intname("user/x/A&B") == "user.x.A&-B"
     assert to_intname("user/carol@example.org") == "example.org!user.carol"
     assert display("user.alice.Entw&APw-rfe") == "user/alice/Entwürfe"
-    assert cyruspaths.dir_hash_c("alice") == "a" and cyruspaths.dir_hash_c("Zoë") == "z"
-    assert cyruspaths.dir_hash_c("1x") == "q"
-    assert "A" <= cyruspaths.dir_hash_c("alice", True) <= "W"
+    assert storage.dir_hash_c("alice") == "a" and storage.dir_hash_c("Zoë") == "z"
+    assert storage.dir_hash_c("1x") == "q"
+    assert "A" <= storage.dir_hash_c("alice", True) <= "W"
 
 
 def test_manifest_layout_gives_the_same_paths(populated, base_dir):
@@ -137,11 +137,11 @@ def test_manifest_layout_gives_the_same_paths(populated, base_dir):
     cli("after", config=cfg, check=0)
     with open(os.path.join(base_dir, "work", "dump", "manifest.json")) as f:
         manifest = json.load(f)
-    live = cyruspaths.PathLayout.from_layout(discover(populated.imapd_conf))
-    arch = cyruspaths.PathLayout.from_manifest(manifest)
+    live = storage.PathLayout.from_layout(discover(populated.imapd_conf))
+    arch = storage.PathLayout.from_manifest(manifest)
     for mb in _boxes(populated):
-        assert cyruspaths.mailbox_dirs(arch, mb) == cyruspaths.mailbox_dirs(live, mb)
-    assert cyruspaths.quota_file(arch, "user.bob") == cyruspaths.quota_file(live, "user.bob")
+        assert storage.mailbox_dirs(arch, mb) == storage.mailbox_dirs(live, mb)
+    assert storage.quota_file(arch, "user.bob") == storage.quota_file(live, "user.bob")
     assert glob.glob(os.path.join(base_dir, "work", "dump", "manifest.json"))
     # legacy mailboxes are counted too, and the consistency report is there and clean
     assert manifest["mailboxes"]["user.dave"]["messages"] == 1

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from borg_cyrus import imapview
-from borg_cyrus.builtin.excludes import iter_json_objects
-from borg_cyrus.mboxlist import iter_dump
+from borg_cyrus.cyrus import imapview
+from borg_cyrus.backup.excludes import iter_json_objects
+from borg_cyrus.cyrus.mboxlist import iter_dump
 from conftest import cli
 from helpers import expected, snapshot
 from restore_helpers import Deliveries, backup, delete_user, restore, subjects, tree, without_new_mail

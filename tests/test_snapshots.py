@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from borg_cyrus import imapview, mounts
-from borg_cyrus.demo import populate
-from borg_cyrus.imapview import quote
-from borg_cyrus.sandbox import Sandbox
+from borg_cyrus.cyrus import imapview
+from borg_cyrus.providers import mounts
+from borg_cyrus.tools.demo import populate
+from borg_cyrus.cyrus.imapview import quote
+from borg_cyrus.cyrus.sandbox import Sandbox
 from conftest import cli, write_config
 from fsimages import LoopFs, is_frozen, sh, unmount_below
 from helpers import (archive_paths, borgmatic, borgmatic_config, expected, extract, init_repo, load_manifest,

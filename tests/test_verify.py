@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from borg_cyrus import cyruspaths
-from borg_cyrus.layout import discover
+from borg_cyrus.cyrus import storage
+from borg_cyrus.cyrus.layout import discover
 from conftest import cli, sandbox_config
 from helpers import load_manifest
 from restore_helpers import _boxes_by_name, backup
@@ -38,9 +38,9 @@ def test_verify_passes_on_a_good_archive(populated, base_dir):
 @pytest.mark.slow
 def test_verify_fails_naming_the_mailbox_when_a_message_file_is_missing(populated, base_dir):
     sb = populated
-    lay = cyruspaths.PathLayout.from_layout(discover(sb.imapd_conf))
+    lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
     boxes = _boxes_by_name(sb)
-    victim = os.path.join(cyruspaths.data_dir(lay, boxes["user.bob.Archive 2019"]), "3.")
+    victim = os.path.join(storage.data_dir(lay, boxes["user.bob.Archive 2019"]), "3.")
     assert os.path.exists(victim)
     # an archive that lacks one message file: leave it out with an exclude pattern
     b = backup(sb, base_dir, mode="stop-master", exclude={"paths": [victim]})
@@ -52,7 +52,7 @@ def test_verify_fails_naming_the_mailbox_when_a_message_file_is_missing(populate
 
     # an altered message is only caught byte for byte (--deep)
     shutil.rmtree(b["repo"])
-    with open(os.path.join(cyruspaths.data_dir(lay, boxes["user.alice.Sent"]), "1."), "r+b") as f:
+    with open(os.path.join(storage.data_dir(lay, boxes["user.alice.Sent"]), "1."), "r+b") as f:
         data = f.read()
         f.seek(0)
         f.write(data.replace(b"Sent body 0", b"Sent b0dy 0"))
@@ -66,7 +66,7 @@ def test_verify_fails_naming_the_mailbox_when_a_message_file_is_missing(populate
 @pytest.mark.needs_root
 def test_consistency_report_at_backup_time(populated, base_dir):
     sb = populated
-    lay = cyruspaths.PathLayout.from_layout(discover(sb.imapd_conf))
+    lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
     boxes = _boxes_by_name(sb)
     cfg = sandbox_config(sb, base_dir)
     r = cli("before", config=cfg, check=0)
@@ -76,7 +76,7 @@ def test_consistency_report_at_backup_time(populated, base_dir):
         "mailboxes_without_directory": 0, "directories_without_mailbox": 0}
 
     # a mailbox whose directory vanished, and a directory nobody owns
-    gone = cyruspaths.data_dir(lay, boxes["user.alice.Trash"])
+    gone = storage.data_dir(lay, boxes["user.alice.Trash"])
     shutil.move(gone, os.path.join(base_dir, "trash-aside"))
     orphan = os.path.join(sb.partitions["second"], "uuid", "z", "z", "zzzzorphan0000000000000a")
     os.makedirs(orphan)

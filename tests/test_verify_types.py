@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from borg_cyrus import cyruspaths
-from borg_cyrus.layout import discover
-from borg_cyrus.mboxlist import Mailbox
+from borg_cyrus.cyrus import storage
+from borg_cyrus.cyrus.layout import discover
+from borg_cyrus.cyrus.mboxlist import Mailbox
 from restore_helpers import _boxes_by_name, backup
 from test_verify import _verify
 
@@ -77,8 +77,8 @@ def test_verify_checks_sieve_mailboxes_on_disk(populated, base_dir):
     assert rep["stats"]["on_disk"] == 2 and rep["stats"]["hashed"] == 25
 
     # an archive without one of bob's script files fails, naming his #sieve mailbox
-    lay = cyruspaths.PathLayout.from_layout(discover(sb.imapd_conf))
-    victim = os.path.join(cyruspaths.data_dir(lay, sieve["user.bob.#sieve"]), "1.")
+    lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
+    victim = os.path.join(storage.data_dir(lay, sieve["user.bob.#sieve"]), "1.")
     assert os.path.exists(victim)
     shutil.rmtree(b["repo"])
     b = backup(sb, base_dir, mode="stop-master", exclude={"paths": [victim]})

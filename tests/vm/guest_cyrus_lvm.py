@@ -65,7 +65,7 @@ def mail_lv():
 
 
 def test_cyrus_on_lvm(mail_lv):
-    from borg_cyrus.sandbox import Sandbox
+    from borg_cyrus.cyrus.sandbox import Sandbox
 
     t0 = time.monotonic()
     layout = {"configdirectory": f"{MNT}/conf", "partition-default": f"{MNT}/spool"}

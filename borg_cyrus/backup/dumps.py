@@ -1,0 +1,142 @@
+"""Built-in plugin: text dumps of Cyrus's databases and configuration.
+
+- mailboxes.json: `ctl_mboxlist -d` (parsed and counted; an empty or
+  truncated dump fails the backup). Reload with `ctl_mboxlist -u`.
+- mailboxes.db.batch, annotations.db.batch: binary-safe `cyr_dbtool ... batch`
+  SHOW output (no BEGIN, so deliveries are not blocked). Reload with
+  `borg-cyrus restore full`, which feeds them back as BEGIN/SET/COMMIT.
+- config/: copies of imapd.conf (+ @include files) and cyrus.conf.
+- cyrus-version.txt, quota.txt.
+"""
+
+import logging
+import os
+import shutil
+import time
+
+from borg_cyrus.cyrus import dbbatch, mboxlist
+from borg_cyrus.safety import trust
+from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.hookspecs import hookimpl
+from borg_cyrus.model import DumpRecord
+
+log = logging.getLogger(__name__)
+PLUGIN = "dumps"
+
+
+def _open_new(path):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
+
+
+def dump_mailbox_list(ctx, view, dump_dir):
+    path = os.path.join(dump_dir, "mailboxes.json")
+    t0 = time.monotonic()
+    with _open_new(path) as f:
+        ctx.cyrus("ctl_mboxlist", "-d", conf=view.imapd_conf, stdout=f, changes=False)
+    if ctx.dry_run and not os.path.getsize(path):
+        return None
+    try:
+        boxes = mboxlist.load_dump(path)
+    except mboxlist.DumpError as e:
+        raise BorgCyrusError(f"ctl_mboxlist -d gave an unusable dump: {e}") from None
+    # the cyrus user can write mailboxes.db: nothing crafted may reach a path or the patterns file
+    trust.check_mailboxes(boxes, f"{view.layout.database('mailboxes')[1]}")
+    if not boxes:
+        raise BorgCyrusError("ctl_mboxlist -d listed no mailboxes; refusing to back up a server that looks empty "
+                             f"(check imapd.conf {view.imapd_conf} points at the right configdirectory)")
+    ctx.mailboxes = boxes
+    return DumpRecord("mailboxes.json", ["mailboxes.json"], len(boxes), os.path.getsize(path),
+                      time.monotonic() - t0, PLUGIN,
+                      {"format": "ctl_mboxlist -d", "reload": "ctl_mboxlist -u < mailboxes.json"})
+
+
+def dump_db(ctx, view, dump_dir, name):
+    backend, dbpath = view.layout.database(name)
+    if not os.path.exists(dbpath):
+        log.warning("%s database %s does not exist; nothing to dump", name, dbpath)
+        return None
+    filename = f"{os.path.basename(dbpath)}.batch"
+    path = os.path.join(dump_dir, filename)
+    t0 = time.monotonic()
+    with _open_new(path) as f:
+        ctx.cyrus("cyr_dbtool", dbpath, backend, "batch", conf=view.imapd_conf, input=b"SHOW\n",
+                  stdout=f, changes=False)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        records = dbbatch.parse(data)
+    except dbbatch.BatchFormatError as e:
+        raise BorgCyrusError(f"cyr_dbtool batch dump of {dbpath} is unusable: {e}") from None
+    extra = {"format": f"cyr_dbtool {backend} batch SHOW", "database": dbpath, "backend": backend}
+    if name == "mailboxes":
+        extra["name_records"] = sum(1 for k, _ in records if k[:1] == b"N")
+    return DumpRecord(filename, [filename], len(records), len(data), time.monotonic() - t0, PLUGIN, extra)
+
+
+def _private_dirs(top, path):
+    """mkdir -p below top, every new directory 0700 (whatever the umask)."""
+    rel = os.path.relpath(path, top)
+    cur = top
+    for part in rel.split(os.sep):
+        cur = os.path.join(cur, part)
+        if not os.path.isdir(cur):
+            os.mkdir(cur)
+            os.chmod(cur, 0o700)
+
+
+def copy_configs(ctx, dump_dir):
+    lay = ctx.layout
+    os.mkdir(os.path.join(dump_dir, "config"), 0o700)
+    files = []
+    for src in list(lay.conf.files) + ([lay.cyrus_conf] if lay.cyrus_conf else []):
+        if not os.path.isfile(src):
+            continue
+        rel = os.path.join("config", os.path.abspath(src).lstrip("/"))
+        dst = os.path.join(dump_dir, rel)
+        _private_dirs(dump_dir, os.path.dirname(dst))
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o600)
+        files.append(rel)
+    return DumpRecord("config", files, len(files), sum(os.path.getsize(os.path.join(dump_dir, f)) for f in files),
+                      0.0, PLUGIN, {"sources": [os.path.abspath(p) for p in lay.conf.files] + [lay.cyrus_conf]})
+
+
+def dump_version(ctx, view, dump_dir):
+    if not ctx.tools.has("cyr_info"):
+        return None
+    r = ctx.cyrus("cyr_info", "version", conf=view.imapd_conf, changes=False, check=False)
+    version = r.text.strip()
+    if r.returncode or not version:
+        log.warning("cyr_info version failed; Cyrus version not recorded")
+        return None
+    with _open_new(os.path.join(dump_dir, "cyrus-version.txt")) as f:
+        f.write((version + "\n").encode())
+    ctx.manifest["cyrus_version"] = version
+    return DumpRecord("cyrus-version.txt", ["cyrus-version.txt"], 1, len(version) + 1, r.seconds, PLUGIN)
+
+
+def dump_quota(ctx, view, dump_dir):
+    path = os.path.join(dump_dir, "quota.txt")
+    with _open_new(path) as f:
+        r = ctx.cyrus("quota", conf=view.imapd_conf, stdout=f, changes=False, check=False)
+    if r.returncode:
+        log.warning("quota listing failed (exit %d); quota.txt may be incomplete", r.returncode)
+    lines = max(0, sum(1 for _ in open(path, "rb")) - 1)
+    return DumpRecord("quota.txt", ["quota.txt"], lines, os.path.getsize(path), r.seconds, PLUGIN,
+                      {"format": "quota (listing; limits are restored from the quota files)"})
+
+
+@hookimpl(tryfirst=True)
+def dump(ctx, view, dump_dir):
+    """Runs first, so other dumpers find the mailbox list in ctx.mailboxes."""
+    out = [dump_mailbox_list(ctx, view, dump_dir)]
+    opts = ctx.config["dumps"]
+    if opts["mailboxes_db"]:
+        out.append(dump_db(ctx, view, dump_dir, "mailboxes"))
+    if opts["annotations_db"]:
+        out.append(dump_db(ctx, view, dump_dir, "annotations"))
+    out.append(copy_configs(ctx, dump_dir))
+    out.append(dump_version(ctx, view, dump_dir))
+    if opts["quota"]:
+        out.append(dump_quota(ctx, view, dump_dir))
+    return [r for r in out if r]

@@ -1,0 +1,126 @@
+"""Built-in plugin: what to leave out — regenerable data and excluded mailboxes.
+
+Mailbox-name excludes are resolved through the dumped mailbox list to real
+directories: Cyrus 3.6 stores new mailboxes by uniqueid
+(<partition>/uuid/<u0>/<u1>/<uniqueid>), older ones by name (legacy layout,
+resolved with `mbpath`). Only message files (<uid>.) and cyrus.cache are
+left out: the folder itself, its index, ACL and annotations stay, so after a
+restore the folder exists and is empty.
+"""
+
+import json
+import logging
+import os
+
+from borg_cyrus.cyrus import mboxlist
+from borg_cyrus.hookspecs import hookimpl
+from borg_cyrus.model import Exclude
+
+log = logging.getLogger(__name__)
+
+MESSAGE_FILES = r"[0-9]+\."
+ANYWHERE = r"(?:.*/)?"
+
+
+def regenerable(ctx, categories):
+    lay = ctx.layout
+    confdir = lay.configdirectory
+    spools = lay.all_partition_dirs()
+    out = []
+    if "duplicate-db" in categories:
+        out.append(Exclude(lay.database("duplicate")[1], None, "duplicate-db: deliver.db"))
+    if "cache-dbs" in categories:
+        for name in ("tls_sessions", "ptscache", "statuscache", "zoneinfo"):
+            out.append(Exclude(lay.database(name)[1], None, f"cache-dbs: {name}"))
+    if "search-indexes" in categories:
+        for root in spools:
+            out.append(Exclude(root, ANYWHERE + r"cyrus\.squat", "search-indexes: squat"))
+        out.append(Exclude(confdir, ANYWHERE + r"cyrus\.indexed\.db", "search-indexes: indexed db"))
+        for path in lay.searchpartitions.values():
+            out.append(Exclude(path, None, "search-indexes: search tier"))
+    if "runtime" in categories:
+        rt = lay.runtime_paths
+        for key in ("proc_path", "mboxname_lockpath", "socket_dir"):
+            out.append(Exclude(rt[key], None, f"runtime: {key}"))
+        for key in ("lmtpsocket", "idlesocket", "notifysocket"):
+            out.append(Exclude(rt[key], None, f"runtime: {key}"))
+        for root in spools:
+            out.append(Exclude(root, r"stage\.", "runtime: staging"))
+            out.append(Exclude(root, r"sync\.", "runtime: sync staging"))
+        out.append(Exclude(os.path.join(confdir, "sync"), None, "runtime: sync log"))
+        out.append(Exclude(confdir, r"[^/]*\.pid", "runtime: pid files"))
+    if "db-backups" in categories:
+        for name in ("db.backup1", "db.backup2"):
+            out.append(Exclude(os.path.join(confdir, name), None, "db-backups"))
+    if "conversations" in categories:
+        out.append(Exclude(confdir, ANYWHERE + r"(?:[^/]*\.conversations|conversations\.db)", "conversations"))
+    if "message-caches" in categories:
+        for root in spools:
+            out.append(Exclude(root, ANYWHERE + r"cyrus\.cache", "message-caches"))
+    return out
+
+
+def iter_json_objects(text):
+    dec = json.JSONDecoder()
+    i = 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return
+        obj, i = dec.raw_decode(text, i)
+        yield obj
+
+
+def legacy_paths(ctx, view, boxes):
+    """{intname: (data dir, meta dir)} for legacy-layout mailboxes, from mbpath."""
+    if not boxes:
+        return {}
+    names = [mboxlist.admin_name(mb.intname, view.layout.unixhierarchysep) for mb in boxes]
+    out = {}
+    for i in range(0, len(names), 500):
+        chunk = boxes[i:i + 500]
+        r = ctx.cyrus("mbpath", "-j", "--", *names[i:i + 500], conf=view.imapd_conf, changes=False)
+        objs = list(iter_json_objects(r.text))
+        if len(objs) != len(chunk):
+            log.warning("mbpath returned %d answers for %d legacy mailboxes; excludes may be incomplete",
+                        len(objs), len(chunk))
+        for obj in objs:
+            intname = (obj.get("mbname") or {}).get("intname")
+            if intname and obj.get("data"):
+                out[intname] = (obj["data"], obj.get("meta") or obj["data"])
+    return out
+
+
+def mailbox_excludes(ctx, view, patterns):
+    matcher = mboxlist.NameMatcher(patterns)
+    lay = ctx.layout
+    chosen = [mb for mb in ctx.mailboxes or [] if mb.has_spool and matcher.match(mb)]
+    out = []
+    legacy = [mb for mb in chosen if mb.legacy]
+    legacy_dirs = legacy_paths(ctx, view, legacy)
+    for mb in chosen:
+        if mb.legacy:
+            if mb.intname not in legacy_dirs:
+                log.warning("cannot locate legacy mailbox %s; its messages stay in the backup", mb.name)
+                continue
+            # mbpath answers with the paths it sees through the view (already frozen ones)
+            data, meta = legacy_dirs[mb.intname]
+        else:
+            data, meta = mb.data_dir(lay), mb.meta_dir(lay, "cache")
+        reason = f"mailbox {mb.name} (exclude.mailboxes: {matcher.match(mb)})"
+        out.append(Exclude(data, MESSAGE_FILES, reason))
+        out.append(Exclude(meta, r"cyrus\.cache", reason))
+    ctx.manifest["excluded_mailboxes"] = sorted(mb.intname for mb in chosen)
+    if chosen:
+        log.info("leaving out the messages of %d mailbox(es) matching exclude.mailboxes", len(chosen))
+    return out
+
+
+@hookimpl
+def excludes(ctx, view):
+    cfg = ctx.config["exclude"]
+    out = regenerable(ctx, set(cfg["regenerable"]))
+    out.extend(mailbox_excludes(ctx, view, cfg["mailboxes"]))
+    out.extend(Exclude(os.path.normpath(p), None, "exclude.paths") for p in cfg["paths"])
+    return out

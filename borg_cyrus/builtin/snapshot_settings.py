@@ -1,9 +1,0 @@
-"""Built-in plugin: the `snapshot:` config section shared by the snapshot modes."""
-
-from borg_cyrus.hookspecs import hookimpl
-from borg_cyrus.snapshot import SCHEMA
-
-
-@hookimpl
-def config_schema():
-    return SCHEMA

@@ -1,0 +1,2 @@
+"""Restores: archive access, the staged session, listing, partial restores (user, mailbox),
+the full-server restore, the restore drill (verify)."""

@@ -1,0 +1,415 @@
+"""`borg-cyrus verify`: the restore drill that proves an archive good.
+
+1. extract the whole archive into a private directory (`borg extract`, with
+   the repository and passphrase from borgmatic's configuration);
+2. check the archive against what the backup recorded: every mailbox of the
+   dump has its directory, a readable cyrus.index with the message count of
+   manifest.json, and every message it lists has its file, of the recorded
+   size; --deep: the file's SHA-1 equals the GUID in the index;
+3. start a throwaway Cyrus on the extracted tree (borg_cyrus.cyrus.sandbox, config
+   rewritten to the extracted paths, loopback port) after the same `restore
+   full` steps a disaster recovery runs;
+4. every mailbox must be in the restored server's mailbox list, of its type;
+   email mailboxes are opened over IMAP with the expected message count
+   (--deep: served byte-identical); the types IMAP cannot open (sieve
+   scripts, calendars, ...: `Mailbox.imap_opens`) are checked on the
+   restored server's disk: readable cyrus.index, every message file;
+5. tear everything down; exit 1 naming each mailbox that differs.
+
+Counts differ legitimately only in `live` mode (mail arrives while borg
+reads): there a count difference is a warning, a missing file still fails.
+"""
+
+import collections
+import hashlib
+import imaplib
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+
+from borg_cyrus.restore import archive as archive_mod
+from borg_cyrus import config as config_mod
+from borg_cyrus.cyrus import storage, imapview, index, mboxlist
+from borg_cyrus.safety import safeio
+from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.execute import Runner
+from borg_cyrus.cyrus.layout import DATABASES
+from borg_cyrus.restore.partial import archived_conf_values, display, human_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKDIR = "/var/tmp/borg-cyrus-verify"
+
+# imapd.conf keys that change where or how data is stored, carried into the
+# throwaway server (path-valued ones are relocated below the extracted tree).
+STORAGE_KEYS = ("hashimapspool", "fulldirhash", "virtdomains", "mailbox_legacy_dirs", "metapartition_files",
+                "archive_enabled", "defaultdomain", "sieveusehomedir", "defaultpartition", "improved_mboxlist_sort")
+
+
+class Drill:
+    def __init__(self, ctx, repo, archive, base, deep=False):
+        self.ctx = ctx
+        self.repo = repo
+        self.archive = archive
+        self.base = base
+        self.root = os.path.join(base, "root")
+        self.deep = deep
+        self.failures = {}      # display name -> [problems]
+        self.warnings = []
+        self.info = []
+        self.stats = {"mailboxes": 0, "messages": 0, "bytes": 0, "hashed": 0, "served": 0, "on_disk": 0}
+        self.on_disk = {}       # display name -> kind, of mailboxes IMAP cannot open
+        self.sandbox = None
+
+    def fail(self, intname, problem):
+        self.failures.setdefault(display(intname) if intname else "(archive)", []).append(problem)
+
+    # -- 1. extract ----------------------------------------------------------
+    def extract(self):
+        t0 = time.monotonic()
+        self.repo.extract_all(self.archive, self.root)
+        self.info.append(f"extracted archive {self.archive} in {time.monotonic() - t0:.2f} s")
+
+    def find_dump(self):
+        cand = self.root + self.ctx.dump_dir
+        if os.path.exists(os.path.join(cand, "manifest.json")):
+            return self.ctx.dump_dir
+        for p in sorted(self.repo.list_paths(self.archive)):
+            if p.endswith("/dump/manifest.json"):
+                return os.path.dirname(p)
+        raise BorgCyrusError(f"archive {self.archive} holds no borg-cyrus dump (no */dump/manifest.json); "
+                             "was it made with borg-cyrus?")
+
+    def load(self):
+        from borg_cyrus.restore.full import Dump
+        self.dump_path = self.find_dump()
+        self.dump = Dump(self.root + self.dump_path)
+        m = self.dump.manifest
+        self.conf_values = archived_conf_values(self.dump.path, m)
+        self.alay = storage.PathLayout.from_manifest(m, self.conf_values)
+        r = self.root
+        self.slay = storage.PathLayout(
+            configdirectory=r + self.alay.configdirectory,
+            partitions={k: r + v for k, v in self.alay.partitions.items()},
+            sievedir=r + self.alay.sievedir,
+            metapartitions={k: r + v for k, v in self.alay.metapartitions.items()},
+            archivepartitions={k: r + v for k, v in self.alay.archivepartitions.items()},
+            hashimapspool=self.alay.hashimapspool, fulldirhash=self.alay.fulldirhash,
+            virtdomains=self.alay.virtdomains, unixhierarchysep=True, legacy_dirs=self.alay.legacy_dirs,
+            quota_backend=self.alay.quota_backend, quota_path=r + self.alay.quota_path,
+            metapartition_files=self.alay.metapartition_files, defaultpartition=self.alay.defaultpartition)
+        self.live_mode = (m.get("view") or m.get("mode")) == "live"
+        self.excluded = set(m.get("excluded_mailboxes") or [])
+        self.counts = m.get("mailboxes") or {}
+        self.boxes = [mb for mb in self.dump.mailboxes if mb.has_spool]
+
+    # -- 2. files ------------------------------------------------------------
+    def check_files(self):
+        self.indexes = {}
+        for mb in self.boxes:
+            self.stats["mailboxes"] += 1
+            try:
+                d = storage.data_dir(self.slay, mb)
+            except KeyError:
+                self.fail(mb.intname, f"partition {mb.partition} is not in the archived layout")
+                continue
+            if not os.path.isdir(d):
+                self.fail(mb.intname, f"its directory {d[len(self.root):]} is not in the archive")
+                continue
+            ipath = os.path.join(storage.index_dir(self.slay, mb), "cyrus.index")
+            try:
+                ix = index.read(ipath)
+            except FileNotFoundError:
+                self.fail(mb.intname, "cyrus.index is not in the archive")
+                continue
+            except (OSError, ValueError) as e:
+                self.fail(mb.intname, f"cyrus.index is unreadable: {e}")
+                continue
+            self.indexes[mb.intname] = ix
+            expected = (self.counts.get(mb.intname) or {}).get("messages")
+            if expected is not None and expected != ix.exists:
+                msg = f"the archived index holds {ix.exists} message(s), the backup counted {expected}"
+                if self.live_mode:
+                    self.warnings.append(f"{display(mb.intname)}: {msg} (live mode: mail changed while borg read)")
+                else:
+                    self.fail(mb.intname, msg)
+            if mb.intname in self.excluded:
+                continue
+            if not ix.detailed:
+                self.warnings.append(f"{display(mb.intname)}: index version {ix.minor_version}: only file "
+                                     "presence is checked")
+            self.scan_messages(mb, ix, d, "from the archive", count=True)
+
+    def scan_messages(self, mb, ix, d, where, count=False):
+        """Fail mb for each message file ix lists below d that is missing or
+        of another size; count=True adds them to the stats (--deep: hashes)."""
+        arch_dir = None
+        if self.slay.archivepartitions.get(mb.partition):
+            arch_dir = storage.mailbox_dir(self.slay, self.slay.archivepartitions[mb.partition], mb)
+        missing, wrong = [], []
+        for rec in ix.live():
+            f = os.path.join(arch_dir if (rec.archived and arch_dir) else d, f"{rec.uid}.")
+            try:
+                st = os.lstat(f)
+            except FileNotFoundError:
+                missing.append(rec.uid)
+                continue
+            if not stat.S_ISREG(st.st_mode):      # the archive is untrusted: never follow or block on it
+                wrong.append(f"UID {rec.uid}: {safeio.kind(st.st_mode)} instead of a message file")
+                continue
+            if count:
+                self.stats["messages"] += 1
+                self.stats["bytes"] += st.st_size
+            if rec.size is not None and st.st_size != rec.size:
+                wrong.append(f"UID {rec.uid}: {st.st_size} bytes, the index says {rec.size}")
+                continue
+            if count and self.deep and rec.guid:
+                h = hashlib.sha1()
+                with os.fdopen(safeio.open_regular(f), "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                self.stats["hashed"] += 1
+                if h.digest() != rec.guid:
+                    wrong.append(f"UID {rec.uid}: content differs from the index GUID (SHA-1)")
+        if missing:
+            shown = ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else "")
+            self.fail(mb.intname, f"{len(missing)} message file(s) missing {where} (UID {shown})")
+        for w in wrong[:10]:
+            self.fail(mb.intname, w)
+
+    # -- 3. throwaway Cyrus ---------------------------------------------------
+    def open_parents(self):
+        """borg extract creates the parents of archived paths as root 0700:
+        let the cyrus user through (only directories borg created)."""
+        roots = [self.slay.configdirectory, self.slay.sievedir] + self.slay.roots()
+        for target in roots:
+            p = os.path.dirname(target)
+            while len(p) >= len(self.base):
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:
+                    break
+                if st.st_uid == 0 and not st.st_mode & 0o001:
+                    os.chmod(p, (st.st_mode & 0o7777) | 0o055)
+                p = os.path.dirname(p)
+
+    def sandbox_conf(self):
+        extra = {k: v for k, v in self.conf_values.items() if k in STORAGE_KEYS or k.endswith("_db")}
+        extra.update({
+            "hashimapspool": "yes" if self.alay.hashimapspool else "no",
+            "fulldirhash": "yes" if self.alay.fulldirhash else "no",
+            "virtdomains": "on" if self.alay.virtdomains else "off",
+            "mailbox_legacy_dirs": "yes" if self.alay.legacy_dirs else "no",
+            "quota_db": self.alay.quota_backend,
+            "annotation_db": self.alay.annotations[0], "mboxlist_db": self.alay.mailboxes_db[0],
+        })
+        for name, path in self.slay.metapartitions.items():
+            extra[f"metapartition-{name}"] = path
+        for name, path in self.slay.archivepartitions.items():
+            extra[f"archivepartition-{name}"] = path
+        dbs = (self.dump.manifest.get("layout") or {}).get("databases") or {}
+        for name, info in dbs.items():
+            path = info.get("path") or ""
+            if name in DATABASES and path and not path.startswith(self.alay.configdirectory.rstrip("/") + "/"):
+                extra[DATABASES[name][1]] = self.root + path
+        if "quota" in dbs and self.alay.quota_backend != "quotalegacy":
+            extra["quota_db_path"] = self.root + dbs["quota"]["path"]
+        extra["unixhierarchysep"] = "yes"   # names as this drill spells them; storage does not depend on it
+        extra["altnamespace"] = "no"
+        return extra
+
+    def start_server(self):
+        from borg_cyrus.backup.run import build_context
+        from borg_cyrus.plugins import Plugins
+        from borg_cyrus.restore.full import FullRestore
+        from borg_cyrus.cyrus.sandbox import Sandbox
+        parts = tuple([self.alay.defaultpartition] +
+                      sorted(p for p in self.alay.partitions if p != self.alay.defaultpartition))
+        parts = tuple(p for p in parts if p in self.alay.partitions)
+        layout = {"configdirectory": self.slay.configdirectory, "sievedir": self.slay.sievedir}
+        layout.update({f"partition-{k}": v for k, v in self.slay.partitions.items()})
+        sb = Sandbox(os.path.join(self.base, "cyrus"), partitions=parts, layout=layout,
+                     extra_conf=self.sandbox_conf())
+        self.sandbox = sb
+        sb.write_config()
+        self.open_parents()
+        sb.make_dirs()
+        cfg_path = os.path.join(self.base, "borg-cyrus.yaml")
+        with open(cfg_path, "w") as f:
+            json.dump({"imapd_conf": sb.imapd_conf, "cyrus_conf": sb.cyrus_conf,
+                       "work_directory": os.path.join(self.base, "work"), "service": sb.borg_cyrus_service(),
+                       "cyrus_user": self.ctx.config["cyrus_user"], "cyrus_group": self.ctx.config["cyrus_group"],
+                       "cyrus_tools_directory": self.ctx.config.get("cyrus_tools_directory")}, f)
+        os.chmod(cfg_path, 0o600)
+        plugins = Plugins()
+        schema = config_mod.full_schema(plugins.config_schema_fragments(), plugins.modes())
+        cfg = config_mod.load(cfg_path, True, schema)
+        sctx = build_context(cfg, Runner(default_timeout=cfg["tool_timeout"]), plugins)
+        t0 = time.monotonic()
+        restore_log = logging.getLogger(__name__)
+        level = restore_log.level
+        restore_log.setLevel(logging.WARNING)     # the drill reports; restore's own lines are noise here
+        try:
+            # a drill may try an archive of another Cyrus version (restore full refuses that without --force)
+            FullRestore(sctx, self.root + self.dump_path, force=True).run(start=False)
+        finally:
+            restore_log.setLevel(level)
+        sb.start()
+        self.sctx = sctx
+        self.info.append(f"restored into a throwaway Cyrus (127.0.0.1:{sb.port}) and started it in "
+                         f"{time.monotonic() - t0:.2f} s")
+
+    # -- 4. what IMAP clients see ------------------------------------------------
+    def check_imap(self):
+        r = self.sctx.cyrus("ctl_mboxlist", "-d", changes=False)
+        restored = {mb.intname: mb for mb in mboxlist.iter_dump(r.text.splitlines()) if mb.has_spool}
+        conn = imaplib.IMAP4("127.0.0.1", self.sandbox.port)
+        conn.login("cyrus", "x")
+        try:
+            for mb in self.boxes:
+                rmb = restored.get(mb.intname)
+                if rmb is None:
+                    self.fail(mb.intname, "not in the restored server's mailbox list")
+                    continue
+                if rmb.kind != mb.kind:
+                    self.fail(mb.intname, f"the restored server lists it as a {rmb.kind} mailbox, "
+                                          f"the archive as {mb.kind}")
+                    continue
+                ix = self.indexes.get(mb.intname)
+                if ix is None:
+                    continue
+                want = 0 if mb.intname in self.excluded else ix.exists
+                if mb.imap_opens:
+                    self.check_served(conn, mb, ix, want)
+                else:
+                    self.check_restored_files(rmb, want)
+        finally:
+            try:
+                conn.logout()
+            except Exception:
+                pass
+
+    def check_served(self, conn, mb, ix, want):
+        name = '"' + mboxlist.external_name(mb.intname).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        conn.setacl(name, "cyrus", "lrs")
+        typ, data = conn.select(name, readonly=True)
+        if typ != "OK":
+            self.fail(mb.intname, f"the restored server cannot open it: {data}")
+            return
+        exists = int(data[0] or 0)
+        if exists != want:
+            self.fail(mb.intname, f"the restored server shows {exists} message(s), expected {want}")
+        elif self.deep and exists and mb.intname not in self.excluded:
+            guids = {r.uid: r.guid for r in ix.live() if r.guid}
+            got = imapview.served_sha1(conn, sorted(guids))
+            bad = [u for u in sorted(guids) if got.get(u) != guids[u]]
+            if bad:
+                self.fail(mb.intname, f"{len(bad)} message(s) served with other bytes than archived "
+                                      f"(UID {', '.join(map(str, bad[:10]))})")
+        self.stats["served"] += exists
+        conn.close()
+
+    def check_restored_files(self, mb, want):
+        """A mailbox IMAP cannot open, as the restored server holds it on disk."""
+        self.stats["on_disk"] += 1
+        self.on_disk[display(mb.intname)] = mb.kind
+        try:
+            d = storage.data_dir(self.slay, mb)
+            ix = index.read(os.path.join(storage.index_dir(self.slay, mb), "cyrus.index"))
+        except (KeyError, OSError, ValueError) as e:
+            self.fail(mb.intname, f"the restored server's cyrus.index is unreadable: {e}")
+            return
+        if ix.exists != want:
+            self.fail(mb.intname, f"the restored server holds {ix.exists} message(s), expected {want}")
+        self.scan_messages(mb, ix, d, "on the restored server")
+
+    def orphans(self):
+        known = {mb.uniqueid for mb in self.boxes}
+        n = 0
+        for root in self.slay.roots():
+            base = os.path.join(root, "uuid")
+            for dirpath, dirnames, _files in os.walk(base):
+                if dirpath.count(os.sep) - base.count(os.sep) == 2:
+                    n += sum(1 for d in dirnames if d not in known)
+                    dirnames[:] = []
+        if n:
+            self.info.append(f"{n} directory(ies) in the archive without a mailbox in the dump "
+                             "(registered by restore full)")
+
+    def teardown(self, keep=False):
+        if self.sandbox is not None:
+            self.sandbox.stop()
+        if not keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def report(self):
+        m = self.dump.manifest if getattr(self, "dump", None) else {}
+        return {"archive": self.archive, "repository": str(self.repo), "created": m.get("created"),
+                "hostname": m.get("hostname"), "mode": m.get("mode"), "deep": self.deep, "stats": self.stats,
+                "on_disk": self.on_disk, "failures": self.failures, "warnings": self.warnings, "info": self.info,
+                "ok": not self.failures}
+
+
+def format_report(rep):
+    out = [f"verify: archive {rep['archive']} in {rep['repository']}"
+           + (f" (made {rep['created']} on {rep['hostname']}, mode {rep['mode']})" if rep.get("created") else "")]
+    out += [f"  {line}" for line in rep["info"]]
+    s = rep["stats"]
+    kinds = ", ".join(f"{k}: {n}" for k, n in sorted(collections.Counter(rep["on_disk"].values()).items()))
+    out.append(f"  checked {s['mailboxes']} mailboxes, {s['messages']} message files ({human_size(s['bytes'])}), "
+               f"{s['served']} messages served over IMAP" + (f", {s['hashed']} hashed" if rep["deep"] else "")
+               + (f"; {s['on_disk']} mailbox(es) IMAP cannot open checked on disk ({kinds})" if kinds else ""))
+    if "seconds" in rep:
+        out.append(f"  drill took {rep['seconds']:.2f} s" + (f"; files kept in {rep['kept']}" if rep.get("kept") else ""))
+    for w in rep["warnings"]:
+        out.append(f"  warning: {w}")
+    for name in sorted(rep["failures"]):
+        for p in rep["failures"][name]:
+            out.append(f"  FAIL {name}: {p}")
+    if rep["ok"]:
+        out.append("RESULT: OK — every mailbox and message the backup recorded is in the archive"
+                   + (" byte for byte" if rep["deep"] else "") + " and a restored Cyrus serves it")
+    else:
+        names = sorted(rep["failures"])
+        out.append(f"RESULT: FAILED — {len(names)} mailbox(es) differ: {', '.join(names)}")
+    return "\n".join(out) + "\n"
+
+
+def run(ctx, args):
+    repo = archive_mod.open_repository(args.borgmatic_config, args.repository)
+    name = repo.resolve(args.archive)
+    parent = args.workdir or DEFAULT_WORKDIR
+    if ctx.dry_run:
+        print(f"verify: would extract archive {name} of {repo} below {parent}, restore it into a throwaway "
+              f"Cyrus, check every mailbox{' and message byte' if args.deep else ''}, and remove it again")
+        return 0
+    os.makedirs(parent, 0o755, exist_ok=True)
+    base = tempfile.mkdtemp(prefix=f"verify-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent)
+    os.chmod(base, 0o755)
+    drill = Drill(ctx, repo, name, base, deep=args.deep)
+    t0 = time.monotonic()
+    try:
+        drill.extract()
+        drill.load()
+        drill.check_files()
+        drill.orphans()
+        drill.start_server()
+        drill.check_imap()
+    except BorgCyrusError as e:
+        drill.fail(None, str(e))
+    finally:
+        drill.teardown(keep=args.keep)
+    rep = drill.report()
+    rep["seconds"] = round(time.monotonic() - t0, 2)
+    if args.keep:
+        rep["kept"] = base
+    sys.stdout.write(json.dumps(rep, indent=1, ensure_ascii=False) + "\n" if args.json else format_report(rep))
+    if not rep["ok"]:
+        log.error("verify: archive %s FAILED: %s", name, ", ".join(sorted(rep["failures"])))
+        return 1
+    return 0

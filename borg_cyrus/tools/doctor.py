@@ -1,0 +1,110 @@
+"""`borg-cyrus doctor`: what was discovered, what would be backed up, problems."""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from borg_cyrus.cyrus import layout as layout_mod
+from borg_cyrus.backup import patterns
+from borg_cyrus.backup.run import plan_locations
+from borg_cyrus.backup.dumps import dump_mailbox_list
+from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.model import View, nest_free
+from borg_cyrus.cyrus.service import Service
+
+
+def borg_version(ctx):
+    borg = shutil.which("borg")
+    if not borg:
+        return None, "borg is not on PATH; install borgbackup >= 1.4"
+    r = ctx.run([borg, "--version"], changes=False, check=False)
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", r.text)
+    if not m:
+        return None, f"cannot tell borg's version from {r.text.strip()!r}"
+    v = tuple(int(x) for x in m.groups())
+    problem = None if v >= (1, 4, 0) else f"borg {'.'.join(map(str, v))} is too old: snapshot modes need >= 1.4 (slashdot paths)"
+    return ".".join(map(str, v)), problem
+
+
+def gather(ctx):
+    lay = ctx.layout
+    problems = []
+    info = {"config": ctx.config.path, "mode": ctx.config["mode"], "layout": lay.to_json()}
+    info["tools"] = {"directory": ctx.tools.directory, "found": sorted(ctx.tools.paths)}
+    for name in ctx.tools.missing(layout_mod.REQUIRED_TOOLS):
+        problems.append(f"required Cyrus tool {name} not found (set cyrus_tools_directory)")
+    for name in ctx.tools.missing(layout_mod.RESTORE_TOOLS):
+        problems.append(f"restore tool {name} not found: restores will fail")
+    info["borg_version"], p = borg_version(ctx)
+    if p:
+        problems.append(p)
+    from borg_cyrus.backup.run import left_behind
+    problems.extend(left_behind(ctx))
+    svc = Service(ctx.config["service"], ctx.runner)
+    info["service"] = {"manager": svc.manager, "how": svc.describe(), "running": svc.is_running()}
+    info["notes"] = []
+    if svc.manager != "systemd" and os.path.isdir("/run/systemd/system"):
+        info["notes"].append(f"systemd runs this host but service.manager is {svc.manager}: borg-cyrus starts "
+                             "Cyrus outside systemd's control (it moves the master out of the backup's control "
+                             "group); prefer service.manager: systemd")
+    try:
+        locs = plan_locations(ctx)
+    except BorgCyrusError as e:
+        problems.append(str(e))
+        locs = [l for l in ctx.plugins.locations(ctx) if l.kind == "dump" or os.path.lexists(l.path)]
+    info["locations"] = [{"path": l.path, "kind": l.kind, "what": l.what} for l in locs]
+    view = View(imapd_conf=lay.imapd_conf, layout=lay)
+    tmp = tempfile.mkdtemp(prefix="borg-cyrus-doctor-")
+    try:
+        if not ctx.tools.missing(layout_mod.REQUIRED_TOOLS):
+            try:
+                dump_mailbox_list(ctx, view, tmp)
+            except BorgCyrusError as e:
+                problems.append(f"mailbox list: {e}")
+        excludes = ctx.plugins.excludes(ctx, view)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["mailboxes"] = len(ctx.mailboxes) if ctx.mailboxes is not None else None
+    info["excluded_mailboxes"] = ctx.manifest.get("excluded_mailboxes", [])
+    info["excludes"] = [{"path": e.path, "regex": e.regex, "reason": e.reason} for e in excludes]
+    info["patterns"] = patterns.render(nest_free([l.path for l in locs]), excludes, view)
+    info["problems"] = problems
+    return info
+
+
+def doctor(ctx, as_json=False):
+    info = gather(ctx)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return 1 if info["problems"] else 0
+    lay = info["layout"]
+    print(f"config        {info['config']} (mode {info['mode']})")
+    print(f"imapd.conf    {lay['imapd_conf']}")
+    print(f"configdir     {lay['configdirectory']}")
+    for kind in ("partitions", "metapartitions", "archivepartitions", "searchpartitions"):
+        for name, path in sorted(lay[kind].items()):
+            print(f"{kind[:-1]:13} {name}: {path}")
+    print(f"sievedir      {lay['sievedir']}")
+    print(f"tools         {info['tools']['directory'] or 'NOT FOUND'}")
+    print(f"borg          {info['borg_version'] or 'NOT FOUND'}")
+    svc = info["service"]
+    print(f"service       {svc['how']} ({'running' if svc['running'] else 'not running'})")
+    print(f"mailboxes     {info['mailboxes'] if info['mailboxes'] is not None else '?'}"
+          f" ({len(info['excluded_mailboxes'])} with messages excluded)")
+    print("\nbacked up:")
+    for loc in info["locations"]:
+        print(f"  {loc['path']}  [{loc['what']}]")
+    print("\nexcluded:")
+    for ex in info["excludes"]:
+        print(f"  {ex['path']}{'/' + ex['regex'] if ex['regex'] else ''}  [{ex['reason']}]")
+    for note in info["notes"]:
+        print(f"\nnote: {note}")
+    if info["problems"]:
+        print("\nproblems:")
+        for p in info["problems"]:
+            print(f"  - {p}")
+        return 1
+    print("\nno problems found")
+    return 0
