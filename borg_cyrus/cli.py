@@ -9,7 +9,6 @@ import sys
 
 from borg_cyrus import __version__, config as config_mod
 from borg_cyrus.errors import BorgCyrusError
-from borg_cyrus.execute import Runner
 
 log = logging.getLogger("borg_cyrus")
 
@@ -109,16 +108,11 @@ def build_parser():
 
 
 def load(args, need_layout=True):
-    from borg_cyrus.plugins import Plugins
-    plugins = Plugins()
-    schema = config_mod.full_schema(plugins.config_schema_fragments(), plugins.modes())
-    path, explicit = config_mod.resolve_path(args.config)
-    cfg = config_mod.load(path, explicit, schema)
+    from borg_cyrus.context import build_context, load_config
+    cfg, plugins = load_config(args.config)
     if not need_layout:
         return cfg, plugins, None
-    from borg_cyrus.backup.run import build_context
-    ctx = build_context(cfg, Runner(dry_run=args.dry_run, default_timeout=cfg["tool_timeout"]), plugins)
-    return cfg, plugins, ctx
+    return cfg, plugins, build_context(cfg, plugins, dry_run=args.dry_run)
 
 
 def cmd_before(args):

@@ -1,9 +1,13 @@
-"""The plugin contract. Built-in plugins (borg_cyrus/builtin/) use it exactly
-as third-party ones do; both are found through the `borg_cyrus` entry-point
-group. Implement any subset with `@borg_cyrus.hookimpl`.
+"""The plugin contract. Built-in plugins use it exactly as third-party ones do;
+both are found through the `borg_cyrus` entry-point group (pyproject.toml).
+Implement any subset with `@borg_cyrus.hookimpl`; an implementation may take
+fewer arguments than the spec names. Hooks return values: a plugin does not
+write to the context, the orchestrator passes results on.
 
-Call order in `borg-cyrus before`: config_schema (at load) -> locations ->
-modes (the configured one freezes a view) -> view_ready -> dump -> excludes.
+`borg-cyrus before`: config_schema (at load) -> locations -> modes (the
+configured one freezes a view) -> view_ready -> mailbox_list -> dump ->
+excludes; the manifest is merged from what they returned.
+`borg-cyrus restore full`: restore_dump (each dumper restores what it dumped).
 """
 
 import pluggy
@@ -19,7 +23,7 @@ def config_schema():
 
 @hookspec
 def modes():
-    """Return a list of Mode subclasses (borg_cyrus.modes.Mode) this plugin provides.
+    """Return a list of Mode subclasses (borg_cyrus.Mode) this plugin provides.
 
     A mode produces the frozen view the backup reads (live, stop-master, a
     snapshot provider). Mode names are unique; the config's `mode` picks one.
@@ -37,17 +41,32 @@ def view_ready(ctx, view):
     running again), before any dump. For notifications and checks."""
 
 
+@hookspec(firstresult=True)
+def mailbox_list(ctx, view, dump_dir):
+    """Dump the mailbox list into dump_dir and return a MailboxList (its
+    DumpRecord and the parsed mailboxes). The built-in `dumps` plugin answers
+    (`ctl_mboxlist -d`); the first answer wins."""
+
+
 @hookspec
-def dump(ctx, view, dump_dir):
+def dump(ctx, view, dump_dir, mailboxes):
     """Write dumps into dump_dir (a fresh directory, mode 0700) and return a
     list of DumpRecord. Read Cyrus's data through `view` (use view.imapd_conf
     with the Cyrus tools) so dumps describe the same instant as the spool.
-    The built-in dumper runs first: ctx.mailboxes holds the mailbox list.
-    Raise BorgCyrusError to fail the backup."""
+    mailboxes: the dumped mailbox list (cyrus.mboxlist.Mailbox). Raise
+    BorgCyrusError to fail the backup."""
 
 
 @hookspec
-def excludes(ctx, view):
+def excludes(ctx, view, mailboxes):
     """Return a list of Exclude (original paths; they are mapped through the
-    view when the patterns file is written). ctx.mailboxes holds the dumped
-    mailbox list."""
+    view when the patterns file is written)."""
+
+
+@hookspec
+def restore_dump(ctx, dump):
+    """`restore full`: bring back what this plugin dumped, from the dump
+    directory (restore.dump.Dump: manifest, records, files, mailboxes), into
+    a stopped server whose files `borg extract` put in place. Return report
+    lines. The built-in dumper rebuilds mailboxes.db and annotations.db
+    first (tryfirst); a plugin's hook runs after it."""

@@ -1,4 +1,4 @@
-"""The data that flows between plugins: locations, excludes, dumps, the view."""
+"""The data that flows between plugins: locations, excludes, dumps, the mailbox list, the view."""
 
 import os
 from dataclasses import dataclass, field
@@ -21,16 +21,22 @@ class Location:
 @dataclass(frozen=True)
 class Exclude:
     """Leave path out of the archive; with regex, only entries below path whose
-    relative path matches it (anchored)."""
+    relative path matches it (anchored). mailbox: the internal name of the
+    mailbox whose messages this leaves out (listed in the manifest, emptied by
+    a full restore)."""
 
     path: str
     regex: str | None = None
     reason: str = ""
+    mailbox: str | None = None
 
 
 @dataclass
 class DumpRecord:
-    """One dump written into the dump directory."""
+    """One dump written into the dump directory. extra goes into its entry of
+    the manifest's `dumps` list; manifest holds top-level manifest sections
+    the dump contributes (e.g. {"cyrus_version": ...}), merged by
+    backup.manifest.build."""
 
     name: str
     files: list
@@ -39,12 +45,22 @@ class DumpRecord:
     seconds: float = 0.0
     plugin: str = ""
     extra: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
 
     def to_json(self):
         out = {"name": self.name, "files": self.files, "records": self.records,
                "bytes": self.bytes, "seconds": round(self.seconds, 3), "plugin": self.plugin}
         out.update(self.extra)
         return out
+
+
+@dataclass
+class MailboxList:
+    """The dumped mailbox list: its record and the parsed mailboxes, passed on
+    to every other dumper, the consistency check and the excludes."""
+
+    record: DumpRecord
+    mailboxes: list
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""The plugin manager: loads built-in and third-party plugins the same way.
+"""The plugin manager: built-in and third-party plugins load the same way.
 
-Plugins come from the `borg_cyrus` entry-point group. BORG_CYRUS_PLUGINS
-(comma-separated entry-point names) limits which load; BORG_CYRUS_TRACE_PLUGINS=1
-logs every hook call.
+Plugins come from the `borg_cyrus` entry-point group, which pyproject.toml
+lists once for the built-ins. BORG_CYRUS_PLUGINS (comma-separated
+entry-point names) limits which load; BORG_CYRUS_TRACE_PLUGINS=1 logs every
+hook call.
 """
 
-import importlib
 import logging
 import os
 from importlib.metadata import entry_points
@@ -18,21 +18,6 @@ from borg_cyrus.errors import ConfigError
 log = logging.getLogger(__name__)
 
 GROUP = "borg_cyrus"
-# Used only when the package runs without installed metadata (e.g. from a
-# source tree on PYTHONPATH); an installed package lists them as entry points.
-BUILTIN = {
-    "core": "borg_cyrus.backup.locations",
-    "dumps": "borg_cyrus.backup.dumps",
-    "excludes": "borg_cyrus.backup.excludes",
-    "live": "borg_cyrus.providers.live",
-    "stop_master": "borg_cyrus.providers.stop_master",
-    "snapshot": "borg_cyrus.providers.snapshot_settings",
-    "btrfs": "borg_cyrus.providers.btrfs",
-    "lvm": "borg_cyrus.providers.lvm",
-    "zfs": "borg_cyrus.providers.zfs",
-    "command": "borg_cyrus.providers.command",
-    "rsync_staging": "borg_cyrus.providers.rsync_staging",
-}
 
 
 def _entry_points():
@@ -47,20 +32,18 @@ def make_manager(load_entry_points=True):
     only = os.environ.get("BORG_CYRUS_PLUGINS")
     only = {n.strip() for n in only.split(",")} if only else None
     found = {ep.name: ep for ep in _entry_points()}
-    names = set(found)
-    for name, module in BUILTIN.items():
-        if name not in found:
-            names.add(name)
-    for name in sorted(names):
+    if not found:
+        raise ConfigError("no borg-cyrus plugins are installed (entry-point group borg_cyrus is empty); "
+                          "install borg-cyrus with pip rather than running it from a source tree")
+    for name in sorted(found):
         if only is not None and name not in only:
             continue
         try:
-            plugin = found[name].load() if name in found else importlib.import_module(BUILTIN[name])
+            plugin = found[name].load()
         except Exception as e:  # a broken third-party plugin must say so clearly
             raise ConfigError(f"plugin '{name}' failed to load: {e.__class__.__name__}: {e}") from None
-        if pm.is_registered(plugin):
-            continue
-        pm.register(plugin, name=name)
+        if not pm.is_registered(plugin):
+            pm.register(plugin, name=name)
     pm.check_pending()
     if os.environ.get("BORG_CYRUS_TRACE_PLUGINS"):
         pm.trace.root.setwriter(lambda msg: log.info("trace: %s", msg.rstrip()))
@@ -69,11 +52,7 @@ def make_manager(load_entry_points=True):
 
 
 def flatten(results):
-    out = []
-    for r in results:
-        if r:
-            out.extend(r)
-    return out
+    return [x for r in results if r for x in r]
 
 
 class Plugins:
@@ -83,11 +62,23 @@ class Plugins:
         self.pm = pm or make_manager()
         self._modes = None
 
+    def each(self, hook, **kwargs):
+        """[(plugin name, result)] calling hook on one plugin at a time (in
+        pluggy's order), through traced hook callers, so results stay
+        attributed to their plugin."""
+        caller = getattr(self.pm.hook, hook)
+        names = [impl.plugin_name for impl in reversed(caller.get_hookimpls())]
+        out = []
+        for name in names:
+            others = [p for n, p in self.pm.list_name_plugin() if n != name]
+            out.append((name, self.pm.subset_hook_caller(hook, others)(**kwargs)))
+        return out
+
     def modes(self):
         if self._modes is None:
             registry = {}
-            for plugin_name, classes in self._call_named("modes"):
-                for cls in classes or ():
+            for plugin_name, classes in self.each("modes"):
+                for cls in flatten(classes):
                     if cls.name in registry:
                         raise ConfigError(
                             f"mode '{cls.name}' is provided twice (plugins {registry[cls.name][0]} and {plugin_name}); "
@@ -106,21 +97,27 @@ class Plugins:
     def locations(self, ctx):
         return flatten(self.pm.hook.locations(ctx=ctx))
 
-    def dump_each(self, ctx, view, dump_dir):
-        """Run every dumper; yields (plugin name, records)."""
-        for name, impl in self._impls("dump"):
-            yield name, impl.function(ctx=ctx, view=view, dump_dir=dump_dir) or []
+    def view_ready(self, ctx, view):
+        self.pm.hook.view_ready(ctx=ctx, view=view)
 
-    def excludes(self, ctx, view):
-        return flatten(self.pm.hook.excludes(ctx=ctx, view=view))
+    def mailbox_list(self, ctx, view, dump_dir):
+        return self.pm.hook.mailbox_list(ctx=ctx, view=view, dump_dir=dump_dir)
 
-    def _impls(self, hook):
-        """(plugin name, impl) in the order pluggy would call them (tryfirst first)."""
-        impls = getattr(self.pm.hook, hook).get_hookimpls()
-        return [(i.plugin_name, i) for i in reversed(impls)]
+    def dump(self, ctx, view, dump_dir, mailboxes):
+        """Every dumper's records, each marked with the plugin that wrote it."""
+        records = []
+        for name, results in self.each("dump", ctx=ctx, view=view, dump_dir=dump_dir, mailboxes=mailboxes):
+            for r in flatten(results):
+                r.plugin = r.plugin or name
+                records.append(r)
+        return records
 
-    def _call_named(self, hook):
-        return [(name, impl.function()) for name, impl in self._impls(hook)]
+    def excludes(self, ctx, view, mailboxes):
+        return flatten(self.pm.hook.excludes(ctx=ctx, view=view, mailboxes=mailboxes))
+
+    def restore_dump(self, ctx, dump):
+        """[(plugin name, report lines)] of every dumper's restore."""
+        return [(name, flatten(lines)) for name, lines in self.each("restore_dump", ctx=ctx, dump=dump)]
 
     def describe(self):
         """[(plugin name, module/dist, [hooks])] for `borg-cyrus plugins`."""
@@ -131,3 +128,4 @@ class Plugins:
             value, dist = dists.get(name, (getattr(plugin, "__name__", repr(plugin)), None))
             out.append((name, value, dist, hooks))
         return out
+

@@ -187,14 +187,45 @@ def test_world_writable_work_directory_refused_not_chmodded(sandbox, base_dir):
     assert os.listdir(work) == []
 
 
+@pytest.fixture(scope="module")
+def python_for_nobody():
+    """borg-cyrus and what its CLI imports, where `nobody` can read them (the
+    checkout and its venv may sit below root's 0700 home)."""
+    import shutil
+    import site
+    base = "/tmp/bct-nobody-py"
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    os.chmod(base, 0o755)
+    lib = os.path.join(base, "lib")
+    os.makedirs(lib)
+    shutil.copytree(os.path.dirname(os.path.abspath(config.__file__)), os.path.join(lib, "borg_cyrus"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for sp in filter(os.path.isdir, site.getsitepackages()):
+        for name in os.listdir(sp):
+            if name.lower().startswith(("yaml", "_yaml", "jsonschema", "referencing", "rpds", "attr", "pluggy",
+                                        "typing_extensions")):
+                src = os.path.join(sp, name)
+                (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(lib, name))
+    for dirpath, dirnames, filenames in os.walk(base):
+        for n in dirnames:
+            os.chmod(os.path.join(dirpath, n), 0o755)
+        for n in filenames:
+            os.chmod(os.path.join(dirpath, n), 0o644)
+    yield lib
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.needs_root
 @pytest.mark.parametrize("verb", [("before",), ("after",), ("doctor",), ("restore", "list"), ("verify",)])
-def test_non_root_is_told_to_run_as_root(tmp_path, verb):
-    os.chmod(tmp_path, 0o755)
-    cfg = _file(tmp_path, "c.yaml", "", 0o644)
+def test_non_root_is_told_to_run_as_root(python_for_nobody, verb):
+    cfg = os.path.join(os.path.dirname(python_for_nobody), "c.yaml")
+    open(cfg, "w").close()
+    os.chmod(cfg, 0o644)
     r = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
-                        sys.executable, "-m", "borg_cyrus", "-c", cfg, *verb],
-                       capture_output=True, text=True, env=env(), cwd="/")
+                        "/usr/bin/python3", "-m", "borg_cyrus", "-c", cfg, *verb],
+                       capture_output=True, text=True, cwd="/",
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": python_for_nobody, "LANG": "C.UTF-8"})
     line = one_error(r)
     assert r.returncode == 2 and "must run as root" in line, r.stderr
 

@@ -1,6 +1,6 @@
 import pytest
 
-from borg_cyrus.cyrus import dbbatch, mboxlist
+from borg_cyrus.cyrus import dbbatch, mboxlist, storage
 from borg_cyrus.cyrus.mboxlist import DumpError, NameMatcher
 
 DUMP = (
@@ -38,7 +38,7 @@ def test_bad_dumps_fail(text, needle):
 
 
 def test_uuid_dir():
-    assert mboxlist.uuid_dir("/p", "abc123") == "/p/uuid/a/b/abc123"
+    assert storage.uuid_dir("/p", "abc123") == "/p/uuid/a/b/abc123"
 
 
 def test_name_globs():

@@ -18,9 +18,9 @@ PLUGIN = textwrap.dedent('''
         return [Exclude(os.path.join(ctx.layout.configdirectory, "user_deny.db"), None, "example: deny list")]
 
     @hookimpl
-    def dump(ctx, view, dump_dir):
+    def dump(ctx, view, dump_dir, mailboxes):
         path = os.path.join(dump_dir, "example-users.txt")
-        users = sorted({mb.userid for mb in ctx.mailboxes if mb.userid})
+        users = sorted({mb.userid for mb in mailboxes if mb.userid})
         with open(path, "w") as f:
             f.write("\\n".join(users) + "\\n")
         return [DumpRecord("example-users.txt", ["example-users.txt"], len(users), os.path.getsize(path))]

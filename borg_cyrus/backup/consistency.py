@@ -7,13 +7,14 @@
   a restore only brings them back as mailboxes through `reconstruct -P`.
 
 Both are counted and listed in manifest.json (`consistency`) and printed by
-`before` as one warning line. The same pass records every mailbox's message
+`before` as one warning line. The same pass counts every mailbox's message
 count and bytes (read from its cyrus.index header: ~100 bytes per mailbox, so
 the cost grows with mailboxes, not messages), which a restore drill checks.
 """
 
 import logging
 import os
+from dataclasses import dataclass, field
 
 from borg_cyrus.cyrus import storage, index, mboxlist
 from borg_cyrus.errors import BorgCyrusError
@@ -40,18 +41,29 @@ def _uuid_dirs(root):
                     yield c.name, c.path
 
 
-def report(ctx, view, counts=True):
+@dataclass
+class Report:
+    """What the pass found: the manifest's `consistency`, per-mailbox counts
+    (None when dumps.message_counts is off), totals for `counts`, and the
+    problems a live backup may go on with."""
+
+    report: dict
+    per_mailbox: dict | None
+    totals: dict
+    problems: list = field(default_factory=list)
+
+
+def report(ctx, view, mailboxes, counts=True):
     """One pass over the mailbox list: per-mailbox message counts and bytes
-    from each cyrus.index header (counts=True) into ctx.manifest["mailboxes"]
-    and ["counts"], and the consistency report into ["consistency"]; log one
-    warning line when something does not match. Mailbox directories the list
-    does not name (a truncated or damaged mailboxes.db) fail the backup
-    unless consistency.unlisted_mailboxes allows them. Returns the report."""
-    boxes = [mb for mb in (ctx.mailboxes or []) if mb.has_spool]
+    from each cyrus.index header (counts=True) and the consistency report;
+    log one warning line when something does not match. Mailbox directories
+    the list does not name (a truncated or damaged mailboxes.db) fail the
+    backup unless consistency.unlisted_mailboxes allows them."""
+    boxes = [mb for mb in mailboxes if mb.has_spool]
     lay = storage.PathLayout.from_layout(ctx.layout)
-    per = ctx.manifest.setdefault("mailboxes", {}) if counts else None
-    totals = ctx.manifest.setdefault("counts", {})
-    totals.update(messages=0, bytes=0, unreadable=0)
+    per = {} if counts else None
+    totals = {"messages": 0, "bytes": 0, "unreadable": 0}
+    problems = []
     without_dir = []
     damaged = {}
     for mb in boxes:
@@ -103,7 +115,6 @@ def report(ctx, view, counts=True):
         "damaged_indexes": dict(sorted(damaged.items())[:LIST_LIMIT]),
         "checked": {"mailboxes": len(boxes), "live": live},
     }
-    ctx.manifest["consistency"] = rep
     if without_dir or orphans:
         parts = []
         if without_dir:
@@ -125,8 +136,8 @@ def report(ctx, view, counts=True):
                "missing entries with `reconstruct -P` over those cyrus.header files")
         if live and ctx.config["consistency"]["unlisted_mailboxes"] == "warn-in-live":
             log.warning("%s (consistency.unlisted_mailboxes: warn-in-live)", msg)
-            ctx.problems.append(msg)
+            problems.append(msg)
         else:
             raise BorgCyrusError(msg + ("; in mode live, consistency.unlisted_mailboxes: warn-in-live lets the "
                                         "backup go on" if live else ""))
-    return rep
+    return Report(rep, per, totals, problems)

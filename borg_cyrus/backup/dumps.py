@@ -1,4 +1,5 @@
-"""Built-in plugin: text dumps of Cyrus's databases and configuration.
+"""Built-in plugin: text dumps of Cyrus's databases and configuration, and
+their restore (a dumper restores what it dumped).
 
 - mailboxes.json: `ctl_mboxlist -d` (parsed and counted; an empty or
   truncated dump fails the backup). Reload with `ctl_mboxlist -u`.
@@ -7,18 +8,23 @@
   `borg-cyrus restore full`, which feeds them back as BEGIN/SET/COMMIT.
 - config/: copies of imapd.conf (+ @include files) and cyrus.conf.
 - cyrus-version.txt, quota.txt.
+
+`restore full` (restore_dump hook): mailboxes.db and annotations.db are
+rebuilt from the batch dumps when missing or damaged (DatabaseRestore).
 """
 
+import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 
 from borg_cyrus.cyrus import dbbatch, mboxlist
 from borg_cyrus.safety import trust
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.hookspecs import hookimpl
-from borg_cyrus.model import DumpRecord
+from borg_cyrus.model import DumpRecord, MailboxList
 
 log = logging.getLogger(__name__)
 PLUGIN = "dumps"
@@ -29,12 +35,11 @@ def _open_new(path):
 
 
 def dump_mailbox_list(ctx, view, dump_dir):
+    """mailboxes.json; returns a MailboxList."""
     path = os.path.join(dump_dir, "mailboxes.json")
     t0 = time.monotonic()
     with _open_new(path) as f:
         ctx.cyrus("ctl_mboxlist", "-d", conf=view.imapd_conf, stdout=f, changes=False)
-    if ctx.dry_run and not os.path.getsize(path):
-        return None
     try:
         boxes = mboxlist.load_dump(path)
     except mboxlist.DumpError as e:
@@ -44,10 +49,10 @@ def dump_mailbox_list(ctx, view, dump_dir):
     if not boxes:
         raise BorgCyrusError("ctl_mboxlist -d listed no mailboxes; refusing to back up a server that looks empty "
                              f"(check imapd.conf {view.imapd_conf} points at the right configdirectory)")
-    ctx.mailboxes = boxes
-    return DumpRecord("mailboxes.json", ["mailboxes.json"], len(boxes), os.path.getsize(path),
-                      time.monotonic() - t0, PLUGIN,
-                      {"format": "ctl_mboxlist -d", "reload": "ctl_mboxlist -u < mailboxes.json"})
+    rec = DumpRecord("mailboxes.json", ["mailboxes.json"], len(boxes), os.path.getsize(path),
+                     time.monotonic() - t0, PLUGIN,
+                     {"format": "ctl_mboxlist -d", "reload": "ctl_mboxlist -u < mailboxes.json"})
+    return MailboxList(rec, boxes)
 
 
 def dump_db(ctx, view, dump_dir, name):
@@ -111,8 +116,8 @@ def dump_version(ctx, view, dump_dir):
         return None
     with _open_new(os.path.join(dump_dir, "cyrus-version.txt")) as f:
         f.write((version + "\n").encode())
-    ctx.manifest["cyrus_version"] = version
-    return DumpRecord("cyrus-version.txt", ["cyrus-version.txt"], 1, len(version) + 1, r.seconds, PLUGIN)
+    return DumpRecord("cyrus-version.txt", ["cyrus-version.txt"], 1, len(version) + 1, r.seconds, PLUGIN,
+                      manifest={"cyrus_version": version})
 
 
 def dump_quota(ctx, view, dump_dir):
@@ -126,10 +131,14 @@ def dump_quota(ctx, view, dump_dir):
                       {"format": "quota (listing; limits are restored from the quota files)"})
 
 
+@hookimpl
+def mailbox_list(ctx, view, dump_dir):
+    return dump_mailbox_list(ctx, view, dump_dir)
+
+
 @hookimpl(tryfirst=True)
 def dump(ctx, view, dump_dir):
-    """Runs first, so other dumpers find the mailbox list in ctx.mailboxes."""
-    out = [dump_mailbox_list(ctx, view, dump_dir)]
+    out = []
     opts = ctx.config["dumps"]
     if opts["mailboxes_db"]:
         out.append(dump_db(ctx, view, dump_dir, "mailboxes"))
@@ -140,3 +149,124 @@ def dump(ctx, view, dump_dir):
     if opts["quota"]:
         out.append(dump_quota(ctx, view, dump_dir))
     return [r for r in out if r]
+
+
+# -- restore full: rebuild what was dumped ------------------------------------
+
+class DatabaseRestore:
+    """mailboxes.db and annotations.db back from the binary-safe dumps when
+    they are missing or damaged (ctl_mboxlist -u of mailboxes.json when the
+    binary dump cannot be loaded)."""
+
+    def __init__(self, ctx, dump):
+        self.ctx, self.dump, self.lay = ctx, dump, ctx.layout
+        self.uid, self.gid = ctx.cyrus_ids()
+        self.report = []
+
+    def note(self, msg, *args):
+        text = msg % args if args else msg
+        log.info("%s", text)
+        self.report.append(text)
+
+    def db_health(self, name, expected_names=None):
+        """None if healthy, else why not."""
+        backend, path = self.lay.database(name)
+        if not os.path.exists(path):
+            return "missing"
+        r = self.ctx.cyrus("cyr_dbtool", path, backend, "batch", input=b"SHOW\n", changes=False, check=False)
+        if r.returncode:
+            return f"unreadable (cyr_dbtool exit {r.returncode})"
+        try:
+            records = dbbatch.parse(r.stdout)
+        except dbbatch.BatchFormatError as e:
+            return f"unreadable ({e})"
+        if expected_names is not None:
+            n = sum(1 for k, _ in records if k[:1] == b"N")
+            if n < expected_names:
+                return f"holds {n} mailboxes, the dump {expected_names}"
+        elif not records and self._dump_records(name):
+            return "empty, the dump is not"
+        return None
+
+    def _dump_records(self, name):
+        path = self.dump.batch(self.lay.database(name)[1])
+        if not path:
+            return 0
+        with open(path, "rb") as f:
+            return len(dbbatch.parse(f.read()))
+
+    def create_empty_db(self, name):
+        backend, path = self.lay.database(name)
+        if os.path.exists(path):
+            aside = f"{path}.damaged-{time.strftime('%Y%m%d%H%M%S')}"
+            if self.ctx.dry_run:
+                self.note("would move %s to %s", path, aside)
+            else:
+                os.rename(path, aside)
+                self.note("moved the damaged %s to %s", path, aside)
+        empty = os.path.join(self.lay.configdirectory, ".borg-cyrus-empty-(dry-run)")
+        if not self.ctx.dry_run:
+            # a fresh name, O_EXCL: never through something planted in the configdirectory
+            fd, empty = tempfile.mkstemp(prefix=".borg-cyrus-empty-", dir=self.lay.configdirectory)
+            os.fchown(fd, self.uid, self.gid)
+            os.close(fd)
+        try:
+            self.ctx.cyrus("cvt_cyrusdb", empty, "flat", path, backend)
+        finally:
+            if not self.ctx.dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(empty)
+
+    def load_batch(self, name, batch_path):
+        backend, path = self.lay.database(name)
+        with open(batch_path, "rb") as f:
+            records = dbbatch.parse(f.read())
+        self.create_empty_db(name)
+        self.ctx.cyrus("cyr_dbtool", path, backend, "batch", input=dbbatch.load_script(records))
+        self.note("rebuilt %s from %s (%d records)", path, os.path.basename(batch_path), len(records))
+
+    def restore_mailboxes_db(self):
+        want = sum(1 for mb in self.dump.mailboxes)
+        why = self.db_health("mailboxes", want)
+        if why is None:
+            self.note("mailboxes.db is healthy")
+            return
+        self.note("mailboxes.db is %s; rebuilding it from the dump", why)
+        batch = self.dump.batch(self.lay.database("mailboxes")[1])
+        if batch:
+            try:
+                self.load_batch("mailboxes", batch)
+            except BorgCyrusError as e:
+                log.warning("loading the binary dump failed (%s); using ctl_mboxlist -u", e)
+                batch = None
+        if not batch:
+            self.create_empty_db("mailboxes")
+            with open(os.path.join(self.dump.path, "mailboxes.json"), "rb") as f:
+                self.ctx.cyrus("ctl_mboxlist", "-u", stdin=f)
+            self.note("rebuilt mailboxes.db with ctl_mboxlist -u from mailboxes.json (%d mailboxes)", want)
+        if not self.ctx.dry_run:
+            why = self.db_health("mailboxes", want)
+            if why:
+                raise BorgCyrusError(f"mailboxes.db is still {why} after the rebuild; see the log")
+
+    def restore_annotations_db(self):
+        why = self.db_health("annotations")
+        if why is None:
+            self.note("annotations.db is healthy")
+            return
+        batch = self.dump.batch(self.lay.database("annotations")[1])
+        if not batch:
+            if why == "missing":
+                self.note("annotations.db is missing and the archive has no dump of it; Cyrus starts without annotations")
+                return
+            raise BorgCyrusError(f"annotations.db is {why} and the archive has no dump of it")
+        self.note("annotations.db is %s; rebuilding it from the dump", why)
+        self.load_batch("annotations", batch)
+
+
+@hookimpl(tryfirst=True)
+def restore_dump(ctx, dump):
+    job = DatabaseRestore(ctx, dump)
+    job.restore_mailboxes_db()
+    job.restore_annotations_db()
+    return job.report

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 
-from borg_cyrus.cyrus import mboxlist
+from borg_cyrus.cyrus import mboxlist, storage
 from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.model import Exclude
 
@@ -92,10 +92,10 @@ def legacy_paths(ctx, view, boxes):
     return out
 
 
-def mailbox_excludes(ctx, view, patterns):
+def mailbox_excludes(ctx, view, mailboxes, patterns):
     matcher = mboxlist.NameMatcher(patterns)
-    lay = ctx.layout
-    chosen = [mb for mb in ctx.mailboxes or [] if mb.has_spool and matcher.match(mb)]
+    lay = storage.PathLayout.from_layout(ctx.layout)
+    chosen = [mb for mb in mailboxes if mb.has_spool and matcher.match(mb)]
     out = []
     legacy = [mb for mb in chosen if mb.legacy]
     legacy_dirs = legacy_paths(ctx, view, legacy)
@@ -107,20 +107,19 @@ def mailbox_excludes(ctx, view, patterns):
             # mbpath answers with the paths it sees through the view (already frozen ones)
             data, meta = legacy_dirs[mb.intname]
         else:
-            data, meta = mb.data_dir(lay), mb.meta_dir(lay, "cache")
+            data, meta = storage.data_dir(lay, mb), storage.meta_dir(lay, mb, "cache")
         reason = f"mailbox {mb.name} (exclude.mailboxes: {matcher.match(mb)})"
-        out.append(Exclude(data, MESSAGE_FILES, reason))
-        out.append(Exclude(meta, r"cyrus\.cache", reason))
-    ctx.manifest["excluded_mailboxes"] = sorted(mb.intname for mb in chosen)
+        out.append(Exclude(data, MESSAGE_FILES, reason, mb.intname))
+        out.append(Exclude(meta, r"cyrus\.cache", reason, mb.intname))
     if chosen:
         log.info("leaving out the messages of %d mailbox(es) matching exclude.mailboxes", len(chosen))
     return out
 
 
 @hookimpl
-def excludes(ctx, view):
+def excludes(ctx, view, mailboxes):
     cfg = ctx.config["exclude"]
     out = regenerable(ctx, set(cfg["regenerable"]))
-    out.extend(mailbox_excludes(ctx, view, cfg["mailboxes"]))
+    out.extend(mailbox_excludes(ctx, view, mailboxes, cfg["mailboxes"]))
     out.extend(Exclude(os.path.normpath(p), None, "exclude.paths") for p in cfg["paths"])
     return out

@@ -1,44 +1,31 @@
 """`before` and `after`: the backup run around borgmatic's `borg create`.
 
-config -> discovered layout -> plan (locations, mode) -> freeze the view ->
-dumps -> excludes -> manifest + patterns file; `after` undoes what the state
-file records. Data flows one way; every change is recorded before it is made.
+before: lock (waiting while another backup runs, busy.py) -> undo a dead
+run -> plan the locations -> the mode freezes a view (every change recorded
+in the state file before it is made) -> the mailbox list -> every plugin's
+dumps -> consistency and counts -> excludes -> manifest.json (built from all
+of them, manifest.py) -> the borg patterns file.
+after: undo what the state file records, newest first. Each step returns
+its result to the next; plugins do not write to the context.
 """
 
 import contextlib
 import datetime
-import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import stat
 import time
 
-from borg_cyrus import __version__, faults, state as state_mod
-from borg_cyrus.backup import consistency, patterns
+from borg_cyrus import faults, state as state_mod
+from borg_cyrus.backup import busy, consistency, manifest, patterns
 from borg_cyrus.cyrus import layout as layout_mod
-from borg_cyrus.safety import pathpolicy
-from borg_cyrus.context import Context
-from borg_cyrus.errors import BorgCyrusError, BusyError, ConfigError, DeadlineError, SkipError
+from borg_cyrus.errors import BorgCyrusError, BusyError, SkipError
 from borg_cyrus.model import nest_free
 from borg_cyrus.providers.snapshot import Watchdog
 
 log = logging.getLogger(__name__)
 
 WORK_DIR_MODE = state_mod.WORK_DIR_MODE
-
-
-def build_context(cfg, runner, plugins):
-    lay = layout_mod.discover(cfg["imapd_conf"], cfg["cyrus_conf"] if os.path.exists(cfg["cyrus_conf"]) else None)
-    clash = pathpolicy.check_apart(cfg.own_directories, lay.data_locations())
-    if clash:
-        k, d, ck, cd = clash
-        raise ConfigError(f"{cfg.path}: {k}: {d} overlaps Cyrus's {ck} {cd} ({lay.imapd_conf}); keep "
-                          "borg-cyrus's directories apart from Cyrus's data")
-    tools = layout_mod.find_tools(cfg["cyrus_tools_directory"])
-    return Context(config=cfg, layout=lay, tools=tools, runner=runner, plugins=plugins)
 
 
 def plan_locations(ctx):
@@ -88,110 +75,6 @@ def teardown(ctx, st):
     return errors
 
 
-def describe_step(ctx, step):
-    """What a recorded step left on the host, as a phrase."""
-    kind = step.get("kind")
-    if kind == "service-stopped":
-        from borg_cyrus.cyrus.service import Service
-        running = Service(ctx.config["service"], ctx.runner).is_running()
-        return "Cyrus stopped by borg-cyrus" + (" (it runs again now)" if running else " (STILL STOPPED)")
-    if kind == "fs-frozen":
-        return f"filesystem {step.get('mountpoint')} frozen"
-    if kind == "mount":
-        return f"snapshot mounted at {step.get('target')}"
-    if kind == "snapshot":
-        return f"snapshot {(step.get('snapshot') or {}).get('name')} of {(step.get('volume') or {}).get('root')}"
-    if kind == "watchdog":
-        alive = state_mod.is_alive(step.get("process"))
-        return "dead-man switch " + ("still armed" if alive else "gone")
-    if kind == "pit-dir":
-        return f"private config copy {step.get('path')}"
-    return f"{kind} ({step.get('mode')})"
-
-
-def left_behind(ctx):
-    """Problems a run left on this host, each with the command that fixes it."""
-    try:
-        data = state_mod.State(ctx.state_file).load()
-    except BorgCyrusError as e:
-        return [str(e)]
-    if data is None:
-        return []
-    prev = data.get("owner") or {}
-    steps = data.get("steps") or []
-    what = "; ".join(describe_step(ctx, s) for s in steps) or "no steps"
-    age = _run_age(data)
-    if state_mod.is_alive(prev):
-        if age is not None and age > ctx.config["busy"]["max_run_age"]:
-            return [f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) has run "
-                    f"for {age / 3600:.1f} h, longer than busy.max_run_age: it looks stuck ({what}); stop it, "
-                    "then run `borg-cyrus after`"]
-        return []
-    return [f"a backup started {data.get('started')} (mode {data.get('mode')}) ended without `after` and left: "
-            f"{what}; run `borg-cyrus after` to undo it (the next backup would too)"]
-
-
-def _run_age(data):
-    try:
-        started = datetime.datetime.fromisoformat(data.get("started"))
-    except (TypeError, ValueError):
-        return None
-    return (datetime.datetime.now().astimezone() - started).total_seconds()
-
-
-class Deadline:
-    """SIGALRM after `seconds`: the run fails with DeadlineError (and undoes
-    what it did) instead of hanging with Cyrus stopped."""
-
-    def __init__(self, seconds, what):
-        self.seconds, self.what = seconds, what
-        self.old = None
-
-    def _fire(self, signum, frame):
-        self.cancel()
-        raise DeadlineError(f"{self.what} did not finish within {self.seconds:g} s (run_timeout); undoing it. "
-                            "Find what hangs (a tool, a filesystem) or raise run_timeout")
-
-    def __enter__(self):
-        self.old = signal.signal(signal.SIGALRM, self._fire)
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        return self
-
-    def cancel(self):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def __exit__(self, *exc):
-        self.cancel()
-        signal.signal(signal.SIGALRM, self.old or signal.SIG_DFL)
-
-
-def other_run(ctx, owner, force=False):
-    """The state of another backup that is still running, or None. A run
-    older than busy.max_run_age is an error right away."""
-    data = state_mod.State(ctx.state_file).load()
-    if data is None or force:
-        return None
-    prev = data.get("owner")
-    if not state_mod.is_alive(prev) or prev == owner:
-        return None
-    age = _run_age(data)
-    limit = ctx.config["busy"]["max_run_age"]
-    if age is not None and age > limit:
-        raise BusyError(f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) "
-                        f"has been running for {age / 3600:.1f} h, longer than busy.max_run_age ({limit:g} s): it "
-                        "looks stuck; stop it, then run `borg-cyrus after` to clean up")
-    return data
-
-
-def busy_error(ctx, data):
-    prev = data.get("owner") or {}
-    cls = SkipError if ctx.config["busy"]["action"] == "skip" else BusyError
-    return cls(f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
-               f"running after waiting {ctx.config['busy']['wait']:g} s (busy.wait); "
-               + ("skipping this one (busy.action: skip)" if cls is SkipError else
-                  "this run fails. If that backup is not running, run `borg-cyrus after --force` to clean up"))
-
-
 def recover_stale(ctx, owner, force=False):
     """Handle a state file left by an earlier run before starting a new one."""
     st = state_mod.State(ctx.state_file)
@@ -208,7 +91,7 @@ def recover_stale(ctx, owner, force=False):
                 "running; if it is not, run `borg-cyrus after --force` to clean up")
     log.warning("cleaning up after an earlier run that did not finish (started %s, mode %s): %s",
                 data.get("started"), data.get("mode"),
-                "; ".join(describe_step(ctx, s) for s in st.steps) or "nothing to undo")
+                "; ".join(busy.describe_step(ctx, s) for s in st.steps) or "nothing to undo")
     errors = teardown(ctx, st)
     if errors:
         raise BorgCyrusError("could not clean up an earlier run: " + "; ".join(errors))
@@ -235,72 +118,19 @@ def _publish_dump_dir(ctx, new):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def parent_dirs(lay):
-    """Owner and mode of every directory above Cyrus's locations, so a full
-    restore can give the ones `borg extract` creates (root 0700) their own back."""
-    import grp
-    import pwd
-    out = {}
-    for _key, loc in lay.data_locations():
-        p = os.path.dirname(loc)
-        while p not in ("", "/") and p not in out:
-            try:
-                st = os.stat(p)
-            except OSError:
-                break
-            try:
-                user = pwd.getpwuid(st.st_uid).pw_name
-            except KeyError:
-                user = None
-            try:
-                group = grp.getgrgid(st.st_gid).gr_name
-            except KeyError:
-                group = None
-            out[p] = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid, "user": user,
-                      "group": group}
-            p = os.path.dirname(p)
-    return out
-
-
-def write_manifest(ctx, dump_dir, records, view, timings):
-    boxes = ctx.mailboxes or []
-    users = {mb.userid for mb in boxes if mb.userid and mb.has_spool}
-    m = ctx.manifest
-    m.update({
-        "format": 1,
-        "borg_cyrus_version": __version__,
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "hostname": socket.gethostname(),
-        "mode": ctx.config["mode"],
-        "view": view.description,
-        "blocked_seconds": view.blocked_seconds,
-        "imapd_conf": ctx.layout.imapd_conf,
-        "work_directory": ctx.work_dir,
-        "layout": ctx.layout.to_json(),
-        "parents": parent_dirs(ctx.layout),
-        "dumps": [r.to_json() for r in records],
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    })
-    m.setdefault("counts", {}).update({"mailboxes": len(boxes), "users": len(users)})
-    # compact: at 100k mailboxes an indented, sorted dump costs seconds
-    state_mod.write_atomic(os.path.join(dump_dir, "manifest.json"), json.dumps(m, separators=(",", ":")) + "\n")
-
-
-def _consistency(ctx, records, view):
-    """Cross-check the JSON dump against the binary dump of mailboxes.db."""
-    by_name = {r.name: r for r in records}
-    js, db = by_name.get("mailboxes.json"), by_name.get("mailboxes.db.batch")
-    if not js or not db:
-        return
-    n = db.extra.get("name_records")
-    if n is not None and n != js.records:
-        msg = (f"mailboxes.json lists {js.records} mailboxes but mailboxes.db.batch holds {n}; "
-               "the server changed between the two dumps")
-        if view.description == "live":
-            log.warning("%s (expected in live mode)", msg)
-            ctx.problems.append(msg)
-        else:
-            raise BorgCyrusError(msg + " although it was frozen")
+def cross_check(mailbox_list, records, view):
+    """The JSON dump against the binary dump of mailboxes.db: problems (live
+    mode) or an error (a frozen view cannot change between the two)."""
+    db = next((r for r in records if r.name == "mailboxes.db.batch"), None)
+    n = db.extra.get("name_records") if db else None
+    if n is None or n == mailbox_list.record.records:
+        return []
+    msg = (f"mailboxes.json lists {mailbox_list.record.records} mailboxes but mailboxes.db.batch holds {n}; "
+           "the server changed between the two dumps")
+    if view.description != "live":
+        raise BorgCyrusError(msg + " although it was frozen")
+    log.warning("%s (expected in live mode)", msg)
+    return [msg]
 
 
 def _disk_full(path, margin=64 * 1024):
@@ -311,31 +141,25 @@ def _disk_full(path, margin=64 * 1024):
     return st.f_bavail * st.f_frsize < margin
 
 
-def run_dumps(ctx, view):
-    dump_dir = _fresh_dump_dir(ctx)
-    records = []
+def run_dumps(ctx, view, dump_dir):
+    """The mailbox list, then every plugin's dumps: (MailboxList, records)."""
     try:
-        for plugin, recs in ctx.plugins.dump_each(ctx, view, dump_dir):
-            for r in recs:
-                r.plugin = r.plugin or plugin
-            records.extend(recs)
+        mlist = ctx.plugins.mailbox_list(ctx, view, dump_dir)
+        if mlist is None:
+            raise BorgCyrusError("no plugin dumped the mailbox list (is the built-in `dumps` plugin disabled "
+                                 "through BORG_CYRUS_PLUGINS?)")
+        mlist.record.plugin = mlist.record.plugin or "dumps"
+        return mlist, ctx.plugins.dump(ctx, view, dump_dir, mlist.mailboxes)
     except OSError as e:
-        shutil.rmtree(dump_dir, ignore_errors=True)
         raise BorgCyrusError(f"writing the dumps into {ctx.work_dir} failed: {e.strerror}"
                              f"{'; free space there or move work_directory' if e.errno == 28 else ''}") from None
     except BorgCyrusError as e:
         # Cyrus tools write their dumps to our file and may not notice a full disk:
         # the dump then looks truncated. Say what really happened.
-        full = _disk_full(dump_dir)
-        shutil.rmtree(dump_dir, ignore_errors=True)
-        if full:
+        if _disk_full(dump_dir):
             raise BorgCyrusError(f"writing the dumps into {ctx.work_dir} failed: No space left on device "
                                  f"({e}); free space there or move work_directory") from None
         raise
-    except BaseException:
-        shutil.rmtree(dump_dir, ignore_errors=True)
-        raise
-    return dump_dir, records
 
 
 def before(ctx, force=False):
@@ -347,21 +171,21 @@ def before(ctx, force=False):
     state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
     if ctx.dry_run:
         return _before_dry_run(ctx, mode, time.monotonic())
-    busy = ctx.config["busy"]
-    give_up = time.monotonic() + busy["wait"]
-    with Deadline(ctx.config["run_timeout"], "before") as deadline:
+    cfg = ctx.config["busy"]
+    give_up = time.monotonic() + cfg["wait"]
+    with busy.Deadline(ctx.config["run_timeout"], "before") as deadline:
         while True:
             with contextlib.ExitStack() as stack:
                 try:
                     stack.enter_context(state_mod.lock(ctx.lock_file, wait=max(0.0, give_up - time.monotonic())))
                 except BusyError as e:
-                    raise (SkipError(f"{e}; skipping this run (busy.action: skip)") if busy["action"] == "skip"
+                    raise (SkipError(f"{e}; skipping this run (busy.action: skip)") if cfg["action"] == "skip"
                            else e) from None
-                data = other_run(ctx, owner, force)
+                data = busy.other_run(ctx, owner, force)
                 if data is None:
                     return _before_locked(ctx, modes, mode, owner, force, deadline)
             if time.monotonic() >= give_up:
-                raise busy_error(ctx, data)
+                raise busy.busy_error(ctx, data)
             log.info("waiting for the backup started %s (pid %s) to finish", data.get("started"),
                      (data.get("owner") or {}).get("pid"))
             time.sleep(min(2.0, max(0.1, give_up - time.monotonic())))
@@ -388,8 +212,8 @@ def _before_locked(ctx, modes, mode, owner, force, deadline):
                      "blocked_seconds": view.blocked_seconds})
         if view.blocked_seconds is not None:
             log.info("write-blocked window %.1f ms (%s)", view.blocked_seconds * 1000, view.description)
-        ctx.plugins.pm.hook.view_ready(ctx=ctx, view=view)
-        summary = _prepare(ctx, view, locs, timings)
+        ctx.plugins.view_ready(ctx, view)
+        summary = prepare(ctx, view, locs, timings)
         st.set(phase="ready", patterns=ctx.patterns_file)
         for step in st.steps:
             if step["kind"] == "watchdog":
@@ -408,21 +232,25 @@ def _before_locked(ctx, modes, mode, owner, force, deadline):
     return summary
 
 
-def _prepare(ctx, view, locs, timings, dump_dir=None):
-    t = time.monotonic()
-    dump_dir, records = run_dumps(ctx, view)
-    timings["dumps"] = time.monotonic() - t
-    faults.point("dumped")
+def prepare(ctx, view, locs, timings):
+    """Dumps, consistency and counts, excludes, manifest, patterns file: each
+    step's result is passed to the next, the manifest is built from all."""
+    dump_dir = _fresh_dump_dir(ctx)
     try:
-        _consistency(ctx, records, view)
         t = time.monotonic()
-        consistency.report(ctx, view, counts=ctx.config["dumps"]["message_counts"])
+        mlist, records = run_dumps(ctx, view, dump_dir)
+        timings["dumps"] = time.monotonic() - t
+        faults.point("dumped")
+        problems = cross_check(mlist, records, view)
+        t = time.monotonic()
+        cons = consistency.report(ctx, view, mlist.mailboxes, counts=ctx.config["dumps"]["message_counts"])
+        problems += cons.problems
         timings["counts"] = time.monotonic() - t
         t = time.monotonic()
-        excludes = ctx.plugins.excludes(ctx, view)
+        excludes = ctx.plugins.excludes(ctx, view, mlist.mailboxes)
         timings["excludes"] = time.monotonic() - t
-        ctx.manifest["problems"] = ctx.problems
-        write_manifest(ctx, dump_dir, records, view, timings)
+        m = manifest.build(ctx, view, mlist, records, cons, excludes, problems, timings)
+        manifest.write(dump_dir, m)
     except BaseException:
         shutil.rmtree(dump_dir, ignore_errors=True)
         raise
@@ -435,8 +263,9 @@ def _prepare(ctx, view, locs, timings, dump_dir=None):
         _publish_dump_dir(ctx, dump_dir)
         state_mod.write_atomic(ctx.patterns_file, text, mode=0o600)
         faults.point("patterns-written")
-    return {"mailboxes": len(ctx.mailboxes or []), "messages": ctx.manifest.get("counts", {}).get("messages", 0),
-            "roots": len(roots), "excludes": len(excludes), "patterns": text, "dumps": records}
+    return {"mailboxes": len(mlist.mailboxes), "messages": m["counts"].get("messages", 0),
+            "roots": len(roots), "excludes": len(excludes), "patterns": text, "dumps": [mlist.record, *records],
+            "manifest": m}
 
 
 def _before_dry_run(ctx, mode, t_start):
@@ -444,7 +273,7 @@ def _before_dry_run(ctx, mode, t_start):
     ctx.state.begin(mode.name, None)
     locs = plan_locations(ctx)
     view = mode.freeze([loc for loc in locs if loc.kind == "data"])
-    summary = _prepare(ctx, view, locs, {})
+    summary = prepare(ctx, view, locs, {})
     summary["seconds"] = time.monotonic() - t_start
     return summary
 
@@ -455,7 +284,7 @@ def after(ctx, force=False):
     """Tear down what `before` set up. Idempotent."""
     t0 = time.monotonic()
     state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
-    with Deadline(ctx.config["run_timeout"], "after"), \
+    with busy.Deadline(ctx.config["run_timeout"], "after"), \
             state_mod.lock(ctx.lock_file, wait=ctx.config["busy"]["wait"]):
         st = state_mod.State(ctx.state_file)
         data = st.load()

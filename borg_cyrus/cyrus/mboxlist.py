@@ -8,7 +8,6 @@ virtual-domain names look like 'example.com!user.fred'.
 """
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -92,27 +91,9 @@ class Mailbox:
         p = self.parts
         return len(p) == 2 and p[0] == "user"
 
-    def data_dir(self, layout):
-        """Directory of the message files (uuid layout; legacy needs mbpath)."""
-        if self.legacy:
-            raise ValueError("legacy mailboxes need mbpath")
-        return uuid_dir(layout.partition_path(self.partition), self.uniqueid)
-
-    def meta_dir(self, layout, what):
-        """Directory of cyrus.<what> (index, cache, header, annotations)."""
-        root = layout.metapartitions.get(self.partition)
-        files = (layout.conf.get("metapartition_files") or "").split()
-        if root and what in files and not self.legacy:
-            return uuid_dir(root, self.uniqueid)
-        return self.data_dir(layout)
-
     def to_json(self):
         return {"name": self.intname, "uniqueid": self.uniqueid, "partition": self.partition,
                 "mbtype": self.mbtype}
-
-
-def uuid_dir(root, uniqueid):
-    return os.path.join(root, "uuid", uniqueid[0], uniqueid[1], uniqueid)
 
 
 def external_name(intname):

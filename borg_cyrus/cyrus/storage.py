@@ -20,7 +20,6 @@ tests/test_restore_paths.py checks every answer against `mbpath -j`.
 import os
 from dataclasses import dataclass, field
 
-from borg_cyrus.cyrus.mboxlist import uuid_dir
 
 # Per-user database suffixes of the legacy layout (imap/user.c, mbpath -u).
 LEGACY_USER_SUFFIXES = ("seen", "sub", "conversations", "counters", "dav", "xapianactive")
@@ -94,6 +93,10 @@ class PathLayout:
         return out
 
 
+def uuid_dir(root, uniqueid):
+    return os.path.join(root, "uuid", uniqueid[0], uniqueid[1], uniqueid)
+
+
 def dir_hash_c(name, full=False):
     """lib/util.c dir_hash_c(): the one-character hash directory of a name."""
     if full:
@@ -149,19 +152,21 @@ def data_dir(lay, mb):
     return mailbox_dir(lay, root, mb)
 
 
-def index_dir(lay, mb):
-    """Directory holding cyrus.index / cyrus.header (metapartition when configured)."""
+def meta_dir(lay, mb, what):
+    """Directory holding cyrus.<what> (header, index, cache, annotations):
+    the metapartition when metapartition_files names it, else the data dir."""
     meta = lay.metapartitions.get(mb.partition)
-    if meta and "index" in lay.metapartition_files:
+    if meta and what in lay.metapartition_files:
         return mailbox_dir(lay, meta, mb)
     return data_dir(lay, mb)
+
+
+def index_dir(lay, mb):
+    return meta_dir(lay, mb, "index")
 
 
 def header_dir(lay, mb):
-    meta = lay.metapartitions.get(mb.partition)
-    if meta and "header" in lay.metapartition_files:
-        return mailbox_dir(lay, meta, mb)
-    return data_dir(lay, mb)
+    return meta_dir(lay, mb, "header")
 
 
 def _user_local(lay, userid):

@@ -1,64 +1,27 @@
 """Full-server restore: after `borg extract` of an archive, make Cyrus whole.
 
 The archive holds the spools, configdirectory and the dump directory at their
-original paths. This brings back mailboxes.db and annotations.db from the
-binary-safe dumps when they are missing or damaged (falling back to
-`ctl_mboxlist -u` of the JSON dump), re-registers mailboxes created after
+original paths. This gives parents `borg extract` made back their recorded
+owner and mode, lets every dumper restore what it dumped (restore_dump hook:
+the built-in one rebuilds mailboxes.db and annotations.db from the
+binary-safe dumps when they are missing or damaged), re-registers mailboxes created after
 the dump (`reconstruct -P`), recovers the databases (`ctl_cyrusdb -r`),
 empties the folders whose messages were excluded on purpose (`reconstruct`),
 recomputes quota usage (`quota -f`) and fixes ownership.
 """
 
-import contextlib
-import json
 import logging
 import os
 import stat
-import tempfile
 import time
 
-from borg_cyrus.cyrus import dbbatch, mboxlist
-from borg_cyrus.safety import safeio, trust
+from borg_cyrus.cyrus import mboxlist
+from borg_cyrus.restore.dump import Dump, check_cyrus_version
+from borg_cyrus.safety import safeio
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.cyrus.service import Service
 
 log = logging.getLogger(__name__)
-
-
-class Dump:
-    """A dump directory as written by `before` (and extracted from an archive).
-    Its contents are untrusted: every mailbox entry is checked (trust.py)."""
-
-    def __init__(self, path, where=None):
-        self.path = path
-        mpath = os.path.join(path, "manifest.json")
-        try:
-            self.manifest = json.loads(safeio.read_bytes(mpath, limit=1 << 30))
-        except FileNotFoundError:
-            raise BorgCyrusError(f"{mpath} is missing; extract the dump directory from the archive "
-                                 "or pass --dump-dir") from None
-        except safeio.NotRegularFile as e:
-            raise BorgCyrusError(f"{e}; the dump is damaged") from None
-        except ValueError as e:
-            raise BorgCyrusError(f"{mpath} is not valid JSON ({e}); the dump is damaged") from None
-        if not isinstance(self.manifest, dict):
-            raise BorgCyrusError(f"{mpath} is not a borg-cyrus manifest; the dump is damaged")
-        self.mailboxes = mboxlist.load_dump(os.path.join(path, "mailboxes.json"))
-        trust.check_mailboxes(self.mailboxes, f"{where or path}: mailboxes.json")
-        expected = self.manifest.get("counts", {}).get("mailboxes")
-        if expected is not None and expected != len(self.mailboxes):
-            raise BorgCyrusError(f"{path}/mailboxes.json lists {len(self.mailboxes)} mailboxes, "
-                                 f"the manifest says {expected}; the dump is damaged")
-
-    def file(self, name):
-        p = os.path.join(self.path, name)
-        return p if os.path.exists(p) else None
-
-    def batch(self, dbname):
-        for d in self.manifest.get("dumps", []):
-            if d.get("name") == f"{os.path.basename(dbname)}.batch":
-                return self.file(d["name"])
-        return self.file(f"{os.path.basename(dbname)}.batch")
 
 
 def _int(value, default):
@@ -66,50 +29,6 @@ def _int(value, default):
         return int(value)
     except (TypeError, ValueError):
         return default
-
-
-def live_cyrus_version(ctx):
-    if not ctx.tools.has("cyr_info"):
-        return None
-    r = ctx.cyrus("cyr_info", "version", changes=False, check=False)
-    return r.text.strip() or None if r.returncode == 0 else None
-
-
-def check_cyrus_version(ctx, dump, force, where):
-    """Refuse raw files of another Cyrus series (3.6 vs 3.10) unless force;
-    a manifest that does not agree with the dump's cyrus-version.txt is named."""
-    claimed = dump.manifest.get("cyrus_version")
-    recorded = None
-    vfile = dump.file("cyrus-version.txt")
-    if vfile:
-        try:
-            recorded = safeio.read_bytes(vfile, limit=4096).decode("utf-8", "replace").strip()
-        except (OSError, BorgCyrusError):
-            recorded = None
-    if claimed and recorded and trust.cyrus_series(str(claimed)) != trust.cyrus_series(recorded):
-        msg = (f"{where}: the manifest says {claimed} but cyrus-version.txt says {recorded}; the archive may have "
-               "been tampered with")
-        if not force:
-            raise BorgCyrusError(msg + ". Add --force to restore it anyway")
-        log.warning("%s; restoring it anyway (--force)", msg)
-    archived = trust.cyrus_series(recorded or (claimed if isinstance(claimed, str) else None))
-    live_text = live_cyrus_version(ctx)
-    live = trust.cyrus_series(live_text)
-    if archived is not None and archived == live:
-        return
-    if archived is None:
-        why = "does not say which Cyrus version made it"
-    elif live is None:
-        why = f"was made by Cyrus {archived[0]}.{archived[1]} and this server's version cannot be read (cyr_info)"
-    else:
-        why = (f"was made by Cyrus {archived[0]}.{archived[1]} ({recorded or claimed}), this server runs "
-               f"{live[0]}.{live[1]} ({live_text})")
-    if force:
-        log.warning("%s %s; restoring its raw mailbox files anyway (--force)", where, why)
-        return
-    raise BorgCyrusError(f"{where} {why}: its raw mailbox and database files are not restored onto another Cyrus "
-                         "version (formats change between releases; read Cyrus's upgrade notes). Add --force to "
-                         "restore them anyway")
 
 
 class FullRestore:
@@ -209,101 +128,6 @@ class FullRestore:
         os.lchown(path, self.uid, self.gid)
         self.note("created %s", path)
 
-    def db_health(self, name, expected_names=None):
-        """None if healthy, else why not."""
-        backend, path = self.lay.database(name)
-        if not os.path.exists(path):
-            return "missing"
-        r = self.ctx.cyrus("cyr_dbtool", path, backend, "batch", input=b"SHOW\n", changes=False, check=False)
-        if r.returncode:
-            return f"unreadable (cyr_dbtool exit {r.returncode})"
-        try:
-            records = dbbatch.parse(r.stdout)
-        except dbbatch.BatchFormatError as e:
-            return f"unreadable ({e})"
-        if expected_names is not None:
-            n = sum(1 for k, _ in records if k[:1] == b"N")
-            if n < expected_names:
-                return f"holds {n} mailboxes, the dump {expected_names}"
-        elif not records and self._dump_records(name):
-            return "empty, the dump is not"
-        return None
-
-    def _dump_records(self, name):
-        path = self.dump.batch(self.lay.database(name)[1])
-        if not path:
-            return 0
-        with open(path, "rb") as f:
-            return len(dbbatch.parse(f.read()))
-
-    def create_empty_db(self, name):
-        backend, path = self.lay.database(name)
-        if os.path.exists(path):
-            aside = f"{path}.damaged-{time.strftime('%Y%m%d%H%M%S')}"
-            if self.ctx.dry_run:
-                self.note("would move %s to %s", path, aside)
-            else:
-                os.rename(path, aside)
-                self.note("moved the damaged %s to %s", path, aside)
-        empty = os.path.join(self.lay.configdirectory, ".borg-cyrus-empty-(dry-run)")
-        if not self.ctx.dry_run:
-            # a fresh name, O_EXCL: never through something planted in the configdirectory
-            fd, empty = tempfile.mkstemp(prefix=".borg-cyrus-empty-", dir=self.lay.configdirectory)
-            os.fchown(fd, self.uid, self.gid)
-            os.close(fd)
-        try:
-            self.ctx.cyrus("cvt_cyrusdb", empty, "flat", path, backend)
-        finally:
-            if not self.ctx.dry_run:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(empty)
-
-    def load_batch(self, name, batch_path):
-        backend, path = self.lay.database(name)
-        with open(batch_path, "rb") as f:
-            records = dbbatch.parse(f.read())
-        self.create_empty_db(name)
-        self.ctx.cyrus("cyr_dbtool", path, backend, "batch", input=dbbatch.load_script(records))
-        self.note("rebuilt %s from %s (%d records)", path, os.path.basename(batch_path), len(records))
-
-    def restore_mailboxes_db(self):
-        want = sum(1 for mb in self.dump.mailboxes)
-        why = self.db_health("mailboxes", want)
-        if why is None:
-            self.note("mailboxes.db is healthy")
-            return
-        self.note("mailboxes.db is %s; rebuilding it from the dump", why)
-        batch = self.dump.batch(self.lay.database("mailboxes")[1])
-        if batch:
-            try:
-                self.load_batch("mailboxes", batch)
-            except BorgCyrusError as e:
-                log.warning("loading the binary dump failed (%s); using ctl_mboxlist -u", e)
-                batch = None
-        if not batch:
-            self.create_empty_db("mailboxes")
-            with open(os.path.join(self.dump.path, "mailboxes.json"), "rb") as f:
-                self.ctx.cyrus("ctl_mboxlist", "-u", stdin=f)
-            self.note("rebuilt mailboxes.db with ctl_mboxlist -u from mailboxes.json (%d mailboxes)", want)
-        if not self.ctx.dry_run:
-            why = self.db_health("mailboxes", want)
-            if why:
-                raise BorgCyrusError(f"mailboxes.db is still {why} after the rebuild; see the log")
-
-    def restore_annotations_db(self):
-        why = self.db_health("annotations")
-        if why is None:
-            self.note("annotations.db is healthy")
-            return
-        batch = self.dump.batch(self.lay.database("annotations")[1])
-        if not batch:
-            if why == "missing":
-                self.note("annotations.db is missing and the archive has no dump of it; Cyrus starts without annotations")
-                return
-            raise BorgCyrusError(f"annotations.db is {why} and the archive has no dump of it")
-        self.note("annotations.db is %s; rebuilding it from the dump", why)
-        self.load_batch("annotations", batch)
-
     def register_newer_mailboxes(self):
         """Mailboxes whose directory is in the spool but not in the dump
         (created while a live backup ran): add them from their cyrus.header."""
@@ -353,8 +177,8 @@ class FullRestore:
             self.check_reachable()
         self.ensure_dirs()
         self.fix_ownership()
-        self.restore_mailboxes_db()
-        self.restore_annotations_db()
+        for _plugin, lines in self.ctx.plugins.restore_dump(self.ctx, self.dump):
+            self.report.extend(lines)
         self.ctx.cyrus("ctl_cyrusdb", "-r")
         self.register_newer_mailboxes()
         self.empty_excluded()

@@ -189,7 +189,7 @@ class ArchiveSession:
         return missing
 
     def load_dump(self):
-        from borg_cyrus.restore.full import Dump
+        from borg_cyrus.restore.dump import Dump
         dump_path = self.ctx.dump_dir
         missing = self.extract([dump_path])
         if missing:
@@ -351,7 +351,7 @@ class PartialRestore:
 
     def check_version(self):
         """Raw mailbox files go only onto the Cyrus series that wrote them."""
-        from borg_cyrus.restore.full import check_cyrus_version
+        from borg_cyrus.restore.dump import check_cyrus_version
         check_cyrus_version(self.ctx, self.s.dump, self.force, f"archive {self.s.archive}")
 
     def admin(self, intname):

@@ -33,11 +33,9 @@ import tempfile
 import time
 
 from borg_cyrus.restore import archive as archive_mod
-from borg_cyrus import config as config_mod
 from borg_cyrus.cyrus import storage, imapview, index, mboxlist
 from borg_cyrus.safety import safeio
 from borg_cyrus.errors import BorgCyrusError
-from borg_cyrus.execute import Runner
 from borg_cyrus.cyrus.layout import DATABASES
 from borg_cyrus.restore.partial import archived_conf_values, display, human_size
 
@@ -86,7 +84,7 @@ class Drill:
                              "was it made with borg-cyrus?")
 
     def load(self):
-        from borg_cyrus.restore.full import Dump
+        from borg_cyrus.restore.dump import Dump
         self.dump_path = self.find_dump()
         self.dump = Dump(self.root + self.dump_path)
         m = self.dump.manifest
@@ -224,8 +222,7 @@ class Drill:
         return extra
 
     def start_server(self):
-        from borg_cyrus.backup.run import build_context
-        from borg_cyrus.plugins import Plugins
+        from borg_cyrus.context import bootstrap
         from borg_cyrus.restore.full import FullRestore
         from borg_cyrus.cyrus.sandbox import Sandbox
         parts = tuple([self.alay.defaultpartition] +
@@ -246,19 +243,19 @@ class Drill:
                        "cyrus_user": self.ctx.config["cyrus_user"], "cyrus_group": self.ctx.config["cyrus_group"],
                        "cyrus_tools_directory": self.ctx.config.get("cyrus_tools_directory")}, f)
         os.chmod(cfg_path, 0o600)
-        plugins = Plugins()
-        schema = config_mod.full_schema(plugins.config_schema_fragments(), plugins.modes())
-        cfg = config_mod.load(cfg_path, True, schema)
-        sctx = build_context(cfg, Runner(default_timeout=cfg["tool_timeout"]), plugins)
+        sctx = bootstrap(cfg_path)
         t0 = time.monotonic()
-        restore_log = logging.getLogger(__name__)
-        level = restore_log.level
-        restore_log.setLevel(logging.WARNING)     # the drill reports; restore's own lines are noise here
+        # the drill reports; the restore's own lines are noise here
+        quiet = [logging.getLogger(n) for n in ("borg_cyrus.restore.full", "borg_cyrus.backup.dumps")]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.WARNING)
         try:
             # a drill may try an archive of another Cyrus version (restore full refuses that without --force)
             FullRestore(sctx, self.root + self.dump_path, force=True).run(start=False)
         finally:
-            restore_log.setLevel(level)
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)
         sb.start()
         self.sctx = sctx
         self.info.append(f"restored into a throwaway Cyrus (127.0.0.1:{sb.port}) and started it in "

@@ -23,7 +23,7 @@ from borg_cyrus.cyrus.sandbox import Sandbox
 USERS = ("alice", "bob", "dave")
 QUOTA_ROOTS = ("user/alice", "user/bob")
 EXCLUDE_MAILBOXES = ["user/*/Junk"]
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def msg(subject, body, sender="sender@example.org", to="rcpt@example.org", extra=""):

@@ -8,8 +8,8 @@ import tempfile
 
 from borg_cyrus.cyrus import layout as layout_mod
 from borg_cyrus.backup import patterns
+from borg_cyrus.backup import busy
 from borg_cyrus.backup.run import plan_locations
-from borg_cyrus.backup.dumps import dump_mailbox_list
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.model import View, nest_free
 from borg_cyrus.cyrus.service import Service
@@ -40,8 +40,7 @@ def gather(ctx):
     info["borg_version"], p = borg_version(ctx)
     if p:
         problems.append(p)
-    from borg_cyrus.backup.run import left_behind
-    problems.extend(left_behind(ctx))
+    problems.extend(busy.left_behind(ctx))
     svc = Service(ctx.config["service"], ctx.runner)
     info["service"] = {"manager": svc.manager, "how": svc.describe(), "running": svc.is_running()}
     info["notes"] = []
@@ -57,17 +56,18 @@ def gather(ctx):
     info["locations"] = [{"path": l.path, "kind": l.kind, "what": l.what} for l in locs]
     view = View(imapd_conf=lay.imapd_conf, layout=lay)
     tmp = tempfile.mkdtemp(prefix="borg-cyrus-doctor-")
+    mailboxes = None
     try:
         if not ctx.tools.missing(layout_mod.REQUIRED_TOOLS):
             try:
-                dump_mailbox_list(ctx, view, tmp)
+                mailboxes = ctx.plugins.mailbox_list(ctx, view, tmp).mailboxes
             except BorgCyrusError as e:
                 problems.append(f"mailbox list: {e}")
-        excludes = ctx.plugins.excludes(ctx, view)
+        excludes = ctx.plugins.excludes(ctx, view, mailboxes or [])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    info["mailboxes"] = len(ctx.mailboxes) if ctx.mailboxes is not None else None
-    info["excluded_mailboxes"] = ctx.manifest.get("excluded_mailboxes", [])
+    info["mailboxes"] = len(mailboxes) if mailboxes is not None else None
+    info["excluded_mailboxes"] = sorted({e.mailbox for e in excludes if e.mailbox})
     info["excludes"] = [{"path": e.path, "regex": e.regex, "reason": e.reason} for e in excludes]
     info["patterns"] = patterns.render(nest_free([l.path for l in locs]), excludes, view)
     info["problems"] = problems
