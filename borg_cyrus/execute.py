@@ -18,10 +18,6 @@ from borg_cyrus.errors import CommandError
 
 log = logging.getLogger(__name__)
 
-# Environment variables whose values never reach a log line.
-SECRET_ENV = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND", "BORG_NEW_PASSPHRASE", "BORG_KEY_FILE")
-
-
 @dataclass
 class Result:
     argv: list
@@ -72,10 +68,13 @@ class Runner:
         self.default_timeout = default_timeout
 
     def run(self, argv, *, changes=True, input=None, stdin=None, stdout=None,
-            timeout=None, check=True, env=None, cwd=None, what=None, daemon=False):
+            timeout=None, check=True, env=None, cwd=None, what=None, daemon=False, pass_fds=()):
         """Run argv. stdout: None = capture, or an open binary file to stream to.
-        daemon=True starts a service (own session, normal CPU priority even when
-        the backup job runs niced).
+        timeout: seconds (default: the runner's; 0: none). env: added to ours
+        (values are never logged). pass_fds: descriptors the child inherits
+        (borg's BORG_PASSPHRASE_FD). daemon=True starts a service (own session,
+        normal CPU priority even when the backup job runs niced, outside our
+        control group).
 
         Returns a Result; raises CommandError on non-zero exit (check=True),
         on timeout, or when the program is missing.
@@ -86,7 +85,7 @@ class Runner:
             log.info("dry run: would run %s", describe(argv))
             return Result(argv, 0, skipped=True)
         log.debug("running %s", describe(argv))
-        timeout = self.default_timeout if timeout is None else timeout
+        timeout = self.default_timeout if timeout is None else (timeout or None)
         full_env = None
         if env:
             full_env = dict(os.environ)
@@ -105,6 +104,7 @@ class Runner:
                 process_group=None if daemon else 0,
                 start_new_session=daemon,
                 preexec_fn=_as_daemon if daemon else None,
+                pass_fds=tuple(pass_fds),
             )
         except FileNotFoundError:
             raise CommandError(f"{label}: program not found: {argv[0]}", argv) from None
@@ -129,3 +129,17 @@ class Runner:
                 argv, proc.returncode, _tail(err),
             )
         return result
+
+    def spawn(self, argv, *, env=None, pass_fds=(), what=None):
+        """Start a helper that outlives this process (the dead-man switch): its
+        own session, outside our control group, no stdio. Returns the Popen."""
+        argv = [os.fspath(a) for a in argv]
+        log.debug("starting %s", describe(argv))
+        full_env = dict(os.environ, **(env or {}))
+        try:
+            return subprocess.Popen(argv, pass_fds=tuple(pass_fds), start_new_session=True, env=full_env,
+                                    preexec_fn=cgroups.escape, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError as e:
+            raise CommandError(f"{what or os.path.basename(argv[0])}: cannot start {argv[0]}: {e.strerror}",
+                               argv) from None

@@ -5,7 +5,6 @@ non-root runs."""
 import os
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from borg_cyrus.restore import archive
 from borg_cyrus import config
 from borg_cyrus.cyrus import layout
 from borg_cyrus.errors import ConfigError
-from conftest import cli, env, sandbox_config, write_config
+from conftest import cli, sandbox_config, write_config
 
 BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
                for p, c in zip([None, "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi"))

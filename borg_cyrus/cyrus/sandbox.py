@@ -12,10 +12,10 @@ import pwd
 import shutil
 import signal
 import socket
-import subprocess
 import time
 
 from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.execute import Runner
 from borg_cyrus.cyrus.imapview import ManageSieve
 from borg_cyrus.cyrus.layout import find_tools
 from borg_cyrus.state import proc_stat
@@ -38,6 +38,7 @@ class Sandbox:
         self.base = os.path.abspath(base)
         self.port = port or free_port()
         self.tools = find_tools()
+        self.runner = Runner()
         if not self.tools.has("master"):
             raise BorgCyrusError("Cyrus is not installed (no master binary); apt-get install cyrus-imapd")
         timsieved = os.path.join(self.tools.directory or "", "timsieved")
@@ -155,7 +156,7 @@ class Sandbox:
         os.makedirs(os.path.join(self.rundir, "lock"), exist_ok=True)
         for d in (self.rundir, os.path.join(self.rundir, "proc"), os.path.join(self.rundir, "lock")):
             os.chown(d, self.uid, self.gid)
-        subprocess.run(self.master_argv(), check=True)
+        self.runner.run(self.master_argv(), timeout=60, what="sandbox master")
         self.wait_ready(timeout)
         return self
 
@@ -228,10 +229,10 @@ class Sandbox:
         finally:
             ms.logout()
 
-    def tool(self, name, *args, **kw):
-        kw.setdefault("check", True)
-        kw.setdefault("capture_output", True)
-        return subprocess.run([self.tools[name], "-C", self.imapd_conf, *args], **kw)
+    def tool(self, name, *args, check=True, input=None, timeout=600):
+        """A Cyrus tool against this server (a Result: returncode, stdout, stderr bytes)."""
+        return self.runner.run([self.tools[name], "-C", self.imapd_conf, *args], check=check, input=input,
+                               timeout=timeout)
 
     def destroy(self):
         self.stop()

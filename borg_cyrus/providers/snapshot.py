@@ -18,12 +18,11 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 
-from borg_cyrus.safety import cgroups, safeio
+from borg_cyrus.safety import safeio
 from borg_cyrus import faults, state as state_mod
 from borg_cyrus.cyrus import layout as layout_mod
 from borg_cyrus.providers import mounts
@@ -118,9 +117,12 @@ class Watchdog:
             os.close(r)
             os.close(w)
             return None
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        proc = subprocess.Popen(argv, pass_fds=(w,), start_new_session=True, env=env, preexec_fn=cgroups.escape,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc = ctx.runner.spawn(argv, env={"PYTHONDONTWRITEBYTECODE": "1"}, pass_fds=(w,), what="watchdog")
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
         os.close(w)
         with os.fdopen(r) as f:
             if f.readline().strip() != "ready":

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -30,11 +29,11 @@ def _alive(pid, start):
 
 
 def act(thaw, service, runner_log):
+    from borg_cyrus.execute import Runner
     for mp in thaw:
-        r = subprocess.run(["fsfreeze", "--unfreeze", mp], capture_output=True, text=True)
-        runner_log.append(f"thaw {mp}: exit {r.returncode} {r.stderr.strip()}")
+        r = Runner().run(["fsfreeze", "--unfreeze", mp], check=False, timeout=60)
+        runner_log.append(f"thaw {mp}: exit {r.returncode} {r.stderr.decode(errors='replace').strip()}")
     if service:
-        from borg_cyrus.execute import Runner
         from borg_cyrus.cyrus.service import Service
         svc = Service(service, Runner())
         if not svc.is_running():

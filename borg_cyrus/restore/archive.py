@@ -5,8 +5,8 @@ credential hooks), ssh command, `local_path`/`remote_path`, `lock_wait` and
 the archive name format all come from borgmatic's own configuration, loaded
 with borgmatic's own code (default lookup: /etc/borgmatic/config.yaml,
 /etc/borgmatic.d/, ~/.config/borgmatic/...), so a restore needs nothing
-the backup did not. borg itself is then run directly: one `borg list` or
-`borg extract` costs ~0.3 s, one `borgmatic` run ~2 s.
+the backup did not. borg itself is then run directly (through the one Runner): one `borg list`
+or `borg extract` costs ~0.3 s, one `borgmatic` run ~2 s.
 
 Only what is asked for is extracted (`borg extract ARCHIVE PATH...`), into a
 private directory; paths the archive lacks are reported, not fatal, so
@@ -17,10 +17,9 @@ import json
 import logging
 import os
 import shlex
-import subprocess
-import time
 
-from borg_cyrus.errors import BorgCyrusError, ConfigError
+from borg_cyrus.errors import BorgCyrusError, CommandError, ConfigError
+from borg_cyrus.execute import Runner
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def load_borgmatic_configs(paths=None):
 class Repository:
     """One borg repository from borgmatic's configuration."""
 
-    def __init__(self, config, repo, config_file):
+    def __init__(self, config, repo, config_file, runner=None):
         _env, _flags, _collect, load, validate = _borgmatic_modules()
         # per-repository options override the top-level ones, as in borgmatic
         self.config = load.merge_repository_configuration(repo, config) if hasattr(
@@ -73,6 +72,7 @@ class Repository:
         self.label = repo.get("label")
         self.path = validate.normalize_repository_path(repo["path"], self.config.get("working_directory"))
         self.borg = self.config.get("local_path") or "borg"
+        self.runner = runner or Runner()
         self._version = None
 
     def __str__(self):
@@ -99,12 +99,11 @@ class Repository:
         env.setdefault("BORG_EXIT_CODES", "modern")
         fd = env.get("BORG_PASSPHRASE_FD")
         argv = [self.borg, *args]
-        log.debug("running %s%s", shlex.join(argv), f" in {cwd}" if cwd else "")
-        t0 = time.monotonic()
         try:
-            proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True,
-                                  pass_fds=(int(fd),) if fd else ())
-        except FileNotFoundError:
+            # reading an archive into a private directory changes nothing: it runs under --dry-run too
+            proc = self.runner.run(argv, cwd=cwd, env=env, pass_fds=(int(fd),) if fd else (), check=False,
+                                   changes=False, timeout=0, what=what)
+        except CommandError:
             raise ArchiveError(f"borg not found ({self.borg}); install borg 1.4 or set local_path "
                                f"in {self.config_file}") from None
         finally:
@@ -113,7 +112,6 @@ class Repository:
                     os.close(int(fd))
                 except OSError:
                     pass
-        log.debug("%s exited %d after %.2f s", what, proc.returncode, time.monotonic() - t0)
         if proc.returncode not in ok_codes:
             msgs = [m for m in _log_messages(proc.stderr, plain=False) if m] or [_last_line(proc.stderr)]
             raise ArchiveError(f"{what} failed (exit {proc.returncode}): {_clip('; '.join(msgs))} "
@@ -229,14 +227,14 @@ def _log_messages(stderr, msgid=None, plain=True):
     return out
 
 
-def open_repository(config_paths=None, repository=None):
+def open_repository(config_paths=None, repository=None, runner=None):
     """The repository to read, chosen like borgmatic's --repository."""
     _env, _flags, _collect, _load, validate = _borgmatic_modules()
     candidates = []
     for name, config in load_borgmatic_configs(config_paths):
         for repo in config.get("repositories") or []:
             if repository is None or validate.repositories_match(repository, repo):
-                candidates.append(Repository(config, repo, name))
+                candidates.append(Repository(config, repo, name, runner))
     if not candidates:
         if repository:
             raise ConfigError(f"no repository matching {repository} in borgmatic's configuration")

@@ -128,7 +128,7 @@ class ArchiveSession:
 
     def __init__(self, ctx, borgmatic_config=None, repository=None, archive=None, staging=None, keep_staging=False):
         self.ctx = ctx
-        self.repo = archive_mod.open_repository(borgmatic_config, repository)
+        self.repo = archive_mod.open_repository(borgmatic_config, repository, ctx.runner)
         self.archive = self.repo.resolve(archive)
         self.staging_parent = staging
         self.keep_staging = keep_staging

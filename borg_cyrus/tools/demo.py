@@ -10,11 +10,13 @@ import copy
 import json
 import os
 import shutil
-import subprocess
+import types
 import sys
 import time
 
 import yaml
+
+from borg_cyrus.execute import Runner
 
 from borg_cyrus.cyrus import imapview
 from borg_cyrus.cyrus.imapview import quote
@@ -166,7 +168,10 @@ def env_with_venv(extra=None):
 
 
 def sh(argv, env=None, cwd=None, check=True):
-    r = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    """Run a command of the demo (through the one Runner); stdout/stderr as text."""
+    res = Runner().run(argv, env=env, cwd=cwd, check=False, timeout=0)
+    r = types.SimpleNamespace(returncode=res.returncode, stdout=res.text,
+                              stderr=res.stderr.decode("utf-8", "replace"))
     if check and r.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
