@@ -171,22 +171,26 @@ def cmd_restore(args):
         from borg_cyrus.restore.full import FullRestore
         FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start)
         return 0
-    from borg_cyrus.restore import partial as rp
-    session = rp.ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging,
-                                args.keep_staging)
+    from borg_cyrus.restore import listing
+    from borg_cyrus.restore.mailbox import MailboxRestore
+    from borg_cyrus.restore.session import ArchiveSession, with_lock
+    from borg_cyrus.restore.user import UserRestore
+    session = ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging,
+                             args.keep_staging)
     with session:
         session.load_dump()
         if args.restore_command == "list":
-            summary = rp.archive_summary(session)
-            sys.stdout.write(rp.summary_json(summary) + "\n" if args.json else rp.format_list(summary, args.user))
+            summary = listing.archive_summary(session)
+            sys.stdout.write(listing.summary_json(summary) + "\n" if args.json else
+                             listing.format_list(summary, args.user))
             return 0
         out = None if args.quiet else (lambda line: print(line, flush=True))
         if args.restore_command == "user":
-            job = rp.UserRestore(ctx, session, force=args.force, out=out)
-            rp.with_lock(ctx, lambda: job.run(args.user))
+            job = UserRestore(ctx, session, force=args.force, out=out)
+            with_lock(ctx, lambda: job.run(args.user))
         else:
-            job = rp.MailboxRestore(ctx, session, force=args.force, out=out)
-            rp.with_lock(ctx, lambda: job.run(args.mailbox, into=args.into, recursive=args.recursive))
+            job = MailboxRestore(ctx, session, force=args.force, out=out)
+            with_lock(ctx, lambda: job.run(args.mailbox, into=args.into, recursive=args.recursive))
     return 0
 
 

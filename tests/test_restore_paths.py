@@ -13,7 +13,7 @@ import pytest
 from borg_cyrus.cyrus import header, storage, index, mboxlist
 from borg_cyrus.backup.excludes import iter_json_objects
 from borg_cyrus.cyrus.layout import discover
-from borg_cyrus.restore.partial import display, to_intname
+from borg_cyrus.cyrus.names import display, to_intname
 from borg_cyrus.cyrus.sandbox import Sandbox
 
 pytestmark = pytest.mark.needs_root

@@ -21,7 +21,7 @@ from borg_cyrus.backup import busy, consistency, manifest, patterns
 from borg_cyrus.cyrus import layout as layout_mod
 from borg_cyrus.errors import BorgCyrusError, BusyError, SkipError
 from borg_cyrus.model import nest_free
-from borg_cyrus.providers.snapshot import Watchdog
+from borg_cyrus.providers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.model import View
 from borg_cyrus.providers.base import Mode
 from borg_cyrus.cyrus.service import Service
-from borg_cyrus.providers.snapshot import Watchdog, own_guard, point_in_time_config, remove_pit_dir
+from borg_cyrus.cyrus.pitconfig import point_in_time_config, remove_pit_dir
+from borg_cyrus.providers.watchdog import Watchdog, own_guard
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import logging
 from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.providers.base import Mode
 from borg_cyrus.cyrus.service import Service
-from borg_cyrus.providers.snapshot import Watchdog
+from borg_cyrus.providers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,17 @@ to a filesystem before thawing it.
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
 import time
 
+from borg_cyrus import state as state_mod
+from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.state import proc_stat
+
+log = logging.getLogger(__name__)
 
 
 def _alive(pid, start):
@@ -43,6 +48,75 @@ def act(thaw, service, runner_log):
             except Exception as e:  # keep trying the rest
                 runner_log.append(f"starting Cyrus failed: {e}")
 
+
+
+# -- the client: start, release, disarm ---------------------------------------
+
+class Watchdog:
+    """Start / stop the dead-man switch process (borg_cyrus.providers.watchdog)."""
+
+    @staticmethod
+    def start(ctx, deadline=None, guards=(), thaw=(), service=None, before_deadline=None):
+        r, w = os.pipe()
+        argv = [sys.executable, "-m", "borg_cyrus.providers.watchdog", "--ready-fd", str(w),
+                "--log", os.path.join(ctx.work_dir, "watchdog.log")]
+        if deadline is not None:
+            argv += ["--deadline", repr(time.time() + deadline)]
+        if before_deadline is not None:
+            argv += ["--before-deadline", repr(time.time() + before_deadline)]
+        for g in guards:
+            argv += ["--guard", g]
+        for mp in thaw:
+            argv += ["--thaw", mp]
+        if service:
+            argv += ["--service", json.dumps(service)]
+        if ctx.dry_run:
+            log.info("dry run: would start the watchdog")
+            os.close(r)
+            os.close(w)
+            return None
+        try:
+            proc = ctx.runner.spawn(argv, env={"PYTHONDONTWRITEBYTECODE": "1"}, pass_fds=(w,), what="watchdog")
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        os.close(w)
+        with os.fdopen(r) as f:
+            if f.readline().strip() != "ready":
+                raise BorgCyrusError("the watchdog (dead-man switch) did not start; refusing to freeze")
+        ident = state_mod.process_identity(proc.pid)
+        return ident
+
+    @staticmethod
+    def before_done(ident):
+        """Tell a watchdog armed with a `before` deadline that `before` finished."""
+        Watchdog._signal(ident, signal.SIGUSR2)
+
+    @staticmethod
+    def stop(ident):
+        """Disarm (SIGTERM would make it act)."""
+        Watchdog._signal(ident, signal.SIGUSR1)
+
+    @staticmethod
+    def _signal(ident, sig):
+        if ident and state_mod.is_alive(ident):
+            try:
+                with open(f"/proc/{ident['pid']}/cmdline", "rb") as f:
+                    cmd = f.read()
+                if b"borg_cyrus" not in cmd or b"watchdog" not in cmd:   # a reused pid
+                    return
+                os.kill(ident["pid"], sig)
+            except OSError:
+                pass
+
+
+def own_guard():
+    ident = state_mod.process_identity(os.getpid())
+    return f"{ident['pid']}:{ident['start']}"
+
+
+# -- the process ----------------------------------------------------------------
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="borg-cyrus-watchdog")

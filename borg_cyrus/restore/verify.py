@@ -36,17 +36,16 @@ from borg_cyrus.restore import archive as archive_mod
 from borg_cyrus.cyrus import storage, imapview, index, mboxlist
 from borg_cyrus.safety import safeio
 from borg_cyrus.errors import BorgCyrusError
-from borg_cyrus.cyrus.layout import DATABASES
-from borg_cyrus.restore.partial import archived_conf_values, display, human_size
+from borg_cyrus.cyrus.names import display
+from borg_cyrus.restore.listing import human_size
+from borg_cyrus.restore import drillserver
+from borg_cyrus.restore.session import archived_conf_values
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = "/var/tmp/borg-cyrus-verify"
 
-# imapd.conf keys that change where or how data is stored, carried into the
-# throwaway server (path-valued ones are relocated below the extracted tree).
-STORAGE_KEYS = ("hashimapspool", "fulldirhash", "virtdomains", "mailbox_legacy_dirs", "metapartition_files",
-                "archive_enabled", "defaultdomain", "sieveusehomedir", "defaultpartition", "improved_mboxlist_sort")
+
 
 
 class Drill:
@@ -181,85 +180,9 @@ class Drill:
             self.fail(mb.intname, w)
 
     # -- 3. throwaway Cyrus ---------------------------------------------------
-    def open_parents(self):
-        """borg extract creates the parents of archived paths as root 0700:
-        let the cyrus user through (only directories borg created)."""
-        roots = [self.slay.configdirectory, self.slay.sievedir] + self.slay.roots()
-        for target in roots:
-            p = os.path.dirname(target)
-            while len(p) >= len(self.base):
-                try:
-                    st = os.stat(p)
-                except FileNotFoundError:
-                    break
-                if st.st_uid == 0 and not st.st_mode & 0o001:
-                    os.chmod(p, (st.st_mode & 0o7777) | 0o055)
-                p = os.path.dirname(p)
-
-    def sandbox_conf(self):
-        extra = {k: v for k, v in self.conf_values.items() if k in STORAGE_KEYS or k.endswith("_db")}
-        extra.update({
-            "hashimapspool": "yes" if self.alay.hashimapspool else "no",
-            "fulldirhash": "yes" if self.alay.fulldirhash else "no",
-            "virtdomains": "on" if self.alay.virtdomains else "off",
-            "mailbox_legacy_dirs": "yes" if self.alay.legacy_dirs else "no",
-            "quota_db": self.alay.quota_backend,
-            "annotation_db": self.alay.annotations[0], "mboxlist_db": self.alay.mailboxes_db[0],
-        })
-        for name, path in self.slay.metapartitions.items():
-            extra[f"metapartition-{name}"] = path
-        for name, path in self.slay.archivepartitions.items():
-            extra[f"archivepartition-{name}"] = path
-        dbs = (self.dump.manifest.get("layout") or {}).get("databases") or {}
-        for name, info in dbs.items():
-            path = info.get("path") or ""
-            if name in DATABASES and path and not path.startswith(self.alay.configdirectory.rstrip("/") + "/"):
-                extra[DATABASES[name][1]] = self.root + path
-        if "quota" in dbs and self.alay.quota_backend != "quotalegacy":
-            extra["quota_db_path"] = self.root + dbs["quota"]["path"]
-        extra["unixhierarchysep"] = "yes"   # names as this drill spells them; storage does not depend on it
-        extra["altnamespace"] = "no"
-        return extra
-
     def start_server(self):
-        from borg_cyrus.context import bootstrap
-        from borg_cyrus.restore.full import FullRestore
-        from borg_cyrus.cyrus.sandbox import Sandbox
-        parts = tuple([self.alay.defaultpartition] +
-                      sorted(p for p in self.alay.partitions if p != self.alay.defaultpartition))
-        parts = tuple(p for p in parts if p in self.alay.partitions)
-        layout = {"configdirectory": self.slay.configdirectory, "sievedir": self.slay.sievedir}
-        layout.update({f"partition-{k}": v for k, v in self.slay.partitions.items()})
-        sb = Sandbox(os.path.join(self.base, "cyrus"), partitions=parts, layout=layout,
-                     extra_conf=self.sandbox_conf())
-        self.sandbox = sb
-        sb.write_config()
-        self.open_parents()
-        sb.make_dirs()
-        cfg_path = os.path.join(self.base, "borg-cyrus.yaml")
-        with open(cfg_path, "w") as f:
-            json.dump({"imapd_conf": sb.imapd_conf, "cyrus_conf": sb.cyrus_conf,
-                       "work_directory": os.path.join(self.base, "work"), "service": sb.borg_cyrus_service(),
-                       "cyrus_user": self.ctx.config["cyrus_user"], "cyrus_group": self.ctx.config["cyrus_group"],
-                       "cyrus_tools_directory": self.ctx.config.get("cyrus_tools_directory")}, f)
-        os.chmod(cfg_path, 0o600)
-        sctx = bootstrap(cfg_path)
-        t0 = time.monotonic()
-        # the drill reports; the restore's own lines are noise here
-        quiet = [logging.getLogger(n) for n in ("borg_cyrus.restore.full", "borg_cyrus.backup.dumps")]
-        levels = [q.level for q in quiet]
-        for q in quiet:
-            q.setLevel(logging.WARNING)
-        try:
-            # a drill may try an archive of another Cyrus version (restore full refuses that without --force)
-            FullRestore(sctx, self.root + self.dump_path, force=True).run(start=False)
-        finally:
-            for q, level in zip(quiet, levels):
-                q.setLevel(level)
-        sb.start()
-        self.sctx = sctx
-        self.info.append(f"restored into a throwaway Cyrus (127.0.0.1:{sb.port}) and started it in "
-                         f"{time.monotonic() - t0:.2f} s")
+        self.sandbox, self.sctx, line = drillserver.start(self)
+        self.info.append(line)
 
     # -- 4. what IMAP clients see ------------------------------------------------
     def check_imap(self):
