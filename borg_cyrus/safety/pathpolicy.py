@@ -21,6 +21,14 @@ CORE_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "
 VIRTUAL = ("/proc", "/sys", "/dev", "/run/lock")
 
 
+def _resolved(path):
+    """path and where its symlinks lead (as far as they can be read)."""
+    try:
+        return {os.path.normpath(path), os.path.realpath(path)}
+    except OSError:
+        return {os.path.normpath(path)}
+
+
 def has_dotdot(path):
     return ".." in path.split("/")
 
@@ -35,7 +43,7 @@ def system_reason(path):
         return "is not an absolute path"
     if has_dotdot(path):
         return "has a '..' component"
-    for p in {os.path.normpath(path), os.path.realpath(path)}:
+    for p in _resolved(path):
         if p in SYSTEM_DIRS:
             return f"is the system directory {p}" if p == os.path.normpath(path) else \
                 f"resolves to the system directory {p}"
@@ -55,7 +63,7 @@ def file_reason(path):
     """Why path may not be a Cyrus database file, or None."""
     if has_dotdot(path):
         return "has a '..' component"
-    for p in {os.path.normpath(path), os.path.realpath(path)}:
+    for p in _resolved(path):
         if os.path.dirname(p) in CORE_DIRS or p in SYSTEM_DIRS:
             return f"is in the system directory {os.path.dirname(p)}"
         for v in VIRTUAL:

@@ -12,9 +12,9 @@ import pytest
 
 from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.layout import discover
-from conftest import cli, env, sandbox_config, write_config
-from helpers import borgmatic, borgmatic_config, init_repo, latest_archive, load_manifest, read_yaml
-from restore_helpers import _boxes_by_name
+from support.common import cli, env, sandbox_config, write_config
+from support.helpers import borgmatic, borgmatic_config, init_repo, latest_archive, load_manifest, read_yaml
+from support.restore_helpers import _boxes_by_name
 
 pytestmark = pytest.mark.needs_root
 

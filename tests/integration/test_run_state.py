@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import cli, sandbox_config
+from support.common import cli, sandbox_config
 
 pytestmark = pytest.mark.needs_root
 

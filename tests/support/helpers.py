@@ -9,7 +9,7 @@ import yaml
 
 from borg_cyrus.tools import demo
 from borg_cyrus.cyrus import imapview
-from conftest import env, write_config
+from support.common import env, write_config
 
 USERS = demo.USERS
 QUOTA_ROOTS = demo.QUOTA_ROOTS

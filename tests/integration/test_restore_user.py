@@ -11,9 +11,9 @@ import pytest
 from borg_cyrus.cyrus import imapview
 from borg_cyrus.backup.excludes import iter_json_objects
 from borg_cyrus.cyrus.mboxlist import iter_dump
-from conftest import cli
-from helpers import expected, snapshot
-from restore_helpers import Deliveries, backup, delete_user, restore, subjects, tree, without_new_mail
+from support.common import cli
+from support.helpers import expected, snapshot
+from support.restore_helpers import Deliveries, backup, delete_user, restore, subjects, tree, without_new_mail
 
 pytestmark = pytest.mark.slow
 
@@ -135,8 +135,8 @@ def test_restore_list_shows_users_mailboxes_counts_sizes(populated, base_dir):
     assert data["users"]["alice"]["messages"] == 16
     assert {x["name"] for x in data["mailboxes"]} >= {"user/alice/Entwürfe", "shared/team"}
     # an explicit archive; a borgmatic config with two repositories needs --repository
-    from helpers import latest_archive, read_yaml
-    from conftest import write_config
+    from support.helpers import latest_archive, read_yaml
+    from support.common import write_config
     name = latest_archive(b["repo"])
     assert f"archive {name} in" in restore(b, "list", "--archive", name).stdout
     two = read_yaml(b["bm"])

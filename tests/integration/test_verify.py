@@ -10,9 +10,9 @@ import pytest
 
 from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.layout import discover
-from conftest import cli, sandbox_config
-from helpers import load_manifest
-from restore_helpers import _boxes_by_name, backup
+from support.common import cli, sandbox_config
+from support.helpers import load_manifest
+from support.restore_helpers import _boxes_by_name, backup
 
 
 def _verify(b, base_dir, *args, check=0):

@@ -9,8 +9,7 @@ import pytest
 
 from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.layout import discover
-from borg_cyrus.cyrus.mboxlist import Mailbox
-from restore_helpers import _boxes_by_name, backup
+from support.restore_helpers import _boxes_by_name, backup
 from test_verify import _verify
 
 ALICE_VACATION = ('require ["vacation", "fileinto"];\n'
@@ -20,20 +19,6 @@ ALICE_VACATION = ('require ["vacation", "fileinto"];\n'
 ALICE_SPARE = 'keep;\n'
 BOB_FILTER = ('require "fileinto";\n'
               'if header :contains "from" "chef@example.org" { fileinto "INBOX.Archive 2019"; }  # Ärger\n')
-
-
-@pytest.mark.parametrize("mbtype, kind, imap, spool", [
-    ("e", "email", True, True), ("el", "email", True, True), ("", "email", True, True),
-    ("f", "sieve", False, True), ("fl", "sieve", False, True), ("c", "calendar", False, True),
-    ("a", "addressbook", False, True), ("b", "collection", False, True), ("s", "jmapsubmit", False, True),
-    ("p", "jmappushsub", False, True), ("n", "netnews", False, True), ("x", "unknown", False, True),
-    ("ed", "email", True, False), ("ei", "email", True, False), ("er", "email", True, False),
-    ("ez", "email", True, False), ("em", "email", True, False), ("fd", "sieve", False, False),
-    ("d", "email", True, False),
-])
-def test_mbtype_letters(mbtype, kind, imap, spool):
-    mb = Mailbox("user.alice.#sieve", "u1", "default", mbtype=mbtype)
-    assert (mb.kind, mb.imap_opens, mb.has_spool) == (kind, imap, spool)
 
 
 def _upload_scripts(sb):

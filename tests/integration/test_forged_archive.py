@@ -13,9 +13,9 @@ import pytest
 
 from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.layout import discover
-from conftest import env
-from helpers import latest_archive, snapshot
-from restore_helpers import _boxes_by_name, backup, delete_mailbox, delete_user, restore
+from support.common import env
+from support.helpers import latest_archive, snapshot
+from support.restore_helpers import _boxes_by_name, backup, delete_mailbox, delete_user, restore
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 

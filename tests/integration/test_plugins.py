@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from conftest import cli, sandbox_config
+from support.common import cli, sandbox_config
 
 PLUGIN = textwrap.dedent('''
     import os

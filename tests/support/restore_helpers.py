@@ -8,8 +8,8 @@ import time
 
 from borg_cyrus.tools import demo
 from borg_cyrus.cyrus import imapview
-from conftest import cli, sandbox_config
-from helpers import borgmatic, borgmatic_config, init_repo, load_manifest
+from support.common import cli, sandbox_config
+from support.helpers import borgmatic, borgmatic_config, init_repo, load_manifest
 
 USERS = demo.USERS
 

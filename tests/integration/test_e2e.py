@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from borg_cyrus.cyrus import imapview
-from conftest import cli, sandbox_config
-from helpers import (archive_paths, borgmatic, borgmatic_config, expected, extract, init_repo, load_manifest,
+from support.common import cli, sandbox_config
+from support.helpers import (archive_paths, borgmatic, borgmatic_config, expected, extract, init_repo, load_manifest,
                      snapshot, wipe)
 
 pytestmark = pytest.mark.slow

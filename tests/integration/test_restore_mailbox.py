@@ -7,8 +7,8 @@ import re
 import pytest
 
 from borg_cyrus.cyrus import imapview
-from helpers import snapshot
-from restore_helpers import backup, delete_mailbox, restore
+from support.helpers import snapshot
+from support.restore_helpers import backup, delete_mailbox, restore
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_existing_mailbox_is_refused_then_merged_with_force(populated, base_dir)
 def test_mailbox_named_like_an_option(populated, base_dir):
     """A shared folder called `-rf` is restored as a mailbox name, never
     passed to reconstruct or quota as options."""
-    from conftest import cli
+    from support.common import cli
     sb = populated
     a = sb.imap("cyrus")
     assert a.create('"-rf"')[0] == "OK"

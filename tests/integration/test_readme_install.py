@@ -4,7 +4,7 @@ Needs the Debian mirror and PyPI. Measured on the 2-core dev VM: cold 3 min
 36 s (debootstrap of the cached root, ~50 s, once per machine, then the warm
 run), warm 2 min 20-40 s (unpack ~5 s, apt-get install of cyrus-imapd and of
 borg's build packages, borgbackup built from source by pip). The root is
-cached in /var/cache/borg-cyrus-tests (tests/cleanroom.py).
+cached in /var/cache/borg-cyrus-tests (tests/support/cleanroom.py).
 """
 
 import json
@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from cleanroom import PROJECT, CleanRoot
+from support.cleanroom import PROJECT, CleanRoot
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPO = "/var/backups/borg/cyrus"
 PASS_ENV = {"BORG_PASSCOMMAND": "cat /etc/borgmatic/passphrase"}
 

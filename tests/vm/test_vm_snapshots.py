@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "vm"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vmharness import run_in_vm, vm_unavailable_reason  # noqa: E402
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -19,7 +19,7 @@ def _run(selector, zfs=False):
     if reason:
         pytest.skip(reason)
     r = run_in_vm([sys.executable, "-m", "pytest", "-x", "-q", "-rs", "-p", "no:cacheprovider",
-                   "tests/test_snapshots.py", "-k", selector], disks=1, disk_size="2G", zfs=zfs, timeout=3000)
+                   "tests/integration/test_snapshots.py", "-k", selector], disks=1, disk_size="2G", zfs=zfs, timeout=3000)
     print(r.stdout[-6000:])
     assert r.returncode == 0, (r.stdout[-8000:] + r.stderr[-4000:])
     assert " passed" in r.stdout and "skipped" not in r.stdout.split("passed")[0][-30:]

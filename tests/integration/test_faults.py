@@ -19,10 +19,10 @@ import pytest
 from borg_cyrus import faults
 from borg_cyrus.cyrus import imapview
 from borg_cyrus.tools.demo import env_with_venv, msg, populate, restore_into_second_server
-from conftest import ROOT
-from fsimages import is_frozen
-from helpers import borgmatic, borgmatic_config, init_repo, latest_archive
-from test_snapshots import Setup
+from support.common import ROOT
+from support.fsimages import is_frozen
+from support.helpers import borgmatic, borgmatic_config, init_repo, latest_archive
+from support.setups import Setup
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_root,
               pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test")]

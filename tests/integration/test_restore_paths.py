@@ -131,7 +131,7 @@ def test_names_unicode_and_modified_utf7():
 
 def test_manifest_layout_gives_the_same_paths(populated, base_dir):
     """An archived layout (manifest.json) and the live one compute the same paths."""
-    from conftest import cli, sandbox_config
+    from support.common import cli, sandbox_config
     cfg = sandbox_config(populated, base_dir)
     cli("before", config=cfg, check=0)
     cli("after", config=cfg, check=0)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import cli, sandbox_config, write_config
+from support.common import cli, sandbox_config, write_config
 
 
 def error_line(r):

@@ -8,93 +8,11 @@ import subprocess
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
 
-from borg_cyrus.cyrus import dbbatch, imapdconf, imapview, mboxlist
-from borg_cyrus.errors import ConfigError
+from borg_cyrus.cyrus import imapview, mboxlist
 from borg_cyrus.cyrus.imapview import quote
-from conftest import cli, sandbox_config, write_config
-from helpers import extract, wipe
-
-# -- parsers -------------------------------------------------------------------
-
-
-@given(st.text(max_size=400))
-@settings(max_examples=300)
-def test_imapd_conf_parser_never_crashes(text):
-    try:
-        values, _ = imapdconf.parse_text(text)
-    except ConfigError:
-        return
-    for k, v in values.items():
-        assert k == k.lower() and v == v.strip() and v
-
-
-KEYS = st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True)
-VALUES = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"), min_size=1,
-                 max_size=40).map(str.strip).filter(bool)
-
-
-@given(st.dictionaries(KEYS, VALUES, max_size=15))
-def test_imapd_conf_round_trip(d):
-    text = "".join(f"{k}: {v}\n" for k, v in d.items())
-    assert imapdconf.parse_text(text)[0] == d
-
-
-@given(st.lists(st.tuples(st.binary(max_size=60), st.binary(max_size=200)), max_size=30))
-def test_batch_round_trip(records):
-    show = b"".join(dbbatch.literal(k) + b" " + dbbatch.literal(v) + b"\n" for k, v in records)
-    assert dbbatch.parse(show) == records
-
-
-@given(st.binary(max_size=300))
-@settings(max_examples=500)
-def test_batch_parser_rejects_garbage_cleanly(data):
-    try:
-        dbbatch.parse(data)
-    except dbbatch.BatchFormatError:
-        pass
-
-
-@given(st.lists(st.text(max_size=80), max_size=10))
-@settings(max_examples=300)
-def test_mailbox_dump_parser_rejects_garbage_cleanly(lines):
-    try:
-        list(mboxlist.iter_dump(lines))
-    except mboxlist.DumpError:
-        pass
-
-
-@given(st.integers(1, 200), st.data())
-def test_truncated_mailbox_dump_always_detected(n, data):
-    lines = ["{"] + [f'"user.u{i}": {{"uniqueid": "id{i}", "partition": "default", "mbtype": "e"}},' for i in range(n)]
-    lines[-1] = lines[-1].rstrip(",")
-    lines.append("}")
-    text = "\n".join(lines) + "\n"
-    cut = data.draw(st.integers(0, len(text) - 3))
-    if text[:cut].rstrip().endswith("}") and cut >= len(text) - 3:
-        return
-    with pytest.raises(mboxlist.DumpError):
-        list(mboxlist.iter_dump(text[:cut].splitlines()))
-
-
-def test_huge_inputs_are_fast():
-    import time
-    n = 100_000
-    show = b"".join(dbbatch.literal(b"N\x1fuser\x1fu%d" % i) + b" " + dbbatch.literal(b"%(I x)") + b"\n"
-                    for i in range(n))
-    t = time.monotonic()
-    assert len(dbbatch.parse(show)) == n
-    lines = ["{"] + [f'"user.u{i}": {{"uniqueid": "abcd{i}", "partition": "default"}},' for i in range(n)] + ["}"]
-    lines[-2] = lines[-2].rstrip(",")
-    assert len(list(mboxlist.iter_dump(lines))) == n
-    assert time.monotonic() - t < 30
-
-
-@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
-def test_mutf7_round_trip(s):
-    assert imapview.mutf7_decode(imapview.mutf7_encode(s)) == s
-
+from support.common import cli, sandbox_config, write_config
+from support.helpers import extract, wipe
 
 # -- odd mailbox names end to end --------------------------------------------------
 
@@ -126,7 +44,7 @@ def test_odd_mailbox_names_backup_and_restore(sandbox, base_dir):
     before = imapview.snapshot(sb, ["alice"])
     cli("before", config=cfg, check=0)
     repo = os.path.join(base_dir, "repo")
-    from conftest import env as test_env
+    from support.common import env as test_env
     env = test_env()
     subprocess.run(["borg", "init", "-e", "none", repo], check=True, env=env, capture_output=True)
     subprocess.run(["borg", "create", "--patterns-from", os.path.join(base_dir, "work", "patterns"),
@@ -271,7 +189,7 @@ def test_cyrus_tool_hang_times_out(populated, base_dir):
 def test_dump_directory_full(populated, base_dir):
     """ENOSPC while dumping: one clear line, the previous dump stays valid,
     nothing half-written is kept."""
-    from fsimages import LoopFs
+    from support.fsimages import LoopFs
     fs = LoopFs(f"full-{os.getpid()}", "ext4", size="16M").make(os.path.join(base_dir, "small"))
     try:
         work = os.path.join(base_dir, "small", "work")

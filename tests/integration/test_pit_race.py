@@ -15,8 +15,8 @@ import time
 import pytest
 
 from borg_cyrus.tools.demo import populate
-from conftest import cli
-from test_snapshots import Setup
+from support.common import cli
+from support.setups import Setup
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test")]

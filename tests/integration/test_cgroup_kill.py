@@ -15,11 +15,11 @@ import time
 import pytest
 
 from borg_cyrus.tools.demo import msg, populate
-from cgunit import Unit, hierarchy
-from conftest import cli, env, sandbox_config, write_config
-from fsimages import is_frozen
-from helpers import borgmatic_config, init_repo, read_yaml
-from test_snapshots import Setup
+from support.cgunit import Unit, hierarchy
+from support.common import cli, env, sandbox_config, write_config
+from support.fsimages import is_frozen
+from support.helpers import borgmatic_config, init_repo, read_yaml
+from support.setups import Setup
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow,
               pytest.mark.skipif(hierarchy()[0] is None, reason="no cgroup hierarchy to make a unit in"),
