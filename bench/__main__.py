@@ -18,43 +18,69 @@ from bench.common import CLEANUP, ROOT, RUN_DIR, SHORT_DIR, log, machine, write_
 
 SECTIONS = ("nightly", "blocked", "scaling", "restore", "lvm")
 
+
 def plan_for(quick):
     if quick:
-        return {"nightly": [(SMALL, 3)], "blocked": (SMALL, 2), "restore": (SMALL, 3),
-                "scaling": ([sweep(1000), sweep(10_000), sweep(10_000, 10)], 3),
-                "lvm": ([VM_SMALL], 2)}
-    return {"nightly": [(SMALL, 5), (MEDIUM, 3), (LARGE, 2)], "blocked": (MEDIUM, 3), "restore": (MEDIUM, 3),
-            "scaling": ([sweep(1000), sweep(10_000), sweep(100_000), sweep(10_000, 10)], 3),
-            "lvm": ([VM_SMALL, VM_BIG], 2)}
+        return {
+            "nightly": [(SMALL, 3)],
+            "blocked": (SMALL, 2),
+            "restore": (SMALL, 3),
+            "scaling": ([sweep(1000), sweep(10_000), sweep(10_000, 10)], 3),
+            "lvm": ([VM_SMALL], 2),
+        }
+    return {
+        "nightly": [(SMALL, 5), (MEDIUM, 3), (LARGE, 2)],
+        "blocked": (MEDIUM, 3),
+        "restore": (MEDIUM, 3),
+        "scaling": ([sweep(1000), sweep(10_000), sweep(100_000), sweep(10_000, 10)], 3),
+        "lvm": ([VM_SMALL, VM_BIG], 2),
+    }
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small scales only (a few minutes; what CI runs)")
     ap.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
-    ap.add_argument("--vm", action="store_true", help="with --quick: also run the LVM section in the VM "
-                                                       "(QEMU TCG; adds about 8 minutes)")
-    ap.add_argument("--doc", help="write the report here (default: docs/benchmarks.md for a full run, "
-                                  f"{RUN_DIR}/benchmarks-quick.md for --quick)")
+    ap.add_argument(
+        "--vm",
+        action="store_true",
+        help="with --quick: also run the LVM section in the VM (QEMU TCG; adds about 8 minutes)",
+    )
+    ap.add_argument(
+        "--doc",
+        help="write the report here (default: docs/benchmarks.md for a full run, "
+        f"{RUN_DIR}/benchmarks-quick.md for --quick)",
+    )
     ap.add_argument("--report-only", metavar="RESULTS_JSON", help="only regenerate the report from saved results")
-    ap.add_argument("--merge", action="store_true",
-                    help="keep the other sections of the last run's results (re-run some sections with --only)")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other sections of the last run's results (re-run some sections with --only)",
+    )
     ap.add_argument("--no-cache", action="store_true", help="regenerate spools even if cached in " + RUN_DIR)
-    ap.add_argument("--profile", action="store_true", default=None,
-                    help="profile `borg-cyrus before` (pyinstrument) at the largest mailbox count "
-                         "(default: on for full runs)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        default=None,
+        help="profile `borg-cyrus before` (pyinstrument) at the largest mailbox count (default: on for full runs)",
+    )
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: run as root (loop devices, btrfs, Cyrus, fsfreeze)", file=sys.stderr)
         return 2
     from bench import report
+
     quick = a.quick
     if a.report_only:
         import json
+
         with open(a.report_only) as f:
             results = json.load(f)
-        doc = a.doc or (os.path.join(ROOT, "docs", "benchmarks.md") if not results.get("quick") else
-                        os.path.join(RUN_DIR, "benchmarks-quick.md"))
+        doc = a.doc or (
+            os.path.join(ROOT, "docs", "benchmarks.md")
+            if not results.get("quick")
+            else os.path.join(RUN_DIR, "benchmarks-quick.md")
+        )
         report.write(results, doc)
         log(f"wrote {doc}")
         return 0
@@ -66,18 +92,26 @@ def main(argv=None):
     os.chmod(SHORT_DIR, 0o755)
     from bench.fs import final_sweep
     import shutil
+
     CLEANUP.push(shutil.rmtree, os.path.join(RUN_DIR, "borg-base"), True, what="Borg caches")
     CLEANUP.push(final_sweep, SHORT_DIR, RUN_DIR + "/beds", RUN_DIR + "/images", what="final sweep")
     CLEANUP.install_signals()
     from bench.testbed import Bench
+
     b = Bench(quick=quick, reps=None, use_cache=not a.no_cache, sections=sections)
-    results = {"quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
-               "sections": {}, "errors": {}}
+    results = {
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": machine(),
+        "sections": {},
+        "errors": {},
+    }
     t_all = time.monotonic()
     results_file = os.path.join(RUN_DIR, f"results-{'quick' if quick else 'full'}.json")
     previous_total = 0.0
     if a.merge and os.path.exists(results_file):
         import json
+
         with open(results_file) as f:
             old = json.load(f)
         for name in sections:
@@ -109,7 +143,9 @@ def main(argv=None):
     write_json(results_file, results)
     print()
     print(report.tables(results))
-    doc = a.doc or (os.path.join(RUN_DIR, "benchmarks-quick.md") if quick else os.path.join(ROOT, "docs", "benchmarks.md"))
+    doc = a.doc or (
+        os.path.join(RUN_DIR, "benchmarks-quick.md") if quick else os.path.join(ROOT, "docs", "benchmarks.md")
+    )
     report.write(results, doc)
     if not quick and not a.doc:
         write_json(os.path.join(ROOT, "bench", "results", "full.json"), results)
@@ -120,6 +156,7 @@ def main(argv=None):
 def run_section(name, b, plan, quick, a):
     if name == "nightly":
         from bench import nightly
+
         out = []
         for scale, reps in plan["nightly"]:
             out.append(nightly.run(b, scale, reps, list_in_runs=True))
@@ -128,19 +165,23 @@ def run_section(name, b, plan, quick, a):
         return out
     if name == "blocked":
         from bench import blocked
+
         scale, reps = plan["blocked"]
         return blocked.run(b, scale, reps)
     if name == "scaling":
         from bench import scaling
+
         scales, reps = plan["scaling"]
         profile = a.profile if a.profile is not None else not quick
         return scaling.run(b, scales, reps, profile_largest=profile)
     if name == "restore":
         from bench import restore
+
         scale, reps = plan["restore"]
         return restore.run(b, scale, reps)
     if name == "lvm":
         from bench import lvm
+
         scales, reps = plan["lvm"]
         return lvm.run(b, scales, reps)
     raise ValueError(name)

@@ -16,8 +16,8 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
-RUN_DIR = "/var/tmp/bench-run"       # repositories, loop images, borg caches (kept off /tmp's neighbours)
-SHORT_DIR = "/tmp/bench"             # Cyrus bases (unix socket paths must stay short)
+RUN_DIR = "/var/tmp/bench-run"  # repositories, loop images, borg caches (kept off /tmp's neighbours)
+SHORT_DIR = "/tmp/bench"  # Cyrus bases (unix socket paths must stay short)
 
 
 def log(msg=""):
@@ -45,8 +45,10 @@ def sh(*argv, check=True, **kw):
     kw.setdefault("text", True)
     r = subprocess.run([str(a) for a in argv], **kw)
     if check and r.returncode:
-        raise RuntimeError(f"{' '.join(map(str, argv))} failed ({r.returncode}):\n{(r.stdout or '')[-3000:]}\n"
-                           f"{(r.stderr or '')[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, argv))} failed ({r.returncode}):\n{(r.stdout or '')[-3000:]}\n"
+            f"{(r.stderr or '')[-3000:]}"
+        )
     return r
 
 
@@ -60,14 +62,22 @@ def timed(argv, env_=None, check=True, cwd=None):
     the child and the children it waited for)."""
     out = Timed()
     t0 = time.monotonic()
-    p = subprocess.Popen([str(a) for a in argv], env=env_, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL, cwd=cwd)
+    p = subprocess.Popen(
+        [str(a) for a in argv],
+        env=env_,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
     # read both pipes without deadlock, then reap with wait4 to get the rusage
     import threading
+
     bufs = {}
 
     def reader(name, f):
         bufs[name] = f.read()
+
     ts = [threading.Thread(target=reader, args=(n, f)) for n, f in (("out", p.stdout), ("err", p.stderr))]
     for t in ts:
         t.start()
@@ -82,8 +92,9 @@ def timed(argv, env_=None, check=True, cwd=None):
     out.stderr = bufs.get("err", b"").decode(errors="replace")
     out.maxrss_kb = ru.ru_maxrss
     if check and p.returncode:
-        raise RuntimeError(f"{' '.join(map(str, argv))} failed ({p.returncode}):\n{out.stdout[-3000:]}\n"
-                           f"{out.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, argv))} failed ({p.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
     return out
 
 
@@ -161,6 +172,7 @@ class Cleanup:
 
         def handler(signum, frame):
             raise KeyboardInterrupt(f"signal {signum}")
+
         for s in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, handler)
 
@@ -175,16 +187,19 @@ def versions():
             return (r.stdout or r.stderr).strip().splitlines()[0]
         except Exception as e:
             return f"? ({e})"
+
     cyrus = "?"
     try:
         r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "cyrus-imapd"], capture_output=True, text=True)
         cyrus = r.stdout.strip() or "?"
     except OSError:
         pass
-    return {"borg": first_line([os.path.join(VENV_BIN, "borg"), "--version"]),
-            "borgmatic": first_line([os.path.join(VENV_BIN, "borgmatic"), "--version"]),
-            "cyrus-imapd": cyrus,
-            "python": platform.python_version()}
+    return {
+        "borg": first_line([os.path.join(VENV_BIN, "borg"), "--version"]),
+        "borgmatic": first_line([os.path.join(VENV_BIN, "borgmatic"), "--version"]),
+        "cyrus-imapd": cyrus,
+        "python": platform.python_version(),
+    }
 
 
 def machine():
@@ -204,8 +219,16 @@ def machine():
     except (OSError, ValueError):
         pass
     root_fs = sh("findmnt", "-no", "FSTYPE", "-T", "/var/tmp", check=False).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mb": mem, "kernel": platform.release(),
-            "os": _os_release(), "disk_fs": root_fs, "virtualized": _virt(), **versions()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mb": mem,
+        "kernel": platform.release(),
+        "os": _os_release(),
+        "disk_fs": root_fs,
+        "virtualized": _virt(),
+        **versions(),
+    }
 
 
 def _os_release():

@@ -20,7 +20,7 @@ from bench.common import CLEANUP, RUN_DIR, SHORT_DIR, log, sh
 
 IMAGES = os.path.join(RUN_DIR, "images")
 CACHE = os.path.join(RUN_DIR, "spool-cache")
-GENERATOR_VERSION = 3      # bump when spool.py changes what it generates
+GENERATOR_VERSION = 3  # bump when spool.py changes what it generates
 
 
 def mounted_below(path):
@@ -81,8 +81,11 @@ class LoopFs:
             os.unlink(self.image)
         sh("truncate", "-s", self.size, self.image)
         self.loop = sh("losetup", "--find", "--show", self.image).stdout.strip()
-        mkfs = {"btrfs": ["mkfs.btrfs", "-q", "-f"], "xfs": ["mkfs.xfs", "-q", "-f"],
-                "ext4": ["mkfs.ext4", "-q", "-F"]}[self.fstype]
+        mkfs = {
+            "btrfs": ["mkfs.btrfs", "-q", "-f"],
+            "xfs": ["mkfs.xfs", "-q", "-f"],
+            "ext4": ["mkfs.ext4", "-q", "-F"],
+        }[self.fstype]
         sh(*mkfs, self.loop)
         os.makedirs(mountpoint, exist_ok=True)
         sh("mount", self.loop, mountpoint)
@@ -133,8 +136,11 @@ class Server:
         self.name = name
         self.data = data
         self.base = base or os.path.join(SHORT_DIR, name)
-        self.layout = {"configdirectory": f"{data}/conf", "partition-default": f"{data}/spool",
-                       "sievedir": f"{data}/sieve"}
+        self.layout = {
+            "configdirectory": f"{data}/conf",
+            "partition-default": f"{data}/spool",
+            "sievedir": f"{data}/sieve",
+        }
         self.sb = Sandbox(self.base, layout=self.layout)
         self.roots = [self.layout["configdirectory"], self.layout["partition-default"], self.layout["sievedir"]]
 
@@ -181,7 +187,7 @@ def build_spool(scale, dest, use_cache=True, tmpfs_size="20g"):
     cached = os.path.join(CACHE, key)
     info_file = os.path.join(cached, ".bench-spool.json")
     if not (use_cache and os.path.exists(info_file)):
-        for old in os.listdir(CACHE) if os.path.isdir(CACHE) else ():     # other versions of this spool
+        for old in os.listdir(CACHE) if os.path.isdir(CACHE) else ():  # other versions of this spool
             if old.rsplit("-", 1)[0] == scale.name and old != key:
                 shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
         p = spool.plan(scale)
@@ -193,9 +199,14 @@ def build_spool(scale, dest, use_cache=True, tmpfs_size="20g"):
                 srv.start()
                 info = spool.populate(srv.sb, p, log=log)
             finally:
-                srv.stop()      # before the tmpfs goes: its pidfile lives there
-            info.update(scale=scale.describe(), mailboxes=len(p.mailboxes), messages=len(p.messages),
-                        generate_s=time.monotonic() - t, how="lmtp" if scale.lmtp else "fast")
+                srv.stop()  # before the tmpfs goes: its pidfile lives there
+            info.update(
+                scale=scale.describe(),
+                mailboxes=len(p.mailboxes),
+                messages=len(p.messages),
+                generate_s=time.monotonic() - t,
+                how="lmtp" if scale.lmtp else "fast",
+            )
             with open(os.path.join(gen, "data", ".bench-spool.json"), "w") as f:
                 json.dump(info, f)
             if use_cache:

@@ -29,6 +29,7 @@ def random_path_analog(bench, reps=2):
     import yaml
 
     from bench.common import median, write_yaml
+
     beds = {name: bed for (name, kind), bed in bench._beds.items() if kind == "btrfs"}
     bed = beds.get("medium") or beds.get("small")
     if bed is None:
@@ -47,9 +48,16 @@ def random_path_analog(bench, reps=2):
     def changed(r):
         return len([ln for ln in (r.stdout + r.stderr).splitlines() if re.match(r"^(?:\S+: )?[AM] \S", ln)])
 
-    bed.borgmatic(cfg, bc_config=stable)                      # the stable path is warm
-    out = {"scale": bed.scale.name, "spool_bytes": bed.info.get("bytes"), "spool_messages": bed.info.get("messages"),
-           "stable_s": [], "random_s": [], "stable_changed": [], "random_changed": []}
+    bed.borgmatic(cfg, bc_config=stable)  # the stable path is warm
+    out = {
+        "scale": bed.scale.name,
+        "spool_bytes": bed.info.get("bytes"),
+        "spool_messages": bed.info.get("messages"),
+        "stable_s": [],
+        "random_s": [],
+        "stable_changed": [],
+        "random_changed": [],
+    }
     for _ in range(reps):
         r = bed.borgmatic(cfg, bc_config=stable)
         out["stable_s"].append(r.seconds)
@@ -60,8 +68,10 @@ def random_path_analog(bench, reps=2):
         out["random_s"].append(r.seconds)
         out["random_changed"].append(changed(r))
         fs.safe_rmtree(mnt)
-        log(f"    stable path {out['stable_s'][-1]:.1f} s ({out['stable_changed'][-1]} files read), random path "
-            f"{out['random_s'][-1]:.1f} s ({out['random_changed'][-1]} files read)")
+        log(
+            f"    stable path {out['stable_s'][-1]:.1f} s ({out['stable_changed'][-1]} files read), random path "
+            f"{out['random_s'][-1]:.1f} s ({out['random_changed'][-1]} files read)"
+        )
     out["stable_median"], out["random_median"] = median(out["stable_s"]), median(out["random_s"])
     out["ratio"] = out["random_median"] / out["stable_median"] if out["stable_median"] else None
     return out
@@ -88,7 +98,7 @@ def _vm(bench, scales, reps, timeout):
     reason = vm_unavailable_reason()
     if reason:
         return {"error": f"VM harness unavailable: {reason}"}
-    for scale in scales:                 # the guest copies the spools from the host's cache
+    for scale in scales:  # the guest copies the spools from the host's cache
         fs.ensure_cached(scale)
     share = os.path.join(RUN_DIR, "vm-share")
     os.makedirs(share, exist_ok=True)
@@ -96,9 +106,15 @@ def _vm(bench, scales, reps, timeout):
     if os.path.exists(out):
         os.unlink(out)
     log(f"  booting the VM (TCG) for {', '.join(s.name for s in scales)} ...")
-    r = run_in_vm([sys.executable, "-m", "bench.vm_guest", "--out", out, "--reps", str(reps),
-                   *[s.name for s in scales]], disks=1, disk_size="6G", timeout=timeout, share=share, cwd=ROOT,
-                  mem=3072)
+    r = run_in_vm(
+        [sys.executable, "-m", "bench.vm_guest", "--out", out, "--reps", str(reps), *[s.name for s in scales]],
+        disks=1,
+        disk_size="6G",
+        timeout=timeout,
+        share=share,
+        cwd=ROOT,
+        mem=3072,
+    )
     for line in (r.stdout or "").splitlines():
         if line.startswith(("    ", "  testbed", "  nightly")):
             log("  vm:" + line)
@@ -107,5 +123,7 @@ def _vm(bench, scales, reps, timeout):
         with open(out) as f:
             res = json.load(f)
     if r.returncode:
-        res.setdefault("errors", {})["vm"] = f"exit {r.returncode}: {(r.stderr or '')[-2000:]}{(r.stdout or '')[-2000:]}"
+        res.setdefault("errors", {})["vm"] = (
+            f"exit {r.returncode}: {(r.stderr or '')[-2000:]}{(r.stdout or '')[-2000:]}"
+        )
     return res

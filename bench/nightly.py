@@ -40,20 +40,29 @@ class Runner:
         else:
             self.bc = bed.borg_cyrus_config(kind, self.work, "btrfs")
             alt = {"btrfs": {}}
-        self.repos = {"plain": repo_live, "borgmatic": repo_live, "borg-cyrus": repo_snap,
-                      "borg-cyrus-nocheck": repo_snap, f"borgmatic-{kind}": repo_bm}
+        self.repos = {
+            "plain": repo_live,
+            "borgmatic": repo_live,
+            "borg-cyrus": repo_snap,
+            "borg-cyrus-nocheck": repo_snap,
+            f"borgmatic-{kind}": repo_bm,
+        }
         self.cfgs = {
             "borgmatic": bed.borgmatic_plain("nohooks", repo_live),
             "borg-cyrus": bed.borgmatic_bc(f"bc-{kind}", repo_snap, self.work),
-            "borg-cyrus-nocheck": bed.borgmatic_bc(f"bc-{kind}-nocheck", repo_snap, self.work,
-                                                   unsafe_skip_path_validation_before_create=True),
+            "borg-cyrus-nocheck": bed.borgmatic_bc(
+                f"bc-{kind}-nocheck", repo_snap, self.work, unsafe_skip_path_validation_before_create=True
+            ),
             f"borgmatic-{kind}": bed.borgmatic_plain(f"bm-{kind}", repo_bm, **alt),
         }
 
     def run(self, row, list_changed=False):
         if row == "plain":
-            argv = ["borg", "create"] + (["--list", "--filter=AM"] if list_changed else []) + \
-                [f"{self.repos['plain']}::plain-{time.time_ns()}", *self.bed.roots]
+            argv = (
+                ["borg", "create"]
+                + (["--list", "--filter=AM"] if list_changed else [])
+                + [f"{self.repos['plain']}::plain-{time.time_ns()}", *self.bed.roots]
+            )
             r = timed(argv, env_=env())
             r.hooks = {}
         else:
@@ -61,6 +70,7 @@ class Runner:
             if list_changed:
                 import yaml
                 from bench.common import write_yaml
+
                 with open(cfg) as f:
                     data = yaml.safe_load(f)
                 data["extra_borg_options"] = {"create": "--list --filter=AM"}
@@ -101,20 +111,27 @@ def run(bench, scale, reps, kind="btrfs", rows=None, list_in_runs=False, with_pa
     rows = rows or (LVM_ROWS if kind == "lvm" else BTRFS_ROWS)
     bed = bench.testbed(scale, kind)
     rn = Runner(bed, kind)
-    res = {"scale": scale.name, "scale_desc": scale.describe(), "kind": kind, "files": None, "rows": {},
-           "reps": reps, "row_desc": {r: ROWS[r].format(kind=kind) for r in rows}}
+    res = {
+        "scale": scale.name,
+        "scale_desc": scale.describe(),
+        "kind": kind,
+        "files": None,
+        "rows": {},
+        "reps": reps,
+        "row_desc": {r: ROWS[r].format(kind=kind) for r in rows},
+    }
     first_rows = [r for r in rows if r in FIRST_ROWS]
     log(f"  nightly/{scale.name}: first runs ({', '.join(first_rows)})")
     res["first_cold"] = True
     for row in first_rows:
-        drop_caches()      # every first run starts cold: the copy just put the live files in the page cache
+        drop_caches()  # every first run starts cold: the copy just put the live files in the page cache
         r = rn.run(row)
         res["rows"].setdefault(row, {})["first_s"] = r.seconds
         log(f"    first {row:20} {r.seconds:7.2f} s")
     times = {row: [] for row in rows}
     hooks = {row: [] for row in rows}
     for k in range(reps):
-        order = list(rows[k % len(rows):]) + list(rows[:k % len(rows)])   # rotate: drift hits every row alike
+        order = list(rows[k % len(rows) :]) + list(rows[: k % len(rows)])  # rotate: drift hits every row alike
         for row in order:
             r = rn.run(row, list_changed=list_in_runs)
             times[row].append(r.seconds)
@@ -147,6 +164,7 @@ def run(bench, scale, reps, kind="btrfs", rows=None, list_in_runs=False, with_pa
         if d.get("first_s") is not None:
             d["first_ratio"] = ratio(d["first_s"], fa)
     from bench.testbed import manifest
+
     m = manifest(rn.work)
     res["files"] = m.get("counts", {})
     res["spool_bytes"] = bed.info.get("bytes")

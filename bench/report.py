@@ -25,6 +25,7 @@ def ordered(keys, order):
 
 # -- formatting ----------------------------------------------------------------
 
+
 def s(x, digits=2):
     if x is None:
         return "–"
@@ -64,6 +65,7 @@ def verdict(ok):
 
 # -- headline --------------------------------------------------------------------
 
+
 def headline(results):
     sec = results.get("sections", {})
     rows = []
@@ -71,75 +73,121 @@ def headline(results):
     m = (bl.get("modes") or {}).get("btrfs")
     if m:
         live = (bl.get("modes") or {}).get("live") or {}
-        rows.append(("write-blocked window, `btrfs`", "≤ 0.1 s",
-                     f"LMTP gap {ms(m['lmtp_gap'])} (live floor {ms(live.get('lmtp_gap'))}); append gap "
-                     f"{ms(m['append_gap'])}; borg-cyrus's own measure {ms(m['blocked_seconds'])}",
-                     verdict(m["append_gap"] is not None and m["append_gap"] <= TARGETS["btrfs_window"]
-                             and (m["blocked_seconds"] or 0) <= TARGETS["btrfs_window"])))
+        rows.append(
+            (
+                "write-blocked window, `btrfs`",
+                "≤ 0.1 s",
+                f"LMTP gap {ms(m['lmtp_gap'])} (live floor {ms(live.get('lmtp_gap'))}); append gap "
+                f"{ms(m['append_gap'])}; borg-cyrus's own measure {ms(m['blocked_seconds'])}",
+                verdict(
+                    m["append_gap"] is not None
+                    and m["append_gap"] <= TARGETS["btrfs_window"]
+                    and (m["blocked_seconds"] or 0) <= TARGETS["btrfs_window"]
+                ),
+            )
+        )
     lv = _lvm_blocked(results)
     if lv:
-        rows.append(("write-blocked window, `lvm` (TCG VM)", "≤ 1 s",
-                     f"LMTP gap {ms(lv['lmtp_gap'])} (live floor {ms(lv.get('live_gap'))}); append gap "
-                     f"{ms(lv['append_gap'])}; borg-cyrus's own measure {ms(lv['blocked_seconds'])}",
-                     verdict(lv["append_gap"] is not None and lv["append_gap"] <= TARGETS["lvm_window"]
-                             and (lv["blocked_seconds"] or 0) <= TARGETS["lvm_window"])))
+        rows.append(
+            (
+                "write-blocked window, `lvm` (TCG VM)",
+                "≤ 1 s",
+                f"LMTP gap {ms(lv['lmtp_gap'])} (live floor {ms(lv.get('live_gap'))}); append gap "
+                f"{ms(lv['append_gap'])}; borg-cyrus's own measure {ms(lv['blocked_seconds'])}",
+                verdict(
+                    lv["append_gap"] is not None
+                    and lv["append_gap"] <= TARGETS["lvm_window"]
+                    and (lv["blocked_seconds"] or 0) <= TARGETS["lvm_window"]
+                ),
+            )
+        )
     for n in sec.get("nightly") or []:
         bc = n["rows"].get("borg-cyrus", {})
         nc = n["rows"].get("borg-cyrus-nocheck", {})
         bm = n["rows"].get("borgmatic", {})
-        rows.append((f"unchanged nightly run vs plain `borg create`, {n['scale']} "
-                     f"({n.get('spool_messages')} messages)", "≤ 1.1×",
-                     f"{rx(bc.get('ratio'))} ({s(bc.get('second_median'))} vs {s(n['rows']['plain'].get('second_median'))}); "
-                     f"borgmatic alone {rx(bm.get('ratio'))}, borg-cyrus without borgmatic's path check "
-                     f"{rx(nc.get('ratio'))}",
-                     verdict(bc.get("ratio") is not None and bc["ratio"] <= TARGETS["nightly_ratio"])))
+        rows.append(
+            (
+                f"unchanged nightly run vs plain `borg create`, {n['scale']} ({n.get('spool_messages')} messages)",
+                "≤ 1.1×",
+                f"{rx(bc.get('ratio'))} ({s(bc.get('second_median'))} vs {s(n['rows']['plain'].get('second_median'))}); "
+                f"borgmatic alone {rx(bm.get('ratio'))}, borg-cyrus without borgmatic's path check "
+                f"{rx(nc.get('ratio'))}",
+                verdict(bc.get("ratio") is not None and bc["ratio"] <= TARGETS["nightly_ratio"]),
+            )
+        )
     for name, sp in (_lvm_nightly(results) or {}).items():
         bc = sp["rows"].get("borg-cyrus", {})
         bm = sp["rows"].get("borgmatic-lvm", {})
-        sp_up = (bm.get("second_median") / bc["second_median"]) if bc.get("second_median") and bm.get("second_median") else None
-        rows.append((f"LVM unchanged run, borgmatic `lvm:` ÷ borg-cyrus `lvm`, spool {name} "
-                     f"({mb(sp.get('spool_bytes'))})", "≥ 10×",
-                     f"{rx(sp_up, 1)} ({s(bm.get('second_median'))} vs {s(bc.get('second_median'))}; files re-read "
-                     f"{bm.get('changed_files') or 0:.0f} vs {bc.get('changed_files') or 0:.0f})",
-                     verdict(sp_up is not None and sp_up >= TARGETS["lvm_speedup"])))
-    an = ((sec.get("lvm") or {}).get("analog") or {})
+        sp_up = (
+            (bm.get("second_median") / bc["second_median"])
+            if bc.get("second_median") and bm.get("second_median")
+            else None
+        )
+        rows.append(
+            (
+                f"LVM unchanged run, borgmatic `lvm:` ÷ borg-cyrus `lvm`, spool {name} ({mb(sp.get('spool_bytes'))})",
+                "≥ 10×",
+                f"{rx(sp_up, 1)} ({s(bm.get('second_median'))} vs {s(bc.get('second_median'))}; files re-read "
+                f"{bm.get('changed_files') or 0:.0f} vs {bc.get('changed_files') or 0:.0f})",
+                verdict(sp_up is not None and sp_up >= TARGETS["lvm_speedup"]),
+            )
+        )
+    an = (sec.get("lvm") or {}).get("analog") or {}
     if an.get("ratio"):
-        rows.append((f"same comparison on the host at real size: stable vs random snapshot mount path, "
-                     f"{an['scale']} ({an.get('spool_messages')} messages, {mb(an.get('spool_bytes'))})", "≥ 10×",
-                     f"{rx(an['ratio'], 1)} ({s(an['random_median'])} vs {s(an['stable_median'])}; files read "
-                     f"{median(an['random_changed']):.0f} vs {median(an['stable_changed']):.0f})",
-                     verdict(an["ratio"] >= TARGETS["lvm_speedup"])))
+        rows.append(
+            (
+                f"same comparison on the host at real size: stable vs random snapshot mount path, "
+                f"{an['scale']} ({an.get('spool_messages')} messages, {mb(an.get('spool_bytes'))})",
+                "≥ 10×",
+                f"{rx(an['ratio'], 1)} ({s(an['random_median'])} vs {s(an['stable_median'])}; files read "
+                f"{median(an['random_changed']):.0f} vs {median(an['stable_changed']):.0f})",
+                verdict(an["ratio"] >= TARGETS["lvm_speedup"]),
+            )
+        )
     sc = sec.get("scaling") or {}
     pts = {p["scale"]: p for p in sc.get("points", [])}
     p10 = pts.get("mb10k")
     if p10:
         x10 = pts.get("mb10k-x10")
         lin = _linearity(sc)
-        rows.append(("`before` at 10k mailboxes", "≤ 2 s, O(mailboxes)",
-                     f"{s(p10['before_s'])}, peak RSS {p10['self_mb']:.0f} MB"
-                     + (f"; 10× the messages: {rx(x10['before_s'] / p10['before_s'])} the time" if x10 else "")
-                     + (f"; {lin}" if lin else ""),
-                     verdict(p10["before_s"] <= TARGETS["before_10k"])))
+        rows.append(
+            (
+                "`before` at 10k mailboxes",
+                "≤ 2 s, O(mailboxes)",
+                f"{s(p10['before_s'])}, peak RSS {p10['self_mb']:.0f} MB"
+                + (f"; 10× the messages: {rx(x10['before_s'] / p10['before_s'])} the time" if x10 else "")
+                + (f"; {lin}" if lin else ""),
+                verdict(p10["before_s"] <= TARGETS["before_10k"]),
+            )
+        )
     rs = sec.get("restore") or {}
     if rs.get("raw_median"):
-        rows.append((f"single-user restore ({rs['user']}: {rs['user_mailboxes']} mailboxes, {rs['user_messages']} "
-                     f"messages, {mb(rs['user_bytes'])})", "(report)",
-                     f"`restore user` {s(rs['restore_median'])} = {rx(rs['ratio'], 1)} a raw `borg extract` of "
-                     f"the same directories ({s(rs['raw_median'])})", "–"))
+        rows.append(
+            (
+                f"single-user restore ({rs['user']}: {rs['user_mailboxes']} mailboxes, {rs['user_messages']} "
+                f"messages, {mb(rs['user_bytes'])})",
+                "(report)",
+                f"`restore user` {s(rs['restore_median'])} = {rx(rs['ratio'], 1)} a raw `borg extract` of "
+                f"the same directories ({s(rs['raw_median'])})",
+                "–",
+            )
+        )
     return table(["target", "goal", "measured (medians, same run)", ""], rows)
 
 
 def _linearity(sc):
     """Marginal cost per 1,000 mailboxes between consecutive points of the sweep."""
-    pts = sorted([p for p in sc.get("points", []) if "-x" not in p["scale"] and p.get("mailboxes")],
-                 key=lambda p: p["mailboxes"])
+    pts = sorted(
+        [p for p in sc.get("points", []) if "-x" not in p["scale"] and p.get("mailboxes")], key=lambda p: p["mailboxes"]
+    )
     if len(pts) < 2:
         return ""
     parts = []
     for a, b in zip(pts, pts[1:]):
         per_k = (b["before_s"] - a["before_s"]) / (b["mailboxes"] - a["mailboxes"]) * 1000
-        parts.append(f"{per_k * 1000:.0f} ms per 1,000 mailboxes from {a['mailboxes'] // 1000}k to "
-                     f"{b['mailboxes'] // 1000}k")
+        parts.append(
+            f"{per_k * 1000:.0f} ms per 1,000 mailboxes from {a['mailboxes'] // 1000}k to {b['mailboxes'] // 1000}k"
+        )
     return "marginal cost " + ", ".join(parts)
 
 
@@ -161,44 +209,106 @@ def _lvm_blocked(results):
 
 # -- sections ---------------------------------------------------------------------
 
+
 def blocked_table(bl):
     rows = []
     idle = bl.get("idle") or {}
-    rows.append(("idle server, no backup", ms(idle.get("lmtp_gap")), "", ms(idle.get("append_gap")), "", "–", "–",
-                 "–"))
+    rows.append(("idle server, no backup", ms(idle.get("lmtp_gap")), "", ms(idle.get("append_gap")), "", "–", "–", "–"))
     for name in ordered(bl["modes"], BLOCKED_ORDER):
         m = bl["modes"][name]
         lo, hi = m.get("lmtp_gap_range") or (None, None)
         alo, ahi = m.get("append_gap_range") or (None, None)
-        rows.append((m["desc"], ms(m["lmtp_gap"]), f"{ms(lo)} – {ms(hi)}", ms(m["append_gap"]), f"{ms(alo)} – {ms(ahi)}",
-                     ms(m["blocked_seconds"]), f"{m['lmtp_failed']:.0f}" if m.get("lmtp_failed") is not None else "–",
-                     s(m["seconds"], 1) + (f" ({len(m['failed_runs'])} backup(s) failed)" if m.get("failed_runs") else "")))
-    return table(["mode", "LMTP gap (median)", "range", "append gap (median)", "range", "borg-cyrus's own measure",
-                  "failed deliveries", "backup took"], rows)
+        rows.append(
+            (
+                m["desc"],
+                ms(m["lmtp_gap"]),
+                f"{ms(lo)} – {ms(hi)}",
+                ms(m["append_gap"]),
+                f"{ms(alo)} – {ms(ahi)}",
+                ms(m["blocked_seconds"]),
+                f"{m['lmtp_failed']:.0f}" if m.get("lmtp_failed") is not None else "–",
+                s(m["seconds"], 1) + (f" ({len(m['failed_runs'])} backup(s) failed)" if m.get("failed_runs") else ""),
+            )
+        )
+    return table(
+        [
+            "mode",
+            "LMTP gap (median)",
+            "range",
+            "append gap (median)",
+            "range",
+            "borg-cyrus's own measure",
+            "failed deliveries",
+            "backup took",
+        ],
+        rows,
+    )
 
 
 def nightly_table(n):
     rows = []
     for row in ordered(n.get("row_desc") or n["rows"], NIGHTLY_ORDER):
         d = n["rows"].get(row, {})
-        rows.append((n.get("row_desc", {}).get(row, row), s(d.get("first_s")), rx(d.get("first_ratio")),
-                     s(d.get("second_median")), rx(d.get("ratio")),
-                     "–" if d.get("changed_files") is None else f"{d['changed_files']:.0f}",
-                     s(d.get("before_s")) if d.get("before_s") is not None else "–",
-                     s(d.get("after_s")) if d.get("after_s") is not None else "–"))
-    return table(["method", "first run", "× plain", f"unchanged run (median of {n['reps']})", "× plain",
-                  "files read again", "`before` hook", "`after` hook"], rows)
+        rows.append(
+            (
+                n.get("row_desc", {}).get(row, row),
+                s(d.get("first_s")),
+                rx(d.get("first_ratio")),
+                s(d.get("second_median")),
+                rx(d.get("ratio")),
+                "–" if d.get("changed_files") is None else f"{d['changed_files']:.0f}",
+                s(d.get("before_s")) if d.get("before_s") is not None else "–",
+                s(d.get("after_s")) if d.get("after_s") is not None else "–",
+            )
+        )
+    return table(
+        [
+            "method",
+            "first run",
+            "× plain",
+            f"unchanged run (median of {n['reps']})",
+            "× plain",
+            "files read again",
+            "`before` hook",
+            "`after` hook",
+        ],
+        rows,
+    )
 
 
 def scaling_table(sc):
     rows = []
     for p in sc.get("points", []):
         t = p.get("timings", {})
-        rows.append((p["scale"], p["mailboxes"], p["messages"], s(p["before_s"]), f"{p['self_mb']:.0f} MB",
-                     s(t.get("freeze")), s(t.get("dumps")), s(t.get("counts")),
-                     s(t.get("excludes")), s(p.get("after_s"))))
-    return table(["spool", "mailboxes", "messages", "`before` (median)", "peak RSS (VmHWM)",
-                  "freeze", "dumps", "counts", "excludes", "`after`"], rows)
+        rows.append(
+            (
+                p["scale"],
+                p["mailboxes"],
+                p["messages"],
+                s(p["before_s"]),
+                f"{p['self_mb']:.0f} MB",
+                s(t.get("freeze")),
+                s(t.get("dumps")),
+                s(t.get("counts")),
+                s(t.get("excludes")),
+                s(p.get("after_s")),
+            )
+        )
+    return table(
+        [
+            "spool",
+            "mailboxes",
+            "messages",
+            "`before` (median)",
+            "peak RSS (VmHWM)",
+            "freeze",
+            "dumps",
+            "counts",
+            "excludes",
+            "`after`",
+        ],
+        rows,
+    )
 
 
 def profile_block(prof, min_frac=0.03, max_lines=45):
@@ -219,9 +329,11 @@ def profile_block(prof, min_frac=0.03, max_lines=45):
 
 # -- plots --------------------------------------------------------------------------
 
+
 def plots(results, outdir, prefix="bench-"):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -248,8 +360,11 @@ def plots(results, outdir, prefix="bench-"):
         ax.set_yticklabels(names)
         ax.set_xscale("log")
         ax.set_xlabel("longest write gap during the backup (s, log scale; median of runs)")
-        ax.set_title(f"Write-blocked window per backup ({bl['scale']} spool)" +
-                     (f"; lvm in the VM: {ms(lv['append_gap'])}" if lv else ""), fontsize=10)
+        ax.set_title(
+            f"Write-blocked window per backup ({bl['scale']} spool)"
+            + (f"; lvm in the VM: {ms(lv['append_gap'])}" if lv else ""),
+            fontsize=10,
+        )
         ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         path = os.path.join(outdir, prefix + "blocked.png")
@@ -259,8 +374,12 @@ def plots(results, outdir, prefix="bench-"):
     ni = sec.get("nightly")
     if ni:
         rows = ["borgmatic", "borg-cyrus", "borg-cyrus-nocheck", "borgmatic-btrfs"]
-        labels = {"borgmatic": "borgmatic, no hooks", "borg-cyrus": "borgmatic + borg-cyrus btrfs",
-                  "borg-cyrus-nocheck": "… without borgmatic's path check", "borgmatic-btrfs": "borgmatic btrfs: hook"}
+        labels = {
+            "borgmatic": "borgmatic, no hooks",
+            "borg-cyrus": "borgmatic + borg-cyrus btrfs",
+            "borg-cyrus-nocheck": "… without borgmatic's path check",
+            "borgmatic-btrfs": "borgmatic btrfs: hook",
+        }
         fig, ax = plt.subplots(figsize=(8, 3.8))
         w = 0.8 / len(rows)
         for i, row in enumerate(rows):
@@ -291,16 +410,27 @@ def plots(results, outdir, prefix="bench-"):
             f = sc["fit"]
             lo, hi = sw[0]["mailboxes"], sw[-1]["mailboxes"]
             grid = [lo * (hi / lo) ** (i / 30) for i in range(31)]
-            ax.plot(grid, [f["fixed_s"] + f["per_1k_mailboxes_s"] * g / 1000 for g in grid], ":", color="grey",
-                    label=f"linear fit: {f['fixed_s']:.2f} s + {f['per_1k_mailboxes_s'] * 1000:.1f} ms/1k mailboxes")
+            ax.plot(
+                grid,
+                [f["fixed_s"] + f["per_1k_mailboxes_s"] * g / 1000 for g in grid],
+                ":",
+                color="grey",
+                label=f"linear fit: {f['fixed_s']:.2f} s + {f['per_1k_mailboxes_s'] * 1000:.1f} ms/1k mailboxes",
+            )
         ax.axhline(2.0, color="k", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("mailboxes")
         ax.set_ylabel("`borg-cyrus before` (s)")
         ax2 = ax.twinx()
-        ax2.plot([p["mailboxes"] for p in sw], [p["self_mb"] for p in sw], "^--", color="C2", alpha=0.7,
-                 label="peak RSS of `before` (MB)")
+        ax2.plot(
+            [p["mailboxes"] for p in sw],
+            [p["self_mb"] for p in sw],
+            "^--",
+            color="C2",
+            alpha=0.7,
+            label="peak RSS of `before` (MB)",
+        )
         ax2.set_ylabel("peak RSS (MB)")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
@@ -315,6 +445,7 @@ def plots(results, outdir, prefix="bench-"):
 
 
 # -- the document ------------------------------------------------------------------
+
 
 def tables(results):
     out = []
@@ -334,8 +465,10 @@ def tables(results):
         out.append("BEFORE SCALING\n" + scaling_table(sec["scaling"]))
     if sec.get("restore"):
         r = sec["restore"]
-        out.append(f"RESTORE {r.get('user')}: restore user {s(r.get('restore_median'))}, raw extract "
-                   f"{s(r.get('raw_median'))}, ratio {rx(r.get('ratio'))}")
+        out.append(
+            f"RESTORE {r.get('user')}: restore user {s(r.get('restore_median'))}, raw extract "
+            f"{s(r.get('raw_median'))}, ratio {rx(r.get('ratio'))}"
+        )
     errs = dict(results.get("errors") or {})
     errs.update({f"lvm/{k}": v for k, v in (lvm.get("errors") or {}).items()})
     if lvm.get("error"):
@@ -350,6 +483,7 @@ def write(results, path):
     os.makedirs(outdir, exist_ok=True)
     pics = plots(results, outdir)
     from bench import narrative
+
     text = narrative.document(results, pics)
     with open(path, "w") as f:
         f.write(text)
@@ -364,7 +498,9 @@ def spool_rows(results):
     for p in (sec.get("scaling") or {}).get("points", []):
         seen.setdefault(p["scale"], (p["scale_desc"], p.get("mailboxes"), p.get("messages"), None))
     for name, n in (_lvm_nightly(results) or {}).items():
-        seen.setdefault(name, (n["scale_desc"], n.get("spool_mailboxes"), n.get("spool_messages"), n.get("spool_bytes")))
+        seen.setdefault(
+            name, (n["scale_desc"], n.get("spool_mailboxes"), n.get("spool_messages"), n.get("spool_bytes"))
+        )
     return [(k, *v) for k, v in seen.items()]
 
 

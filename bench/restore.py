@@ -39,7 +39,7 @@ def user_paths(m, user, info):
     lay = m["layout"]
     parts = lay["partitions"]
     out = []
-    for name, e in info["boxes"].items():
+    for _name, e in info["boxes"].items():
         u = e["uniqueid"]
         out.append(os.path.join(parts[e.get("partition") or "default"], "uuid", u[0], u[1], u))
     inbox = info["boxes"].get(f"user.{user}")
@@ -54,6 +54,7 @@ def user_paths(m, user, info):
 
 def imap(sb, user="cyrus"):
     import imaplib
+
     c = imaplib.IMAP4("127.0.0.1", sb.port, timeout=120)
     c.login(user, "x")
     return c
@@ -81,7 +82,7 @@ def imap_counts(sb, user):
 def delete_user(sb, user):
     c = imap(sb)
     try:
-        c.setacl(f"user/{user}", "cyrus", "lrswipkxtecda")    # admins hold 'a' implicitly, not 'x'
+        c.setacl(f"user/{user}", "cyrus", "lrswipkxtecda")  # admins hold 'a' implicitly, not 'x'
         typ, data = c.delete(f"user/{user}")
         if typ != "OK":
             raise RuntimeError(f"DELETE user/{user}: {typ} {data}")
@@ -92,6 +93,7 @@ def delete_user(sb, user):
 def run(bench, scale, reps):
     bed = bench.testbed(scale)
     from bench.blocked import ensure_server
+
     ensure_server(bed.server.sb)
     work = bed.work("btrfs")
     bc = bed.borg_cyrus_config("btrfs", work, "btrfs")
@@ -109,10 +111,19 @@ def run(bench, scale, reps):
     sb = bed.server.sb
     help_text = sh("borg-cyrus", "restore", "--help", env=env(), check=False).stdout
     has_user = " user " in help_text or "\n    user" in help_text
-    out = {"scale": scale.name, "scale_desc": scale.describe(), "user": user, "user_mailboxes": info["mailboxes"],
-           "user_messages": info["messages"], "user_bytes": info["bytes"], "paths": len(paths), "reps": reps,
-           "archive_users": len(users), "archive_bytes": sum(u["bytes"] for u in users.values()),
-           "restore_user_available": has_user}
+    out = {
+        "scale": scale.name,
+        "scale_desc": scale.describe(),
+        "user": user,
+        "user_mailboxes": info["mailboxes"],
+        "user_messages": info["messages"],
+        "user_bytes": info["bytes"],
+        "paths": len(paths),
+        "reps": reps,
+        "archive_users": len(users),
+        "archive_bytes": sum(u["bytes"] for u in users.values()),
+        "restore_user_available": has_user,
+    }
     if not has_user:
         out["error"] = "borg-cyrus restore user is not available"
         return out
@@ -128,16 +139,27 @@ def run(bench, scale, reps):
 
         delete_user(sb, user)
         shutil.rmtree(staging, ignore_errors=True)
-        r = timed(["borg-cyrus", "-c", bc, "restore", "user", user, "--borgmatic-config", cfg, "--staging", staging],
-                  env_=env(), check=False)
+        r = timed(
+            ["borg-cyrus", "-c", bc, "restore", "user", user, "--borgmatic-config", cfg, "--staging", staging],
+            env_=env(),
+            check=False,
+        )
         if r.returncode:
             out["error"] = f"restore user failed ({r.returncode}): {(r.stderr or r.stdout)[-1500:]}"
             break
         rest.append(r.seconds)
         boxes, msgs = imap_counts(sb, user)
         ok.append(boxes == info["mailboxes"] and msgs == info["messages"])
-        log(f"    #{k + 1}: raw borg extract {raw[-1]:.2f} s, borg-cyrus restore user {rest[-1]:.2f} s; "
-            f"IMAP sees {boxes}/{info['mailboxes']} mailboxes, {msgs}/{info['messages']} messages")
-    out.update(raw_s=raw, restore_s=rest, raw_median=median(raw), restore_median=median(rest),
-               ratio=ratio(median(rest), median(raw)), verified=ok)
+        log(
+            f"    #{k + 1}: raw borg extract {raw[-1]:.2f} s, borg-cyrus restore user {rest[-1]:.2f} s; "
+            f"IMAP sees {boxes}/{info['mailboxes']} mailboxes, {msgs}/{info['messages']} messages"
+        )
+    out.update(
+        raw_s=raw,
+        restore_s=rest,
+        raw_median=median(raw),
+        restore_median=median(rest),
+        ratio=ratio(median(rest), median(raw)),
+        verified=ok,
+    )
     return out

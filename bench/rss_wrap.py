@@ -30,14 +30,21 @@ def main():
     code = 0
     try:
         from borg_cyrus.cli import main as cli_main
+
         code = cli_main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         with open(out, "w") as f:
-            json.dump({"self_kb": vm_hwm_kb(), "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                       "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                       "exit": code}, f)
+            json.dump(
+                {
+                    "self_kb": vm_hwm_kb(),
+                    "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                    "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                    "exit": code,
+                },
+                f,
+            )
     sys.exit(code or 0)
 
 

@@ -11,8 +11,14 @@ VM_BIG = Scale("vm-big", users=40, messages=4_000)
 
 def sweep(n_mailboxes, per_mailbox=1):
     """n_mailboxes mailboxes (10 per user, flat), per_mailbox tiny messages each on average."""
-    return Scale(f"mb{n_mailboxes // 1000}k" + (f"-x{per_mailbox}" if per_mailbox != 1 else ""),
-                 users=n_mailboxes // 10, messages=n_mailboxes * per_mailbox, folders=(9, 9), flat=True, mix="tiny")
+    return Scale(
+        f"mb{n_mailboxes // 1000}k" + (f"-x{per_mailbox}" if per_mailbox != 1 else ""),
+        users=n_mailboxes // 10,
+        messages=n_mailboxes * per_mailbox,
+        folders=(9, 9),
+        flat=True,
+        mix="tiny",
+    )
 
 
 ALL = {s.name: s for s in (SMALL, MEDIUM, LARGE, VM_SMALL, VM_BIG)}

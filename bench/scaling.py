@@ -20,8 +20,10 @@ from bench.testbed import manifest
 
 
 def one(bed, bc, rss_file):
-    r = timed([sys.executable, "-m", "bench.rss_wrap", rss_file, "-c", bc, "before"],
-              env_=env({"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}))
+    r = timed(
+        [sys.executable, "-m", "bench.rss_wrap", rss_file, "-c", bc, "before"],
+        env_=env({"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}),
+    )
     with open(rss_file) as f:
         rss = json.load(f)
     a = timed(["borg-cyrus", "-c", bc, "after"], env_=env())
@@ -32,8 +34,25 @@ def profile(bed, bc, out_txt):
     """pyinstrument's call tree of one `before` (text), and the top frames."""
     if importlib.util.find_spec("pyinstrument") is None:
         return {"error": "pyinstrument is not installed (pip install 'borg-cyrus[bench]')"}
-    r = timed([sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all", "-o", out_txt, "-m", "borg_cyrus",
-               "-c", bc, "before"], env_=env(), check=False)
+    r = timed(
+        [
+            sys.executable,
+            "-m",
+            "pyinstrument",
+            "-r",
+            "text",
+            "--show-all",
+            "-o",
+            out_txt,
+            "-m",
+            "borg_cyrus",
+            "-c",
+            bc,
+            "before",
+        ],
+        env_=env(),
+        check=False,
+    )
     timed(["borg-cyrus", "-c", bc, "after"], env_=env(), check=False)
     if r.returncode:
         return {"error": (r.stderr or r.stdout)[-1500:]}
@@ -82,7 +101,7 @@ def run(bench, scales, reps, profile_largest=False):
         work = bed.work("before")
         bc = bed.borg_cyrus_config("before", work, "btrfs")
         rss_file = os.path.join(bed.dir, "rss.json")
-        one(bed, bc, rss_file)            # warm-up (page cache, first snapshot)
+        one(bed, bc, rss_file)  # warm-up (page cache, first snapshot)
         secs, selfkb, after = [], [], []
         for _ in range(reps):
             s, rss, a = one(bed, bc, rss_file)
@@ -90,14 +109,23 @@ def run(bench, scales, reps, profile_largest=False):
             selfkb.append(rss["self_kb"])
             after.append(a)
         m = manifest(work)
-        point = {"scale": scale.name, "scale_desc": scale.describe(), "mailboxes": m.get("counts", {}).get("mailboxes"),
-                 "messages": m.get("counts", {}).get("messages"), "before_s": median(secs), "before_runs": secs,
-                 "after_s": median(after), "self_mb": median(selfkb) / 1024,
-                 "timings": m.get("timings", {})}
+        point = {
+            "scale": scale.name,
+            "scale_desc": scale.describe(),
+            "mailboxes": m.get("counts", {}).get("mailboxes"),
+            "messages": m.get("counts", {}).get("messages"),
+            "before_s": median(secs),
+            "before_runs": secs,
+            "after_s": median(after),
+            "self_mb": median(selfkb) / 1024,
+            "timings": m.get("timings", {}),
+        }
         out["points"].append(point)
-        log(f"    {scale.name:10} {point['mailboxes']:>7} mailboxes {point['messages']:>7} messages: before "
+        log(
+            f"    {scale.name:10} {point['mailboxes']:>7} mailboxes {point['messages']:>7} messages: before "
             f"{point['before_s']:.2f} s, peak RSS {point['self_mb']:.0f} MB; "
-            + ", ".join(f"{k} {v:.2f}" for k, v in point["timings"].items()))
+            + ", ".join(f"{k} {v:.2f}" for k, v in point["timings"].items())
+        )
         if profile_largest and scale is max(scales, key=lambda s: s.users * (s.folders[0] + 1)):
             out["profile"] = profile(bed, bc, os.path.join(bed.dir, "profile.txt"))
             out["profile"]["scale"] = scale.name

@@ -35,9 +35,28 @@ from dataclasses import dataclass, field
 
 from borg_cyrus.cyrus.imapview import mutf7_encode, quote
 
-FOLDERS = ("Sent", "Drafts", "Trash", "Junk", "Archive", "Archive/2022", "Archive/2023", "Archive/2024",
-           "Projects", "Projects/Alpha", "Projects/Beta", "Lists", "Lists/cyrus-devel", "Lists/debian-user",
-           "Family", "Receipts", "Travel", "Newsletters", "Old mail", "Entwürfe")
+FOLDERS = (
+    "Sent",
+    "Drafts",
+    "Trash",
+    "Junk",
+    "Archive",
+    "Archive/2022",
+    "Archive/2023",
+    "Archive/2024",
+    "Projects",
+    "Projects/Alpha",
+    "Projects/Beta",
+    "Lists",
+    "Lists/cyrus-devel",
+    "Lists/debian-user",
+    "Family",
+    "Receipts",
+    "Travel",
+    "Newsletters",
+    "Old mail",
+    "Entwürfe",
+)
 FLAT_FOLDERS = ("Sent", "Drafts", "Trash", "Junk", "Archive", "Family", "Receipts", "Travel", "Newsletters")
 FOLDER_WEIGHT = {"INBOX": 6.0, "Sent": 2.5, "Drafts": 0.2, "Trash": 0.5, "Junk": 0.7, "Archive": 2.0}
 
@@ -60,11 +79,13 @@ SIZE_MIX = {
     "tiny": (("text", 1.0, 1_500, 0.3, 1_000, 3_000),),
 }
 
-WORDS = ("the of and to in is for on that with as this by be are from at or it an was we will can our have "
-         "meeting backup server cyrus mailbox quota invoice report project alpha beta release draft review please "
-         "thanks regards tomorrow monday budget customer ticket update schedule attached document version list "
-         "discussion proposal minutes agenda deadline contract offer price order delivery shipping travel hotel "
-         "flight family dinner photos weekend newsletter subscribe unsubscribe security password account login").split()
+WORDS = (
+    "the of and to in is for on that with as this by be are from at or it an was we will can our have "
+    "meeting backup server cyrus mailbox quota invoice report project alpha beta release draft review please "
+    "thanks regards tomorrow monday budget customer ticket update schedule attached document version list "
+    "discussion proposal minutes agenda deadline contract offer price order delivery shipping travel hotel "
+    "flight family dinner photos weekend newsletter subscribe unsubscribe security password account login"
+).split()
 
 
 @dataclass(frozen=True)
@@ -72,23 +93,25 @@ class Scale:
     name: str
     users: int
     messages: int
-    folders: tuple = (3, 9)        # folders per user (besides INBOX), uniform in [lo, hi]
+    folders: tuple = (3, 9)  # folders per user (besides INBOX), uniform in [lo, hi]
     mix: str = "realistic"
     seed: int = 20261126
-    lmtp: bool = False             # deliver through Cyrus (small scales) or write + reconstruct
-    flat: bool = False             # exactly `folders[0]` un-nested folders per user (mailbox-count sweeps)
+    lmtp: bool = False  # deliver through Cyrus (small scales) or write + reconstruct
+    flat: bool = False  # exactly `folders[0]` un-nested folders per user (mailbox-count sweeps)
 
     def describe(self):
         f = f"{self.folders[0]}" if self.folders[0] == self.folders[1] else f"{self.folders[0]}-{self.folders[1]}"
-        return (f"{self.users} users, {f} folders/user, {self.messages} messages, {self.mix} sizes, "
-                f"{'LMTP/IMAP' if self.lmtp else 'files + reconstruct'}")
+        return (
+            f"{self.users} users, {f} folders/user, {self.messages} messages, {self.mix} sizes, "
+            f"{'LMTP/IMAP' if self.lmtp else 'files + reconstruct'}"
+        )
 
 
 @dataclass
 class Plan:
     scale: Scale
-    mailboxes: list = field(default_factory=list)   # (user, folder or None for INBOX)
-    messages: list = field(default_factory=list)    # (mailbox index, size class, size, seed)
+    mailboxes: list = field(default_factory=list)  # (user, folder or None for INBOX)
+    messages: list = field(default_factory=list)  # (mailbox index, size class, size, seed)
 
     @property
     def total_bytes(self):
@@ -124,7 +147,7 @@ def plan(scale):
         folders.sort(key=lambda f: (f.count("/"), f))
         p.mailboxes.append((user, None))
         p.mailboxes.extend((user, f) for f in folders)
-        uw = rnd.lognormvariate(0, 0.8)           # some users get far more mail than others
+        uw = rnd.lognormvariate(0, 0.8)  # some users get far more mail than others
         ws = [FOLDER_WEIGHT["INBOX"]] + [FOLDER_WEIGHT.get(f.split("/")[0], 1.0) for f in folders]
         tot = sum(ws)
         box_weights.extend(uw * w / tot for w in ws)
@@ -150,6 +173,7 @@ def plan(scale):
 
 # -- message bodies ------------------------------------------------------------
 
+
 class TextPool:
     """A few MB of seeded word salad; message bodies are slices of it (fast,
     compressible like text, no two messages alike)."""
@@ -166,7 +190,7 @@ class TextPool:
 
     def slice(self, rnd, n):
         start = rnd.randrange(0, len(self.text) - n - 1)
-        return self.text[start:start + n].strip("\r\n")
+        return self.text[start : start + n].strip("\r\n")
 
 
 def message(plan_, i, pool):
@@ -176,9 +200,11 @@ def message(plan_, i, pool):
     sender = f"{rnd.choice(WORDS)}.{rnd.choice(WORDS)}@example.org"
     subj = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 7)))
     day = 1 + seed % 28
-    head = (f"Return-Path: <{sender}>\r\nFrom: {sender}\r\nTo: {user}@example.com\r\n"
-            f"Subject: {subj}\r\nDate: Mon, {day:02d} Jun 2025 {seed % 24:02d}:{seed % 60:02d}:00 +0000\r\n"
-            f"Message-ID: <{plan_.scale.seed}.{i}.{seed}@bench.example>\r\nMIME-Version: 1.0\r\n")
+    head = (
+        f"Return-Path: <{sender}>\r\nFrom: {sender}\r\nTo: {user}@example.com\r\n"
+        f"Subject: {subj}\r\nDate: Mon, {day:02d} Jun 2025 {seed % 24:02d}:{seed % 60:02d}:00 +0000\r\n"
+        f"Message-ID: <{plan_.scale.seed}.{i}.{seed}@bench.example>\r\nMIME-Version: 1.0\r\n"
+    )
     if cls in ("text",):
         body = pool.slice(rnd, max(200, size - len(head) - 60))
         return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n").encode()
@@ -187,19 +213,25 @@ def message(plan_, i, pool):
     parts = [f"--{b}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"]
     if cls == "html":
         html = pool.slice(rnd, max(500, size - len(head) - len(text) - 300))
-        parts.append(f"--{b}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>"
-                     + html.replace("\r\n", "</p>\r\n<p>") + "</p></body></html>\r\n")
+        parts.append(
+            f"--{b}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>"
+            + html.replace("\r\n", "</p>\r\n<p>")
+            + "</p></body></html>\r\n"
+        )
         ctype = "multipart/alternative"
     else:
         raw = rnd.randbytes(max(1000, (size - len(head) - len(text)) * 3 // 4))
         enc = base64.encodebytes(raw).decode().replace("\n", "\r\n")
-        parts.append(f"--{b}\r\nContent-Type: application/pdf; name=\"doc{seed % 1000}.pdf\"\r\n"
-                     f"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n\r\n{enc}")
+        parts.append(
+            f"--{b}\r\nContent-Type: application/pdf; name=\"doc{seed % 1000}.pdf\"\r\n"
+            f"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n\r\n{enc}"
+        )
         ctype = "multipart/mixed"
     return (head + f"Content-Type: {ctype}; boundary=\"{b}\"\r\n\r\n" + "".join(parts) + f"--{b}--\r\n").encode()
 
 
 # -- populating a server -------------------------------------------------------
+
 
 def mailbox_name(user, folder):
     """Admin-namespace name (unixhierarchysep), Unicode (quote() encodes it)."""
@@ -242,8 +274,11 @@ class Pipelined:
 
     def append_many(self, items, window=50):
         """APPEND (mailbox, flags, data) items with LITERAL+ (no round trip per message)."""
-        self._pipeline([f"APPEND {box} {flags}{{{len(data)}+}}\r\n".encode() + data + b"\r\n"
-                        for box, flags, data in items], window, "APPEND(s)")
+        self._pipeline(
+            [f"APPEND {box} {flags}{{{len(data)}+}}\r\n".encode() + data + b"\r\n" for box, flags, data in items],
+            window,
+            "APPEND(s)",
+        )
 
     def close(self):
         try:
@@ -257,15 +292,16 @@ def create_mailboxes(sb, p, batch=2000):
     c = Pipelined(sb.port)
     try:
         for i in range(0, len(names), batch):
-            c.run([f"CREATE {n}" for n in names[i:i + batch]])
+            c.run([f"CREATE {n}" for n in names[i : i + batch]])
     finally:
         c.close()
 
 
 def mailbox_dirs(sb):
     """{internal name: spool directory} from `ctl_mboxlist -d` (uuid layout)."""
-    r = subprocess.run([sb.tools["ctl_mboxlist"], "-C", sb.imapd_conf, "-d"], capture_output=True, text=True,
-                       check=True)
+    r = subprocess.run(
+        [sb.tools["ctl_mboxlist"], "-C", sb.imapd_conf, "-d"], capture_output=True, text=True, check=True
+    )
     out = {}
     for name, v in json.loads(r.stdout).items():
         u = v["uniqueid"]
@@ -306,11 +342,12 @@ def populate_fast(sb, p, pool=None, log=print):
     t_write = time.monotonic() - t
     t = time.monotonic()
     if p.messages:
-        subprocess.run([sb.tools["reconstruct"], "-C", sb.imapd_conf, "-q", "user/*"], check=True,
-                       capture_output=True)
+        subprocess.run([sb.tools["reconstruct"], "-C", sb.imapd_conf, "-q", "user/*"], check=True, capture_output=True)
     t_rec = time.monotonic() - t
-    log(f"  {p.scale.name}: {len(p.mailboxes)} mailboxes created in {t_create:.1f} s; {len(p.messages)} message "
-        f"files ({nbytes / 1e6:.0f} MB) written in {t_write:.1f} s, reconstruct 'user/*' {t_rec:.1f} s")
+    log(
+        f"  {p.scale.name}: {len(p.mailboxes)} mailboxes created in {t_create:.1f} s; {len(p.messages)} message "
+        f"files ({nbytes / 1e6:.0f} MB) written in {t_write:.1f} s, reconstruct 'user/*' {t_rec:.1f} s"
+    )
     return {"create_s": t_create, "write_s": t_write, "reconstruct_s": t_rec, "bytes": nbytes}
 
 
@@ -353,8 +390,10 @@ def populate_lmtp(sb, p, pool=None, log=print):
         except Exception:
             pass
     t_deliver = time.monotonic() - t
-    log(f"  {p.scale.name}: {len(p.mailboxes)} mailboxes created in {t_create:.1f} s, {len(p.messages)} messages "
-        f"({nbytes / 1e6:.0f} MB; {n_lmtp} by LMTP, {n_append} by IMAP APPEND) in {t_deliver:.1f} s")
+    log(
+        f"  {p.scale.name}: {len(p.mailboxes)} mailboxes created in {t_create:.1f} s, {len(p.messages)} messages "
+        f"({nbytes / 1e6:.0f} MB; {n_lmtp} by LMTP, {n_append} by IMAP APPEND) in {t_deliver:.1f} s"
+    )
     return {"create_s": t_create, "deliver_s": t_deliver, "bytes": nbytes, "lmtp": n_lmtp, "append": n_append}
 
 

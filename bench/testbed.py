@@ -19,7 +19,7 @@ from borg_cyrus.tools.demo import sample_borgmatic_config
 from bench import fs
 from bench.common import CLEANUP, RUN_DIR, SHORT_DIR, env, log, sh, timed, write_yaml
 
-BTRFS_SIZE = "80G"        # sparse
+BTRFS_SIZE = "80G"  # sparse
 STORE_SIZE = "40G"
 XFS_SIZE = "16G"
 
@@ -58,10 +58,10 @@ class Testbed:
     def __init__(self, bench, scale, kind="btrfs", source=None):
         self.bench, self.scale, self.kind = bench, scale, kind
         self.name = scale.name if kind == "btrfs" else f"{scale.name}-{kind}"
-        self.dir = os.path.join(RUN_DIR, "beds", self.name)     # configs, repos, work directories
+        self.dir = os.path.join(RUN_DIR, "beds", self.name)  # configs, repos, work directories
         fs.safe_rmtree(self.dir)
         os.makedirs(self.dir)
-        CLEANUP.push(fs.safe_rmtree, self.dir, what=f"remove {self.dir}")   # repositories: GBs
+        CLEANUP.push(fs.safe_rmtree, self.dir, what=f"remove {self.dir}")  # repositories: GBs
         t = time.monotonic()
         if kind == "btrfs":
             self.fs = bench.btrfs()
@@ -69,16 +69,18 @@ class Testbed:
             self.info = fs.build_spool(scale, self.data, use_cache=bench.use_cache)
         elif kind == "xfs":
             store = fs.LoopFs(f"bench-store-{scale.name}", "btrfs", STORE_SIZE).make(
-                os.path.join(SHORT_DIR, f"store-{scale.name}"))
+                os.path.join(SHORT_DIR, f"store-{scale.name}")
+            )
             self.store = store
             self.xfs = fs.LoopFs("xfs", "xfs", XFS_SIZE, image_dir=store.mountpoint).make(
-                os.path.join(SHORT_DIR, f"xfs-{scale.name}"))
+                os.path.join(SHORT_DIR, f"xfs-{scale.name}")
+            )
             self.snaps = os.path.join(store.mountpoint, "snaps")
             os.makedirs(self.snaps)
             self.fs = self.xfs
             self.data = os.path.join(self.xfs.mountpoint, "cyrus")
             self.info = fs.build_spool(scale, self.data, use_cache=bench.use_cache)
-        elif kind == "lvm":       # inside the VM harness only (device-mapper)
+        elif kind == "lvm":  # inside the VM harness only (device-mapper)
             self.lv = lvm_volume(scale.name)
             self.fs = None
             self.data = os.path.join(self.lv["mountpoint"], "cyrus")
@@ -90,8 +92,10 @@ class Testbed:
         c = self.server.sb.imap()
         c.create("user/writer")
         c.logout()
-        log(f"  testbed {self.name}: {self.info.get('mailboxes')} mailboxes, {self.info.get('messages')} messages, "
-            f"{self.info.get('bytes', 0) / 1e6:.0f} MB on {kind} (ready in {self.setup_s:.0f} s)")
+        log(
+            f"  testbed {self.name}: {self.info.get('mailboxes')} mailboxes, {self.info.get('messages')} messages, "
+            f"{self.info.get('bytes', 0) / 1e6:.0f} MB on {kind} (ready in {self.setup_s:.0f} s)"
+        )
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -104,8 +108,14 @@ class Testbed:
             shutil.rmtree(path)
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            sh(os.path.join(os.path.dirname(os.sys.executable), "borg"), "init", "--encryption", "none", path,
-               env=env())
+            sh(
+                os.path.join(os.path.dirname(os.sys.executable), "borg"),
+                "init",
+                "--encryption",
+                "none",
+                path,
+                env=env(),
+            )
         return path
 
     def work(self, name):
@@ -113,8 +123,13 @@ class Testbed:
 
     # -- configurations ---------------------------------------------------------
     def borg_cyrus_config(self, name, work, mode, **extra):
-        cfg = {"imapd_conf": self.server.sb.imapd_conf, "cyrus_conf": self.server.sb.cyrus_conf,
-               "work_directory": work, "service": self.server.service(), "mode": mode}
+        cfg = {
+            "imapd_conf": self.server.sb.imapd_conf,
+            "cyrus_conf": self.server.sb.cyrus_conf,
+            "work_directory": work,
+            "service": self.server.service(),
+            "mode": mode,
+        }
         if mode == "command":
             cfg["command_snapshot"] = self.command_snapshot()
         # A prefix of our own per work directory: borg-cyrus's stale-snapshot cleanup removes every
@@ -130,11 +145,21 @@ class Testbed:
         img = self.xfs.image
         return {
             "create": ["cp", "--reflink=always", img, f"{self.snaps}/{{name}}"],
-            "mount": ["sh", "-c", 'mount -t xfs -o ro,nosuid,nodev,noexec,nouuid "$(losetup --find --show "$0")" "$1"',
-                      f"{self.snaps}/{{name}}", "{target}"],
-            "remove": ["sh", "-c", 'for l in $(losetup -j "$0" -O NAME -n); do losetup -d "$l"; done; rm -f "$0"',
-                       f"{self.snaps}/{{name}}"],
-            "list": ["ls", self.snaps]}
+            "mount": [
+                "sh",
+                "-c",
+                'mount -t xfs -o ro,nosuid,nodev,noexec,nouuid "$(losetup --find --show "$0")" "$1"',
+                f"{self.snaps}/{{name}}",
+                "{target}",
+            ],
+            "remove": [
+                "sh",
+                "-c",
+                'for l in $(losetup -j "$0" -O NAME -n); do losetup -d "$l"; done; rm -f "$0"',
+                f"{self.snaps}/{{name}}",
+            ],
+            "list": ["ls", self.snaps],
+        }
 
     def borgmatic_bc(self, name, repo, work, **extra):
         """The shipped sample-borgmatic.yaml, repository and patterns path changed."""
@@ -154,8 +179,9 @@ class Testbed:
         pre = ["nice", "-n", str(nice)] if nice else []
         r = timed([*pre, "borgmatic", "-c", cfg, "create", "--verbosity", "1", *extra_args], env_=e, check=False)
         if r.returncode:
-            raise RuntimeError(f"borgmatic create ({cfg}) failed ({r.returncode}):\n{r.stdout[-3000:]}\n"
-                               f"{r.stderr[-3000:]}")
+            raise RuntimeError(
+                f"borgmatic create ({cfg}) failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+            )
         r.hooks = hook_times(r.stdout + r.stderr)
         return r
 

@@ -38,8 +38,10 @@ def lmtp_loop(sock_path, rcpt, interval, rec):
             if conn is None:
                 conn = smtplib.LMTP(sock_path, timeout=300)
             seq += 1
-            msg = (f"From: writer@example.org\r\nTo: {rcpt}@example.com\r\nSubject: probe {seq}\r\n"
-                   f"Message-ID: <probe.{os.getpid()}.{seq}@bench>\r\n\r\n" + "probe line\r\n" * 80).encode()
+            msg = (
+                f"From: writer@example.org\r\nTo: {rcpt}@example.com\r\nSubject: probe {seq}\r\n"
+                f"Message-ID: <probe.{os.getpid()}.{seq}@bench>\r\n\r\n" + "probe line\r\n" * 80
+            ).encode()
             conn.sendmail("writer@example.org", [rcpt], msg)
             rec["ok"].append(time.monotonic())
         except Exception as e:  # noqa: BLE001 — any failure is a failed attempt
@@ -90,8 +92,9 @@ def main(argv=None):
     if a.lmtp:
         threads.append(threading.Thread(target=lmtp_loop, args=(a.lmtp, a.rcpt, a.interval, recs["lmtp"]), daemon=True))
     if a.append:
-        threads.append(threading.Thread(target=append_loop, args=(a.append, a.append_interval, recs["append"]),
-                                        daemon=True))
+        threads.append(
+            threading.Thread(target=append_loop, args=(a.append, a.append_interval, recs["append"]), daemon=True)
+        )
     for t in threads:
         t.start()
     print("ready", flush=True)
@@ -113,6 +116,7 @@ class Writer:
     def __init__(self, out, lmtp=None, rcpt="writer", append=None, interval=0.010, append_interval=0.002):
         import subprocess
         import sys
+
         self.out = out
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -125,8 +129,9 @@ class Writer:
         self.procs = []
         for kind, args in jobs:
             path = f"{out}.{kind}"
-            p = subprocess.Popen(base + args + ["--out", path], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                 env=env, text=True)
+            p = subprocess.Popen(
+                base + args + ["--out", path], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True
+            )
             self.procs.append((kind, path, p))
         for kind, _path, p in self.procs:
             if p.stdout.readline().strip() != "ready":

@@ -12,5 +12,15 @@ from borg_cyrus.model import DumpRecord, Exclude, Location, MailboxList, View  #
 from borg_cyrus.providers.base import Mode  # noqa: E402
 from borg_cyrus.providers.snapshot import SnapshotMode  # noqa: E402
 
-__all__ = ["Context", "DumpRecord", "Exclude", "Location", "MailboxList", "Mode", "SnapshotMode", "View",
-           "__version__", "hookimpl"]
+__all__ = [
+    "Context",
+    "DumpRecord",
+    "Exclude",
+    "Location",
+    "MailboxList",
+    "Mode",
+    "SnapshotMode",
+    "View",
+    "__version__",
+    "hookimpl",
+]

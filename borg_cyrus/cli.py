@@ -33,8 +33,10 @@ def setup_logging(verbosity):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="borg-cyrus", description=__doc__ and
-                                "Consistent, restorable Borg/borgmatic backups of a Cyrus IMAP server.")
+    p = argparse.ArgumentParser(
+        prog="borg-cyrus",
+        description=__doc__ and "Consistent, restorable Borg/borgmatic backups of a Cyrus IMAP server.",
+    )
     p.add_argument("--version", action="version", version=f"borg-cyrus {__version__}")
     p.add_argument("-c", "--config", help=f"config file (default ${config_mod.ENV_VAR} or {config_mod.DEFAULT_PATH})")
     p.add_argument("-n", "--dry-run", action="store_true", help="show what would be done; change nothing")
@@ -58,14 +60,22 @@ def build_parser():
 
     arch = argparse.ArgumentParser(add_help=False)
     ag = arch.add_argument_group("archive (read through borgmatic's configuration)")
-    ag.add_argument("--borgmatic-config", action="append", metavar="FILE",
-                    help="borgmatic configuration file or directory, repeatable (default: borgmatic's own lookup, "
-                         "/etc/borgmatic/config.yaml, /etc/borgmatic.d/, ~/.config/borgmatic/...)")
+    ag.add_argument(
+        "--borgmatic-config",
+        action="append",
+        metavar="FILE",
+        help="borgmatic configuration file or directory, repeatable (default: borgmatic's own lookup, "
+        "/etc/borgmatic/config.yaml, /etc/borgmatic.d/, ~/.config/borgmatic/...)",
+    )
     ag.add_argument("--repository", help="repository path or label, when borgmatic's configuration lists several")
     ag.add_argument("--archive", help="archive name (default: the latest)")
     stg = argparse.ArgumentParser(add_help=False)
-    stg.add_argument("--staging", metavar="DIR", help="private directory for extracted files (default: "
-                     "<work_directory>/staging; on the spool's filesystem files are moved, not copied)")
+    stg.add_argument(
+        "--staging",
+        metavar="DIR",
+        help="private directory for extracted files (default: "
+        "<work_directory>/staging; on the spool's filesystem files are moved, not copied)",
+    )
     stg.add_argument("--keep-staging", action="store_true", help="keep the extracted files afterwards")
 
     r = sub.add_parser("restore", help="restore from an archive: list, user, mailbox, full")
@@ -75,28 +85,45 @@ def build_parser():
     rl.add_argument("--json", action="store_true")
     ru = rsub.add_parser("user", parents=[arch, stg], help="bring one user back into the running server")
     ru.add_argument("user", metavar="USER")
-    ru.add_argument("--force", action="store_true",
-                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack), "
-                         "and from an archive of another Cyrus version")
+    ru.add_argument(
+        "--force",
+        action="store_true",
+        help="also restore into existing non-empty mailboxes (adds the archived messages they lack), "
+        "and from an archive of another Cyrus version",
+    )
     rm = rsub.add_parser("mailbox", parents=[arch, stg], help="bring one mailbox back, in place or --into a new folder")
     rm.add_argument("mailbox", metavar="NAME", help="admin namespace, e.g. 'user/bob/Archive 2019'")
     rm.add_argument("--into", metavar="FOLDER", help="restore as this new folder, e.g. user/bob/Restored-2026-11-26")
     rm.add_argument("--recursive", "-r", action="store_true", help="with its child folders")
-    rm.add_argument("--force", action="store_true",
-                    help="also restore into existing non-empty mailboxes (adds the archived messages they lack), "
-                         "and from an archive of another Cyrus version")
+    rm.add_argument(
+        "--force",
+        action="store_true",
+        help="also restore into existing non-empty mailboxes (adds the archived messages they lack), "
+        "and from an archive of another Cyrus version",
+    )
     rf = rsub.add_parser("full", help="whole server: archive extracted to /, Cyrus stopped")
     rf.add_argument("--dump-dir", help="dump directory (default: <work_directory>/dump)")
     rf.add_argument("--start", action="store_true", help="start Cyrus when done")
-    rf.add_argument("--force", action="store_true",
-                    help="restore raw files even if the archive was made by another Cyrus version")
+    rf.add_argument(
+        "--force", action="store_true", help="restore raw files even if the archive was made by another Cyrus version"
+    )
 
-    v = sub.add_parser("verify", parents=[arch], help="restore drill: extract an archive into a throwaway Cyrus "
-                       "and check every mailbox against the backup's records")
-    v.add_argument("--deep", action="store_true", help="also check every message's bytes (SHA-1 against the "
-                   "index GUID, and as served over IMAP)")
-    v.add_argument("--workdir", metavar="DIR", help="where to extract (default: <work_directory>/verify; needs "
-                   "room for the whole archive)")
+    v = sub.add_parser(
+        "verify",
+        parents=[arch],
+        help="restore drill: extract an archive into a throwaway Cyrus "
+        "and check every mailbox against the backup's records",
+    )
+    v.add_argument(
+        "--deep",
+        action="store_true",
+        help="also check every message's bytes (SHA-1 against the index GUID, and as served over IMAP)",
+    )
+    v.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where to extract (default: <work_directory>/verify; needs room for the whole archive)",
+    )
     v.add_argument("--keep", action="store_true", help="keep the extracted archive and the throwaway server's files")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -109,6 +136,7 @@ def build_parser():
 
 def load(args, need_layout=True):
     from borg_cyrus.context import build_context, load_config
+
     cfg, plugins = load_config(args.config)
     if not need_layout:
         return cfg, plugins, None
@@ -117,6 +145,7 @@ def load(args, need_layout=True):
 
 def cmd_before(args):
     from borg_cyrus.backup import run as backup
+
     _, _, ctx = load(args)
     summary = backup.before(ctx, force=args.force)
     if args.dry_run:
@@ -126,6 +155,7 @@ def cmd_before(args):
 
 def cmd_after(args):
     from borg_cyrus.backup import run as backup
+
     _, _, ctx = load(args)
     backup.after(ctx, force=args.force)
     return 0
@@ -133,9 +163,10 @@ def cmd_after(args):
 
 def cmd_plugins(args):
     from borg_cyrus.plugins import Plugins
+
     plugins = Plugins()
     modes = {}
-    for mode_name, cls in plugins.modes().items():
+    for mode_name, _cls in plugins.modes().items():
         modes.setdefault(plugins.mode_plugin(mode_name), []).append(mode_name)
     for name, module, dist, hooks in plugins.describe():
         extra = f"  modes: {', '.join(sorted(modes[name]))}" if name in modes else ""
@@ -147,12 +178,14 @@ def cmd_plugins(args):
 def cmd_config(args):
     if args.config_command == "schema":
         from borg_cyrus.plugins import Plugins
+
         plugins = Plugins()
         print(json.dumps(config_mod.full_schema(plugins.config_schema_fragments(), plugins.modes()), indent=2))
         return 0
     cfg, _, _ = load(args, need_layout=False)
     if args.config_command == "show":
         import yaml
+
         sys.stdout.write(yaml.safe_dump(dict(cfg), sort_keys=False))
     else:
         print(f"{cfg.path}: valid")
@@ -161,6 +194,7 @@ def cmd_config(args):
 
 def cmd_doctor(args):
     from borg_cyrus.tools.doctor import doctor
+
     cfg, plugins, ctx = load(args)
     return doctor(ctx, as_json=args.json)
 
@@ -169,20 +203,22 @@ def cmd_restore(args):
     _, _, ctx = load(args)
     if args.restore_command == "full":
         from borg_cyrus.restore.full import FullRestore
+
         FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start)
         return 0
     from borg_cyrus.restore import listing
     from borg_cyrus.restore.mailbox import MailboxRestore
     from borg_cyrus.restore.session import ArchiveSession, with_lock
     from borg_cyrus.restore.user import UserRestore
-    session = ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging,
-                             args.keep_staging)
+
+    session = ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging, args.keep_staging)
     with session:
         session.load_dump()
         if args.restore_command == "list":
             summary = listing.archive_summary(session)
-            sys.stdout.write(listing.summary_json(summary) + "\n" if args.json else
-                             listing.format_list(summary, args.user))
+            sys.stdout.write(
+                listing.summary_json(summary) + "\n" if args.json else listing.format_list(summary, args.user)
+            )
             return 0
         out = None if args.quiet else (lambda line: print(line, flush=True))
         if args.restore_command == "user":
@@ -196,17 +232,27 @@ def cmd_restore(args):
 
 def cmd_verify(args):
     from borg_cyrus.restore import verify
+
     _, _, ctx = load(args)
     return verify.run(ctx, args)
 
 
 def cmd_demo(args):
     from borg_cyrus.tools.demo import run_demo
+
     return run_demo(args.workdir, mode=args.mode, keep=args.keep)
 
 
-COMMANDS = {"before": cmd_before, "after": cmd_after, "plugins": cmd_plugins, "config": cmd_config,
-            "doctor": cmd_doctor, "restore": cmd_restore, "verify": cmd_verify, "demo": cmd_demo}
+COMMANDS = {
+    "before": cmd_before,
+    "after": cmd_after,
+    "plugins": cmd_plugins,
+    "config": cmd_config,
+    "doctor": cmd_doctor,
+    "restore": cmd_restore,
+    "verify": cmd_verify,
+    "demo": cmd_demo,
+}
 
 
 # commands that stop, snapshot or read Cyrus, or write into its directories
@@ -223,8 +269,11 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
     if args.command in NEEDS_ROOT and os.geteuid() != 0:
-        log.error("borg-cyrus %s must run as root (it reads every Cyrus file, stops or snapshots Cyrus and "
-                  "runs borg as root); run it as root, e.g. from root's borgmatic", args.command)
+        log.error(
+            "borg-cyrus %s must run as root (it reads every Cyrus file, stops or snapshots Cyrus and "
+            "runs borg as root); run it as root, e.g. from root's borgmatic",
+            args.command,
+        )
         return 2
     try:
         return COMMANDS[args.command](args)

@@ -59,6 +59,7 @@ FORMATS = jsonschema.FormatChecker(formats=())
 @FORMATS.checks("own-directory", raises=ValueError)
 def _own_directory(value):
     from borg_cyrus.safety import pathpolicy
+
     why = pathpolicy.system_reason(value) if isinstance(value, str) else None
     if why:
         raise ValueError(why)
@@ -107,8 +108,15 @@ def _key_path(path):
 
 
 def _type_name(value):
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "a number",
-            float: "a number", type(None): "empty (null)"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "empty (null)",
+    }.get(type(value), type(value).__name__)
 
 
 def explain(error, source):
@@ -119,8 +127,9 @@ def explain(error, source):
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         where = f"{key}." if error.absolute_path else ""
-        return (f"{source}: {where}{extra[0] if extra else '?'}: unknown key; "
-                f"remove it or use one of: {', '.join(allowed)}")
+        return (
+            f"{source}: {where}{extra[0] if extra else '?'}: unknown key; remove it or use one of: {', '.join(allowed)}"
+        )
     if v == "enum":
         choices = ", ".join(str(c) for c in error.validator_value)
         return f"{source}: {key}: '{error.instance}' is not a valid choice; use one of: {choices}"
@@ -129,12 +138,16 @@ def explain(error, source):
         want = " or ".join(want) if isinstance(want, list) else want
         return f"{source}: {key}: must be {want}, not {_type_name(error.instance)}; fix the value"
     if v == "pattern" and error.validator_value in ("^/", SAFE_PATH):
-        return (f"{source}: {key}: {error.instance!r} is not a plain absolute path (it must start with /, "
-                "and contain no '..' component and no line break); fix the value")
+        return (
+            f"{source}: {key}: {error.instance!r} is not a plain absolute path (it must start with /, "
+            "and contain no '..' component and no line break); fix the value"
+        )
     if v == "format" and error.validator_value == "own-directory":
         why = error.cause or "is not usable"
-        return (f"{source}: {key}: {error.instance!r} {why}; borg-cyrus creates, chmods and mounts below this "
-                "directory: give it one of its own, e.g. /var/lib/borg-cyrus")
+        return (
+            f"{source}: {key}: {error.instance!r} {why}; borg-cyrus creates, chmods and mounts below this "
+            "directory: give it one of its own, e.g. /var/lib/borg-cyrus"
+        )
     if v in ("minimum", "minLength", "uniqueItems"):
         return f"{source}: {key}: {error.message}; fix the value"
     return f"{source}: {key}: {error.message}"
@@ -169,10 +182,13 @@ def _count_nodes(data, limit):
 
 def read_yaml(path):
     from borg_cyrus.safety import safeio
+
     try:
         raw = safeio.read_bytes(path, limit=MAX_CONFIG_BYTES, follow=True, what=f"{path}: config file")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; create it (an empty file is fine) or pass --config") from None
+        raise ConfigError(
+            f"{path}: config file not found; create it (an empty file is fine) or pass --config"
+        ) from None
     except safeio.NotRegularFile as e:
         raise ConfigError(f"{path}: config file is {e.kind}, not a regular file; point --config at a file") from None
     except BorgCyrusError as e:
@@ -182,9 +198,10 @@ def read_yaml(path):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
-                          "save the file as UTF-8") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8"
+        ) from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
@@ -195,8 +212,10 @@ def read_yaml(path):
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply; a borg-cyrus config is a few levels deep") from None
     if _count_nodes(data, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
-        raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_NODES} values (YAML aliases?); "
-                          "write the config out without anchors and aliases")
+        raise ConfigError(
+            f"{path}: expands to more than {MAX_CONFIG_NODES} values (YAML aliases?); "
+            "write the config out without anchors and aliases"
+        )
     return {} if data is None else data
 
 

@@ -19,7 +19,7 @@ class Context:
     tools: object
     runner: Runner
     plugins: object
-    state: object = None    # the run's state file (modes record each change in it before making it)
+    state: object = None  # the run's state file (modes record each change in it before making it)
 
     @property
     def dry_run(self):
@@ -48,11 +48,11 @@ class Context:
     def cyrus_ids(self):
         """(uid, gid) of the configured cyrus user and group."""
         try:
-            return (pwd.getpwnam(self.config["cyrus_user"]).pw_uid,
-                    grp.getgrnam(self.config["cyrus_group"]).gr_gid)
+            return (pwd.getpwnam(self.config["cyrus_user"]).pw_uid, grp.getgrnam(self.config["cyrus_group"]).gr_gid)
         except KeyError as e:
-            raise BorgCyrusError(f"user/group {e.args[0]} does not exist; install Cyrus first "
-                                 "or set cyrus_user/cyrus_group") from None
+            raise BorgCyrusError(
+                f"user/group {e.args[0]} does not exist; install Cyrus first or set cyrus_user/cyrus_group"
+            ) from None
 
     def run(self, argv, **kw):
         return self.runner.run(argv, **kw)
@@ -71,6 +71,7 @@ def load_config(path=None, plugins=None):
     """(config, plugins): the config at path (or $BORG_CYRUS_CONFIG, or the
     default), validated against the schema with every plugin's keys."""
     from borg_cyrus.plugins import Plugins
+
     plugins = plugins or Plugins()
     schema = config_mod.full_schema(plugins.config_schema_fragments(), plugins.modes())
     cfg_path, explicit = config_mod.resolve_path(path)
@@ -81,12 +82,15 @@ def build_context(cfg, plugins, dry_run=False):
     """The Context of a loaded config: discover the layout and the tools."""
     from borg_cyrus.cyrus import layout as layout_mod
     from borg_cyrus.safety import pathpolicy
+
     lay = layout_mod.discover(cfg["imapd_conf"], cfg["cyrus_conf"] if os.path.exists(cfg["cyrus_conf"]) else None)
     clash = pathpolicy.check_apart(cfg.own_directories, lay.data_locations())
     if clash:
         k, d, ck, cd = clash
-        raise ConfigError(f"{cfg.path}: {k}: {d} overlaps Cyrus's {ck} {cd} ({lay.imapd_conf}); keep "
-                          "borg-cyrus's directories apart from Cyrus's data")
+        raise ConfigError(
+            f"{cfg.path}: {k}: {d} overlaps Cyrus's {ck} {cd} ({lay.imapd_conf}); keep "
+            "borg-cyrus's directories apart from Cyrus's data"
+        )
     tools = layout_mod.find_tools(cfg["cyrus_tools_directory"])
     runner = Runner(dry_run=dry_run, default_timeout=cfg["tool_timeout"])
     return Context(config=cfg, layout=lay, tools=tools, runner=runner, plugins=plugins)

@@ -18,6 +18,7 @@ from borg_cyrus.errors import CommandError
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Result:
     argv: list
@@ -67,8 +68,22 @@ class Runner:
         self.dry_run = dry_run
         self.default_timeout = default_timeout
 
-    def run(self, argv, *, changes=True, input=None, stdin=None, stdout=None,
-            timeout=None, check=True, env=None, cwd=None, what=None, daemon=False, pass_fds=()):
+    def run(
+        self,
+        argv,
+        *,
+        changes=True,
+        input=None,
+        stdin=None,
+        stdout=None,
+        timeout=None,
+        check=True,
+        env=None,
+        cwd=None,
+        what=None,
+        daemon=False,
+        pass_fds=(),
+    ):
         """Run argv. stdout: None = capture, or an open binary file to stream to.
         timeout: seconds (default: the runner's; 0: none). env: added to ours
         (values are never logged). pass_fds: descriptors the child inherits
@@ -126,7 +141,9 @@ class Runner:
             detail = _tail(err) or _tail(out) or "no output"
             raise CommandError(
                 f"{label} failed (exit {proc.returncode}): {detail} [command: {describe(argv)}]",
-                argv, proc.returncode, _tail(err),
+                argv,
+                proc.returncode,
+                _tail(err),
             )
         return result
 
@@ -137,9 +154,17 @@ class Runner:
         log.debug("starting %s", describe(argv))
         full_env = dict(os.environ, **(env or {}))
         try:
-            return subprocess.Popen(argv, pass_fds=tuple(pass_fds), start_new_session=True, env=full_env,
-                                    preexec_fn=cgroups.escape, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return subprocess.Popen(
+                argv,
+                pass_fds=tuple(pass_fds),
+                start_new_session=True,
+                env=full_env,
+                preexec_fn=cgroups.escape,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         except OSError as e:
-            raise CommandError(f"{what or os.path.basename(argv[0])}: cannot start {argv[0]}: {e.strerror}",
-                               argv) from None
+            raise CommandError(
+                f"{what or os.path.basename(argv[0])}: cannot start {argv[0]}: {e.strerror}", argv
+            ) from None

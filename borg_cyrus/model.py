@@ -48,8 +48,14 @@ class DumpRecord:
     manifest: dict = field(default_factory=dict)
 
     def to_json(self):
-        out = {"name": self.name, "files": self.files, "records": self.records,
-               "bytes": self.bytes, "seconds": round(self.seconds, 3), "plugin": self.plugin}
+        out = {
+            "name": self.name,
+            "files": self.files,
+            "records": self.records,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "plugin": self.plugin,
+        }
         out.update(self.extra)
         return out
 

@@ -33,8 +33,10 @@ def make_manager(load_entry_points=True):
     only = {n.strip() for n in only.split(",")} if only else None
     found = {ep.name: ep for ep in _entry_points()}
     if not found:
-        raise ConfigError("no borg-cyrus plugins are installed (entry-point group borg_cyrus is empty); "
-                          "install borg-cyrus with pip rather than running it from a source tree")
+        raise ConfigError(
+            "no borg-cyrus plugins are installed (entry-point group borg_cyrus is empty); "
+            "install borg-cyrus with pip rather than running it from a source tree"
+        )
     for name in sorted(found):
         if only is not None and name not in only:
             continue
@@ -82,7 +84,8 @@ class Plugins:
                     if cls.name in registry:
                         raise ConfigError(
                             f"mode '{cls.name}' is provided twice (plugins {registry[cls.name][0]} and {plugin_name}); "
-                            "uninstall one")
+                            "uninstall one"
+                        )
                     registry[cls.name] = (plugin_name, cls)
             self._modes = registry
         return {name: cls for name, (_, cls) in self._modes.items()}
@@ -128,4 +131,3 @@ class Plugins:
             value, dist = dists.get(name, (getattr(plugin, "__name__", repr(plugin)), None))
             out.append((name, value, dist, hooks))
         return out
-

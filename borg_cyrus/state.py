@@ -37,7 +37,7 @@ def secure_dir(path, mode=0o700):
     os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
     try:
         os.mkdir(path, mode)
-        os.chmod(path, mode)    # whatever the umask
+        os.chmod(path, mode)  # whatever the umask
         return path
     except FileExistsError:
         pass
@@ -45,11 +45,15 @@ def secure_dir(path, mode=0o700):
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise BorgCyrusError(f"{path} is not a plain directory (symlink?); remove it and run again")
     if st.st_uid != os.geteuid():
-        raise BorgCyrusError(f"{path} belongs to uid {st.st_uid}, not to this user; it holds run state, so "
-                             f"remove it or give it to root (chown root {path})")
+        raise BorgCyrusError(
+            f"{path} belongs to uid {st.st_uid}, not to this user; it holds run state, so "
+            f"remove it or give it to root (chown root {path})"
+        )
     if st.st_mode & 0o022:
-        raise BorgCyrusError(f"{path} is writable by others (mode {st.st_mode & 0o7777:o}); it holds run state: "
-                             f"run chmod go-w {path} or use a directory of its own")
+        raise BorgCyrusError(
+            f"{path} is writable by others (mode {st.st_mode & 0o7777:o}); it holds run state: "
+            f"run chmod go-w {path} or use a directory of its own"
+        )
     return path
 
 
@@ -83,8 +87,8 @@ def proc_stat(pid):
             data = f.read()
     except OSError:
         return None
-    comm = data[data.index("(") + 1:data.rindex(")")]
-    fields = data[data.rindex(")") + 2:].split()
+    comm = data[data.index("(") + 1 : data.rindex(")")]
+    fields = data[data.rindex(")") + 2 :].split()
     return comm, fields[0], int(fields[1]), fields[19]
 
 
@@ -139,13 +143,16 @@ class State:
             self.data = None
             return None
         except OSError as e:
-            raise BorgCyrusError(f"{self.path}: cannot open the state file safely ({e.strerror}); "
-                                 "remove it if it is a symlink") from None
+            raise BorgCyrusError(
+                f"{self.path}: cannot open the state file safely ({e.strerror}); remove it if it is a symlink"
+            ) from None
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or st.st_mode & 0o022:
             os.close(fd)
-            raise BorgCyrusError(f"{self.path} is not owned by this user or is writable by others; "
-                                 "it drives cleanup, so it is not trusted: remove it")
+            raise BorgCyrusError(
+                f"{self.path} is not owned by this user or is writable by others; "
+                "it drives cleanup, so it is not trusted: remove it"
+            )
         try:
             with os.fdopen(fd) as f:
                 self.data = json.load(f)

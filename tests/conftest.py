@@ -19,10 +19,12 @@ def base_dir(request):
     """A per-test directory the cyrus user can enter (pytest's tmp_path is 0700)."""
     # short: unix socket paths (lmtp) must stay under 108 bytes
     import hashlib
+
     node = request.node.name
     name = node.replace("test_", "")[:16].strip("_[") + "-" + hashlib.sha1(node.encode()).hexdigest()[:6]
     path = os.path.join(BASE, name)
     from borg_cyrus.cyrus.sandbox import Sandbox
+
     if os.path.exists(path):
         for sub in os.listdir(path):
             Sandbox(os.path.join(path, sub)).stop()
@@ -40,6 +42,7 @@ def base_dir(request):
 def sandbox(base_dir):
     """A running, empty throwaway Cyrus."""
     from borg_cyrus.cyrus.sandbox import Sandbox
+
     sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second")).create().start()
     yield sb
     sb.stop()
@@ -49,5 +52,6 @@ def sandbox(base_dir):
 def populated(sandbox):
     """A running throwaway Cyrus holding the demo's awkward data."""
     from borg_cyrus.tools.demo import populate
+
     populate(sandbox)
     return sandbox

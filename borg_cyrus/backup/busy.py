@@ -21,8 +21,10 @@ class Deadline:
 
     def _fire(self, signum, frame):
         self.cancel()
-        raise DeadlineError(f"{self.what} did not finish within {self.seconds:g} s (run_timeout); undoing it. "
-                            "Find what hangs (a tool, a filesystem) or raise run_timeout")
+        raise DeadlineError(
+            f"{self.what} did not finish within {self.seconds:g} s (run_timeout); undoing it. "
+            "Find what hangs (a tool, a filesystem) or raise run_timeout"
+        )
 
     def __enter__(self):
         self.old = signal.signal(signal.SIGALRM, self._fire)
@@ -49,19 +51,26 @@ def other_run(ctx, owner, force=False):
     age = run_age(data)
     limit = ctx.config["busy"]["max_run_age"]
     if age is not None and age > limit:
-        raise BusyError(f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) "
-                        f"has been running for {age / 3600:.1f} h, longer than busy.max_run_age ({limit:g} s): it "
-                        "looks stuck; stop it, then run `borg-cyrus after` to clean up")
+        raise BusyError(
+            f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) "
+            f"has been running for {age / 3600:.1f} h, longer than busy.max_run_age ({limit:g} s): it "
+            "looks stuck; stop it, then run `borg-cyrus after` to clean up"
+        )
     return data
 
 
 def busy_error(ctx, data):
     prev = data.get("owner") or {}
     cls = SkipError if ctx.config["busy"]["action"] == "skip" else BusyError
-    return cls(f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
-               f"running after waiting {ctx.config['busy']['wait']:g} s (busy.wait); "
-               + ("skipping this one (busy.action: skip)" if cls is SkipError else
-                  "this run fails. If that backup is not running, run `borg-cyrus after --force` to clean up"))
+    return cls(
+        f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
+        f"running after waiting {ctx.config['busy']['wait']:g} s (busy.wait); "
+        + (
+            "skipping this one (busy.action: skip)"
+            if cls is SkipError
+            else "this run fails. If that backup is not running, run `borg-cyrus after --force` to clean up"
+        )
+    )
 
 
 def run_age(data):
@@ -77,6 +86,7 @@ def describe_step(ctx, step):
     kind = step.get("kind")
     if kind == "service-stopped":
         from borg_cyrus.cyrus.service import Service
+
         running = Service(ctx.config["service"], ctx.runner).is_running()
         return "Cyrus stopped by borg-cyrus" + (" (it runs again now)" if running else " (STILL STOPPED)")
     if kind == "fs-frozen":
@@ -107,9 +117,13 @@ def left_behind(ctx):
     age = run_age(data)
     if state_mod.is_alive(prev):
         if age is not None and age > ctx.config["busy"]["max_run_age"]:
-            return [f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) has run "
-                    f"for {age / 3600:.1f} h, longer than busy.max_run_age: it looks stuck ({what}); stop it, "
-                    "then run `borg-cyrus after`"]
+            return [
+                f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) has run "
+                f"for {age / 3600:.1f} h, longer than busy.max_run_age: it looks stuck ({what}); stop it, "
+                "then run `borg-cyrus after`"
+            ]
         return []
-    return [f"a backup started {data.get('started')} (mode {data.get('mode')}) ended without `after` and left: "
-            f"{what}; run `borg-cyrus after` to undo it (the next backup would too)"]
+    return [
+        f"a backup started {data.get('started')} (mode {data.get('mode')}) ended without `after` and left: "
+        f"{what}; run `borg-cyrus after` to undo it (the next backup would too)"
+    ]

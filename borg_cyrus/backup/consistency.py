@@ -86,8 +86,7 @@ def report(ctx, view, mailboxes, counts=True):
         if hdr is None:
             totals["unreadable"] += 1
         else:
-            entry.update(messages=hdr.exists, bytes=hdr.quota_used, last_uid=hdr.last_uid,
-                         uidvalidity=hdr.uidvalidity)
+            entry.update(messages=hdr.exists, bytes=hdr.quota_used, last_uid=hdr.last_uid, uidvalidity=hdr.uidvalidity)
             totals["messages"] += hdr.exists
             totals["bytes"] += hdr.quota_used
         if problem:
@@ -118,26 +117,39 @@ def report(ctx, view, mailboxes, counts=True):
     if without_dir or orphans:
         parts = []
         if without_dir:
-            parts.append(f"{len(without_dir)} mailbox(es) in the mailbox list without a directory "
-                         f"(e.g. {mboxlist.external_name(sorted(without_dir)[0])})")
+            parts.append(
+                f"{len(without_dir)} mailbox(es) in the mailbox list without a directory "
+                f"(e.g. {mboxlist.external_name(sorted(without_dir)[0])})"
+            )
         if orphans:
             parts.append(f"{len(orphans)} directory(ies) without a mailbox entry (e.g. {orphans[0]})")
-        log.warning("consistency: %s; listed in manifest.json under consistency%s", ", ".join(parts),
-                    " (a live backup can race with changes)" if live else "")
+        log.warning(
+            "consistency: %s; listed in manifest.json under consistency%s",
+            ", ".join(parts),
+            " (a live backup can race with changes)" if live else "",
+        )
     if damaged:
         first = sorted(damaged)[0]
-        log.warning("%d mailbox(es) with a damaged or unreadable cyrus.index, e.g. %s: %s; run `reconstruct` on "
-                    "them (listed in manifest.json under consistency.damaged_indexes)", len(damaged),
-                    mboxlist.external_name(first), damaged[first])
+        log.warning(
+            "%d mailbox(es) with a damaged or unreadable cyrus.index, e.g. %s: %s; run `reconstruct` on "
+            "them (listed in manifest.json under consistency.damaged_indexes)",
+            len(damaged),
+            mboxlist.external_name(first),
+            damaged[first],
+        )
     if unlisted:
-        msg = (f"the mailbox list names {len(boxes)} mailboxes, but the spool holds {len(unlisted)} more mailbox "
-               f"director{'y' if len(unlisted) == 1 else 'ies'} with a cyrus.header that it does not list (e.g. "
-               f"{unlisted[0]}): mailboxes.db looks damaged or truncated. Check it (ctl_mboxlist -d), rebuild the "
-               "missing entries with `reconstruct -P` over those cyrus.header files")
+        msg = (
+            f"the mailbox list names {len(boxes)} mailboxes, but the spool holds {len(unlisted)} more mailbox "
+            f"director{'y' if len(unlisted) == 1 else 'ies'} with a cyrus.header that it does not list (e.g. "
+            f"{unlisted[0]}): mailboxes.db looks damaged or truncated. Check it (ctl_mboxlist -d), rebuild the "
+            "missing entries with `reconstruct -P` over those cyrus.header files"
+        )
         if live and ctx.config["consistency"]["unlisted_mailboxes"] == "warn-in-live":
             log.warning("%s (consistency.unlisted_mailboxes: warn-in-live)", msg)
             problems.append(msg)
         else:
-            raise BorgCyrusError(msg + ("; in mode live, consistency.unlisted_mailboxes: warn-in-live lets the "
-                                        "backup go on" if live else ""))
+            raise BorgCyrusError(
+                msg
+                + ("; in mode live, consistency.unlisted_mailboxes: warn-in-live lets the backup go on" if live else "")
+            )
     return Report(rep, per, totals, problems)

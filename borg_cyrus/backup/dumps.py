@@ -47,11 +47,19 @@ def dump_mailbox_list(ctx, view, dump_dir):
     # the cyrus user can write mailboxes.db: nothing crafted may reach a path or the patterns file
     trust.check_mailboxes(boxes, f"{view.layout.database('mailboxes')[1]}")
     if not boxes:
-        raise BorgCyrusError("ctl_mboxlist -d listed no mailboxes; refusing to back up a server that looks empty "
-                             f"(check imapd.conf {view.imapd_conf} points at the right configdirectory)")
-    rec = DumpRecord("mailboxes.json", ["mailboxes.json"], len(boxes), os.path.getsize(path),
-                     time.monotonic() - t0, PLUGIN,
-                     {"format": "ctl_mboxlist -d", "reload": "ctl_mboxlist -u < mailboxes.json"})
+        raise BorgCyrusError(
+            "ctl_mboxlist -d listed no mailboxes; refusing to back up a server that looks empty "
+            f"(check imapd.conf {view.imapd_conf} points at the right configdirectory)"
+        )
+    rec = DumpRecord(
+        "mailboxes.json",
+        ["mailboxes.json"],
+        len(boxes),
+        os.path.getsize(path),
+        time.monotonic() - t0,
+        PLUGIN,
+        {"format": "ctl_mboxlist -d", "reload": "ctl_mboxlist -u < mailboxes.json"},
+    )
     return MailboxList(rec, boxes)
 
 
@@ -64,8 +72,9 @@ def dump_db(ctx, view, dump_dir, name):
     path = os.path.join(dump_dir, filename)
     t0 = time.monotonic()
     with _open_new(path) as f:
-        ctx.cyrus("cyr_dbtool", dbpath, backend, "batch", conf=view.imapd_conf, input=b"SHOW\n",
-                  stdout=f, changes=False)
+        ctx.cyrus(
+            "cyr_dbtool", dbpath, backend, "batch", conf=view.imapd_conf, input=b"SHOW\n", stdout=f, changes=False
+        )
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -102,8 +111,15 @@ def copy_configs(ctx, dump_dir):
         shutil.copyfile(src, dst)
         os.chmod(dst, 0o600)
         files.append(rel)
-    return DumpRecord("config", files, len(files), sum(os.path.getsize(os.path.join(dump_dir, f)) for f in files),
-                      0.0, PLUGIN, {"sources": [os.path.abspath(p) for p in lay.conf.files] + [lay.cyrus_conf]})
+    return DumpRecord(
+        "config",
+        files,
+        len(files),
+        sum(os.path.getsize(os.path.join(dump_dir, f)) for f in files),
+        0.0,
+        PLUGIN,
+        {"sources": [os.path.abspath(p) for p in lay.conf.files] + [lay.cyrus_conf]},
+    )
 
 
 def dump_version(ctx, view, dump_dir):
@@ -116,8 +132,15 @@ def dump_version(ctx, view, dump_dir):
         return None
     with _open_new(os.path.join(dump_dir, "cyrus-version.txt")) as f:
         f.write((version + "\n").encode())
-    return DumpRecord("cyrus-version.txt", ["cyrus-version.txt"], 1, len(version) + 1, r.seconds, PLUGIN,
-                      manifest={"cyrus_version": version})
+    return DumpRecord(
+        "cyrus-version.txt",
+        ["cyrus-version.txt"],
+        1,
+        len(version) + 1,
+        r.seconds,
+        PLUGIN,
+        manifest={"cyrus_version": version},
+    )
 
 
 def dump_quota(ctx, view, dump_dir):
@@ -127,8 +150,15 @@ def dump_quota(ctx, view, dump_dir):
     if r.returncode:
         log.warning("quota listing failed (exit %d); quota.txt may be incomplete", r.returncode)
     lines = max(0, sum(1 for _ in open(path, "rb")) - 1)
-    return DumpRecord("quota.txt", ["quota.txt"], lines, os.path.getsize(path), r.seconds, PLUGIN,
-                      {"format": "quota (listing; limits are restored from the quota files)"})
+    return DumpRecord(
+        "quota.txt",
+        ["quota.txt"],
+        lines,
+        os.path.getsize(path),
+        r.seconds,
+        PLUGIN,
+        {"format": "quota (listing; limits are restored from the quota files)"},
+    )
 
 
 @hookimpl
@@ -152,6 +182,7 @@ def dump(ctx, view, dump_dir):
 
 
 # -- restore full: rebuild what was dumped ------------------------------------
+
 
 class DatabaseRestore:
     """mailboxes.db and annotations.db back from the binary-safe dumps when
@@ -257,7 +288,9 @@ class DatabaseRestore:
         batch = self.dump.batch(self.lay.database("annotations")[1])
         if not batch:
             if why == "missing":
-                self.note("annotations.db is missing and the archive has no dump of it; Cyrus starts without annotations")
+                self.note(
+                    "annotations.db is missing and the archive has no dump of it; Cyrus starts without annotations"
+                )
                 return
             raise BorgCyrusError(f"annotations.db is {why} and the archive has no dump of it")
         self.note("annotations.db is %s; rebuilding it from the dump", why)

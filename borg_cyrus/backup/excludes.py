@@ -79,12 +79,13 @@ def legacy_paths(ctx, view, boxes):
     names = [mboxlist.admin_name(mb.intname, view.layout.unixhierarchysep) for mb in boxes]
     out = {}
     for i in range(0, len(names), 500):
-        chunk = boxes[i:i + 500]
-        r = ctx.cyrus("mbpath", "-j", "--", *names[i:i + 500], conf=view.imapd_conf, changes=False)
+        chunk = boxes[i : i + 500]
+        r = ctx.cyrus("mbpath", "-j", "--", *names[i : i + 500], conf=view.imapd_conf, changes=False)
         objs = list(iter_json_objects(r.text))
         if len(objs) != len(chunk):
-            log.warning("mbpath returned %d answers for %d legacy mailboxes; excludes may be incomplete",
-                        len(objs), len(chunk))
+            log.warning(
+                "mbpath returned %d answers for %d legacy mailboxes; excludes may be incomplete", len(objs), len(chunk)
+            )
         for obj in objs:
             intname = (obj.get("mbname") or {}).get("intname")
             if intname and obj.get("data"):

@@ -14,8 +14,11 @@ def _inside(path, root):
 def locations(ctx):
     lay = ctx.layout
     out = [Location(lay.configdirectory, "data", "configdirectory")]
-    for group, label in ((lay.partitions, "partition"), (lay.metapartitions, "metapartition"),
-                         (lay.archivepartitions, "archivepartition")):
+    for group, label in (
+        (lay.partitions, "partition"),
+        (lay.metapartitions, "metapartition"),
+        (lay.archivepartitions, "archivepartition"),
+    ):
         for name in sorted(group):
             out.append(Location(group[name], "data", f"{label}-{name}"))
     out.append(Location(lay.sievedir, "data", "sievedir", required=False))

@@ -35,8 +35,13 @@ def parent_dirs(lay):
                 st = os.stat(p)
             except OSError:
                 break
-            out[p] = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-                      "user": _name(pwd.getpwuid, st.st_uid), "group": _name(grp.getgrgid, st.st_gid)}
+            out[p] = {
+                "mode": stat.S_IMODE(st.st_mode),
+                "uid": st.st_uid,
+                "gid": st.st_gid,
+                "user": _name(pwd.getpwuid, st.st_uid),
+                "group": _name(grp.getgrgid, st.st_gid),
+            }
             p = os.path.dirname(p)
     return out
 
@@ -68,21 +73,25 @@ def build(ctx, view, mailbox_list, records, consistency, excludes, problems, tim
         "problems": list(problems),
         "excluded_mailboxes": sorted({e.mailbox for e in excludes if e.mailbox}),
         "consistency": consistency.report,
-        "counts": dict(consistency.totals, mailboxes=len(boxes),
-                       users=len({mb.userid for mb in boxes if mb.userid and mb.has_spool})),
+        "counts": dict(
+            consistency.totals,
+            mailboxes=len(boxes),
+            users=len({mb.userid for mb in boxes if mb.userid and mb.has_spool}),
+        ),
     }
     if consistency.per_mailbox is not None:
         m["mailboxes"] = consistency.per_mailbox
     for r in [mailbox_list.record, *records]:
         for key, value in r.manifest.items():
             if key in m:
-                raise BorgCyrusError(f"dump {r.name} of plugin {r.plugin or '?'} sets manifest key '{key}', "
-                                     "which is taken; rename it in the plugin")
+                raise BorgCyrusError(
+                    f"dump {r.name} of plugin {r.plugin or '?'} sets manifest key '{key}', "
+                    "which is taken; rename it in the plugin"
+                )
             m[key] = value
     return m
 
 
 def write(dump_dir, manifest):
     # compact: at 100k mailboxes an indented, sorted dump costs seconds
-    state_mod.write_atomic(os.path.join(dump_dir, "manifest.json"),
-                           json.dumps(manifest, separators=(",", ":")) + "\n")
+    state_mod.write_atomic(os.path.join(dump_dir, "manifest.json"), json.dumps(manifest, separators=(",", ":")) + "\n")

@@ -35,8 +35,10 @@ def plan_locations(ctx):
         if loc.kind == "dump" or os.path.lexists(loc.path):
             out.append(loc)
         elif loc.required:
-            raise BorgCyrusError(f"{loc.what}: {loc.path} does not exist; fix {ctx.layout.imapd_conf} "
-                                 f"or the borg-cyrus config ({ctx.config.path})")
+            raise BorgCyrusError(
+                f"{loc.what}: {loc.path} does not exist; fix {ctx.layout.imapd_conf} "
+                f"or the borg-cyrus config ({ctx.config.path})"
+            )
         else:
             log.debug("skipping %s: %s does not exist", loc.what, loc.path)
     return out
@@ -49,6 +51,7 @@ def check_tools(ctx):
 
 
 # -- teardown ---------------------------------------------------------------
+
 
 def teardown(ctx, st):
     """Undo every recorded step, newest first; keep going on errors.
@@ -88,16 +91,21 @@ def recover_stale(ctx, owner, force=False):
         else:
             raise BusyError(
                 f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
-                "running; if it is not, run `borg-cyrus after --force` to clean up")
-    log.warning("cleaning up after an earlier run that did not finish (started %s, mode %s): %s",
-                data.get("started"), data.get("mode"),
-                "; ".join(busy.describe_step(ctx, s) for s in st.steps) or "nothing to undo")
+                "running; if it is not, run `borg-cyrus after --force` to clean up"
+            )
+    log.warning(
+        "cleaning up after an earlier run that did not finish (started %s, mode %s): %s",
+        data.get("started"),
+        data.get("mode"),
+        "; ".join(busy.describe_step(ctx, s) for s in st.steps) or "nothing to undo",
+    )
     errors = teardown(ctx, st)
     if errors:
         raise BorgCyrusError("could not clean up an earlier run: " + "; ".join(errors))
 
 
 # -- before -----------------------------------------------------------------
+
 
 def _fresh_dump_dir(ctx):
     work = ctx.work_dir
@@ -125,8 +133,10 @@ def cross_check(mailbox_list, records, view):
     n = db.extra.get("name_records") if db else None
     if n is None or n == mailbox_list.record.records:
         return []
-    msg = (f"mailboxes.json lists {mailbox_list.record.records} mailboxes but mailboxes.db.batch holds {n}; "
-           "the server changed between the two dumps")
+    msg = (
+        f"mailboxes.json lists {mailbox_list.record.records} mailboxes but mailboxes.db.batch holds {n}; "
+        "the server changed between the two dumps"
+    )
     if view.description != "live":
         raise BorgCyrusError(msg + " although it was frozen")
     log.warning("%s (expected in live mode)", msg)
@@ -146,19 +156,25 @@ def run_dumps(ctx, view, dump_dir):
     try:
         mlist = ctx.plugins.mailbox_list(ctx, view, dump_dir)
         if mlist is None:
-            raise BorgCyrusError("no plugin dumped the mailbox list (is the built-in `dumps` plugin disabled "
-                                 "through BORG_CYRUS_PLUGINS?)")
+            raise BorgCyrusError(
+                "no plugin dumped the mailbox list (is the built-in `dumps` plugin disabled "
+                "through BORG_CYRUS_PLUGINS?)"
+            )
         mlist.record.plugin = mlist.record.plugin or "dumps"
         return mlist, ctx.plugins.dump(ctx, view, dump_dir, mlist.mailboxes)
     except OSError as e:
-        raise BorgCyrusError(f"writing the dumps into {ctx.work_dir} failed: {e.strerror}"
-                             f"{'; free space there or move work_directory' if e.errno == 28 else ''}") from None
+        raise BorgCyrusError(
+            f"writing the dumps into {ctx.work_dir} failed: {e.strerror}"
+            f"{'; free space there or move work_directory' if e.errno == 28 else ''}"
+        ) from None
     except BorgCyrusError as e:
         # Cyrus tools write their dumps to our file and may not notice a full disk:
         # the dump then looks truncated. Say what really happened.
         if _disk_full(dump_dir):
-            raise BorgCyrusError(f"writing the dumps into {ctx.work_dir} failed: No space left on device "
-                                 f"({e}); free space there or move work_directory") from None
+            raise BorgCyrusError(
+                f"writing the dumps into {ctx.work_dir} failed: No space left on device "
+                f"({e}); free space there or move work_directory"
+            ) from None
         raise
 
 
@@ -179,15 +195,19 @@ def before(ctx, force=False):
                 try:
                     stack.enter_context(state_mod.lock(ctx.lock_file, wait=max(0.0, give_up - time.monotonic())))
                 except BusyError as e:
-                    raise (SkipError(f"{e}; skipping this run (busy.action: skip)") if cfg["action"] == "skip"
-                           else e) from None
+                    raise (
+                        SkipError(f"{e}; skipping this run (busy.action: skip)") if cfg["action"] == "skip" else e
+                    ) from None
                 data = busy.other_run(ctx, owner, force)
                 if data is None:
                     return _before_locked(ctx, modes, mode, owner, force, deadline)
             if time.monotonic() >= give_up:
                 raise busy.busy_error(ctx, data)
-            log.info("waiting for the backup started %s (pid %s) to finish", data.get("started"),
-                     (data.get("owner") or {}).get("pid"))
+            log.info(
+                "waiting for the backup started %s (pid %s) to finish",
+                data.get("started"),
+                (data.get("owner") or {}).get("pid"),
+            )
             time.sleep(min(2.0, max(0.1, give_up - time.monotonic())))
 
 
@@ -208,8 +228,9 @@ def _before_locked(ctx, modes, mode, owner, force, deadline):
         t = time.monotonic()
         view = mode.freeze(data)
         timings["freeze"] = time.monotonic() - t
-        st.set(view={"description": view.description, "prefixes": view.prefixes,
-                     "blocked_seconds": view.blocked_seconds})
+        st.set(
+            view={"description": view.description, "prefixes": view.prefixes, "blocked_seconds": view.blocked_seconds}
+        )
         if view.blocked_seconds is not None:
             log.info("write-blocked window %.1f ms (%s)", view.blocked_seconds * 1000, view.description)
         ctx.plugins.view_ready(ctx, view)
@@ -219,16 +240,22 @@ def _before_locked(ctx, modes, mode, owner, force, deadline):
             if step["kind"] == "watchdog":
                 Watchdog.before_done(step.get("process"))
     except BaseException:
-        deadline.cancel()     # the undo must not be cut short
+        deadline.cancel()  # the undo must not be cut short
         log.info("before failed; undoing what it did")
         errors = teardown(ctx, st)
         for err in errors:
             log.error("cleanup: %s", err)
         raise
     summary["seconds"] = time.monotonic() - t_start
-    log.info("before: ready in %.2f s — mode %s, %d mailboxes, %d messages, %d roots, %d excludes",
-             summary["seconds"], mode_name, summary["mailboxes"], summary["messages"], summary["roots"],
-             summary["excludes"])
+    log.info(
+        "before: ready in %.2f s — mode %s, %d mailboxes, %d messages, %d roots, %d excludes",
+        summary["seconds"],
+        mode_name,
+        summary["mailboxes"],
+        summary["messages"],
+        summary["roots"],
+        summary["excludes"],
+    )
     return summary
 
 
@@ -255,17 +282,27 @@ def prepare(ctx, view, locs, timings):
         shutil.rmtree(dump_dir, ignore_errors=True)
         raise
     roots = nest_free([loc.path for loc in locs])
-    text = patterns.render(roots, excludes, view,
-                           comment=f"mode {ctx.config['mode']}, {datetime.datetime.now().isoformat(timespec='seconds')}")
+    text = patterns.render(
+        roots,
+        excludes,
+        view,
+        comment=f"mode {ctx.config['mode']}, {datetime.datetime.now().isoformat(timespec='seconds')}",
+    )
     if ctx.dry_run:
         shutil.rmtree(dump_dir, ignore_errors=True)
     else:
         _publish_dump_dir(ctx, dump_dir)
         state_mod.write_atomic(ctx.patterns_file, text, mode=0o600)
         faults.point("patterns-written")
-    return {"mailboxes": len(mlist.mailboxes), "messages": m["counts"].get("messages", 0),
-            "roots": len(roots), "excludes": len(excludes), "patterns": text, "dumps": [mlist.record, *records],
-            "manifest": m}
+    return {
+        "mailboxes": len(mlist.mailboxes),
+        "messages": m["counts"].get("messages", 0),
+        "roots": len(roots),
+        "excludes": len(excludes),
+        "patterns": text,
+        "dumps": [mlist.record, *records],
+        "manifest": m,
+    }
 
 
 def _before_dry_run(ctx, mode, t_start):
@@ -280,12 +317,15 @@ def _before_dry_run(ctx, mode, t_start):
 
 # -- after ------------------------------------------------------------------
 
+
 def after(ctx, force=False):
     """Tear down what `before` set up. Idempotent."""
     t0 = time.monotonic()
     state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
-    with busy.Deadline(ctx.config["run_timeout"], "after"), \
-            state_mod.lock(ctx.lock_file, wait=ctx.config["busy"]["wait"]):
+    with (
+        busy.Deadline(ctx.config["run_timeout"], "after"),
+        state_mod.lock(ctx.lock_file, wait=ctx.config["busy"]["wait"]),
+    ):
         st = state_mod.State(ctx.state_file)
         data = st.load()
         if data is None:
@@ -297,8 +337,12 @@ def after(ctx, force=False):
         owner = state_mod.find_owner()
         prev = data.get("owner")
         if state_mod.is_alive(prev) and prev != owner and not force:
-            log.warning("the recorded backup belongs to %s (pid %s), which is still running; leaving it alone "
-                        "(use --force if it is not a backup)", prev.get("comm"), prev.get("pid"))
+            log.warning(
+                "the recorded backup belongs to %s (pid %s), which is still running; leaving it alone "
+                "(use --force if it is not a backup)",
+                prev.get("comm"),
+                prev.get("pid"),
+            )
             return {"seconds": time.monotonic() - t0, "undone": 0, "skipped": True}
         ctx.state = st
         modes = ctx.plugins.modes()

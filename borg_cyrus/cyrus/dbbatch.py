@@ -19,37 +19,37 @@ class BatchFormatError(BorgCyrusError):
 
 
 def _token(data, i):
-    c = data[i:i + 1]
+    c = data[i : i + 1]
     if c == b"{":
         j = data.find(b"}", i)
         if j < 0:
             raise BatchFormatError(f"unterminated literal length at byte {i}")
-        spec = data[i + 1:j].rstrip(b"+")
+        spec = data[i + 1 : j].rstrip(b"+")
         if not spec.isdigit():
             raise BatchFormatError(f"bad literal length at byte {i}")
         n = int(spec)
         i = j + 1
-        if data[i:i + 2] == b"\r\n":
+        if data[i : i + 2] == b"\r\n":
             i += 2
-        elif data[i:i + 1] == b"\n":
+        elif data[i : i + 1] == b"\n":
             i += 1
         else:
             raise BatchFormatError(f"literal without line end at byte {i}")
         if i + n > len(data):
             raise BatchFormatError(f"literal of {n} bytes truncated at byte {i}")
-        return data[i:i + n], i + n
+        return data[i : i + n], i + n
     if c == b'"':
         out = bytearray()
         j = i + 1
         while True:
             if j >= len(data):
                 raise BatchFormatError(f"unterminated quoted string at byte {i}")
-            ch = data[j:j + 1]
+            ch = data[j : j + 1]
             if ch == b'"':
                 return bytes(out), j + 1
             if ch == b"\\":
                 j += 1
-                ch = data[j:j + 1]
+                ch = data[j : j + 1]
             out += ch
             j += 1
     m = _ATOM.match(data, i)
@@ -63,10 +63,10 @@ def iter_records(data):
     n = len(data)
     while i < n:
         key, i = _token(data, i)
-        if data[i:i + 1] != b" ":
+        if data[i : i + 1] != b" ":
             raise BatchFormatError(f"expected a space after a key at byte {i}")
         value, i = _token(data, i + 1)
-        if data[i:i + 1] != b"\n":
+        if data[i : i + 1] != b"\n":
             raise BatchFormatError(f"expected a line end after a value at byte {i}")
         i += 1
         yield key, value

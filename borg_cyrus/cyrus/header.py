@@ -9,9 +9,11 @@ header written here is how a restored copy gets a new name and identity.
 
 import re
 
-MAGIC = (b"\xa1\x02\x8b\rCyrus mailbox header\n"
-         b"\"The best thing about this system was that it had lots of goals.\"\n"
-         b"\t--Jim Morris on Andrew\n")
+MAGIC = (
+    b"\xa1\x02\x8b\rCyrus mailbox header\n"
+    b"\"The best thing about this system was that it had lots of goals.\"\n"
+    b"\t--Jim Morris on Andrew\n"
+)
 
 
 class HeaderError(ValueError):
@@ -23,16 +25,16 @@ _ATOM_OK = re.compile(rb"^[A-Za-z0-9.&^!@_+\-:/$=,~#*'`|?<>\[\]]+$")
 
 def _parse(data, i):
     """(value, next index): kvlist -> dict, list -> list, atom/string -> bytes."""
-    while data[i:i + 1] == b" ":
+    while data[i : i + 1] == b" ":
         i += 1
-    c = data[i:i + 1]
-    if data[i:i + 2] == b"%(":
+    c = data[i : i + 1]
+    if data[i : i + 2] == b"%(":
         out = {}
         i += 2
         while True:
-            while data[i:i + 1] == b" ":
+            while data[i : i + 1] == b" ":
                 i += 1
-            if data[i:i + 1] == b")":
+            if data[i : i + 1] == b")":
                 return out, i + 1
             if i >= len(data):
                 raise HeaderError("unterminated %( in cyrus.header")
@@ -43,9 +45,9 @@ def _parse(data, i):
         out = []
         i += 1
         while True:
-            while data[i:i + 1] == b" ":
+            while data[i : i + 1] == b" ":
                 i += 1
-            if data[i:i + 1] == b")":
+            if data[i : i + 1] == b")":
                 return out, i + 1
             if i >= len(data):
                 raise HeaderError("unterminated ( in cyrus.header")
@@ -55,28 +57,28 @@ def _parse(data, i):
         buf = bytearray()
         j = i + 1
         while j < len(data):
-            ch = data[j:j + 1]
+            ch = data[j : j + 1]
             if ch == b'"':
                 return bytes(buf), j + 1
             if ch == b"\\":
                 j += 1
-                ch = data[j:j + 1]
+                ch = data[j : j + 1]
             buf += ch
             j += 1
         raise HeaderError("unterminated quoted string in cyrus.header")
     if c == b"{":
         j = data.index(b"}", i)
-        n = int(data[i + 1:j].rstrip(b"+"))
+        n = int(data[i + 1 : j].rstrip(b"+"))
         j += 1
-        if data[j:j + 2] == b"\r\n":
+        if data[j : j + 2] == b"\r\n":
             j += 2
-        elif data[j:j + 1] == b"\n":
+        elif data[j : j + 1] == b"\n":
             j += 1
-        return data[j:j + n], j + n
+        return data[j : j + n], j + n
     m = re.compile(rb"[^ ()\r\n]*").match(data, i)
     word = m.group(0)
     if not word:
-        raise HeaderError(f"unexpected {data[i:i + 10]!r} in cyrus.header")
+        raise HeaderError(f"unexpected {data[i : i + 10]!r} in cyrus.header")
     return (b"" if word == b"NIL" else word), m.end()
 
 
@@ -84,7 +86,7 @@ def parse(data):
     """{T, N, I, Q, A: {id: rights}, U: [flags]} (str values) of cyrus.header bytes."""
     if not data.startswith(MAGIC[:4]):
         raise HeaderError("not a cyrus.header (bad magic)")
-    body = data[len(MAGIC):] if data.startswith(MAGIC) else data.split(b"\n", 3)[-1]
+    body = data[len(MAGIC) :] if data.startswith(MAGIC) else data.split(b"\n", 3)[-1]
     body = body.strip()
     if not body.startswith(b"%("):
         raise HeaderError("cyrus.header is not in the Cyrus 3 (dlist) format")
@@ -92,6 +94,7 @@ def parse(data):
 
     def s(v):
         return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+
     out = {k: s(v) for k, v in kv.items() if isinstance(v, bytes)}
     acl = kv.get("A") or {}
     out["A"] = {k: s(v) for k, v in acl.items()} if isinstance(acl, dict) else {}

@@ -39,7 +39,7 @@ class ImapdConf:
 
     def with_prefix(self, prefix):
         """{suffix: value} for every key 'prefix<suffix>'."""
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
 
     @property
     def configdirectory(self):
@@ -63,10 +63,10 @@ def parse_text(text, path="<imapd.conf>", values=None, files=None, _depth=0):
         if not line or line.startswith("#"):
             continue
         m = _KEY.match(line)
-        if not m or line[m.end():m.end() + 1] != ":":
+        if not m or line[m.end() : m.end() + 1] != ":":
             raise ConfigError(f"{path}, line {lineno}: invalid option name; expected 'key: value'")
         key = m.group(0).lower()
-        value = line[m.end() + 1:].strip()
+        value = line[m.end() + 1 :].strip()
         if not value:
             raise ConfigError(f"{path}, line {lineno}: empty value for '{key}'; remove the line or give a value")
         if key.startswith("@"):
@@ -90,6 +90,7 @@ MAX_BYTES = 4 << 20
 
 def _read(path, what):
     from borg_cyrus.safety import safeio
+
     try:
         data = safeio.read_bytes(path, limit=MAX_BYTES, follow=True, what=f"{what}: {path}")
     except FileNotFoundError:
@@ -112,5 +113,5 @@ def load(path):
         raise ConfigError(f"{path}: configdirectory must be an absolute path other than /")
     for key, value in list(values.items()):
         if key != "configdirectory" and value.lower().startswith("{configdirectory}"):
-            values[key] = confdir + value[len("{configdirectory}"):]
+            values[key] = confdir + value[len("{configdirectory}") :]
     return ImapdConf(path, values, files)

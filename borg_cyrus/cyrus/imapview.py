@@ -46,6 +46,7 @@ def mutf7_decode(s):
         b = body.replace(",", "/")
         b += "=" * (-len(b) % 4)
         return base64.b64decode(b).decode("utf-16-be")
+
     return re.sub(r"&([A-Za-z0-9+,]*)-", dec, s)
 
 
@@ -111,7 +112,7 @@ def served_sha1(conn, uids, batch=100):
     """{uid: SHA-1 digest of the bytes served} for the selected mailbox."""
     got = {}
     for i in range(0, len(uids), batch):
-        typ, data = conn.uid("FETCH", ",".join(map(str, uids[i:i + batch])), "(UID BODY.PEEK[])")
+        typ, data = conn.uid("FETCH", ",".join(map(str, uids[i : i + batch])), "(UID BODY.PEEK[])")
         for item in data or []:
             if isinstance(item, tuple):
                 got[int(_FETCH_UID.search(item[0]).group(1))] = hashlib.sha1(item[1]).digest()
@@ -153,7 +154,7 @@ def _metadata(conn, name):
     typ, dat = conn._untagged_response(typ, dat, "METADATA")
     toks = [t for t in _tokens([d for d in dat or [] if d is not None])]
     out = {}
-    inside = [t for t in toks[toks.index(("(", None)) + 1:]] if ("(", None) in toks else []
+    inside = [t for t in toks[toks.index(("(", None)) + 1 :]] if ("(", None) in toks else []
     i = 0
     while i + 1 < len(inside) and inside[i][0] != ")":
         key, val = inside[i], inside[i + 1]
@@ -177,8 +178,7 @@ def user_view(conn):
         uv = int(re.search(r"UIDVALIDITY (\d+)", st).group(1))
         un = int(re.search(r"UIDNEXT (\d+)", st).group(1))
         special = sorted(a for a in attrs if a not in ("\\HasChildren", "\\HasNoChildren", "\\Marked", "\\Unmarked"))
-        boxes[name] = {"uidvalidity": uv, "uidnext": un, "special_use": special,
-                       "messages": fetch_messages(conn)}
+        boxes[name] = {"uidvalidity": uv, "uidnext": un, "special_use": special, "messages": fetch_messages(conn)}
         acl = conn.getacl(quote(name))
         boxes[name]["acl"] = acl[1][0].decode() if acl[0] == "OK" else None
         boxes[name]["metadata"] = _metadata(conn, name)
@@ -241,8 +241,9 @@ def snapshot(sandbox_or_port, users, quota_roots=(), host="127.0.0.1"):
         finally:
             conn.logout()
         if sieve_port:
-            out[user]["sieve"] = (sieve_view(host, sieve_port, user) if with_sieve[user]
-                                  else {"scripts": {}, "active": []})
+            out[user]["sieve"] = (
+                sieve_view(host, sieve_port, user) if with_sieve[user] else {"scripts": {}, "active": []}
+            )
     if quota_roots:
         conn = imaplib.IMAP4(host, port)
         conn.login("cyrus", "x")
@@ -271,8 +272,13 @@ def diff(a, b, path=""):
 
 def count(snap):
     boxes = sum(len(v["mailboxes"]) for k, v in snap.items() if not k.startswith("#"))
-    msgs = sum(len(m["messages"]) for k, v in snap.items() if not k.startswith("#")
-               for m in v["mailboxes"].values() if "messages" in m)
+    msgs = sum(
+        len(m["messages"])
+        for k, v in snap.items()
+        if not k.startswith("#")
+        for m in v["mailboxes"].values()
+        if "messages" in m
+    )
     return boxes, msgs
 
 
@@ -327,8 +333,9 @@ class ManageSieve:
         return self
 
     def putscript(self, name, script):
-        self.command(f"PUTSCRIPT {_sieve_string(name)}", script.encode() if isinstance(script, str) else script,
-                     what="PUTSCRIPT")
+        self.command(
+            f"PUTSCRIPT {_sieve_string(name)}", script.encode() if isinstance(script, str) else script, what="PUTSCRIPT"
+        )
 
     def setactive(self, name):
         self.command(f"SETACTIVE {_sieve_string(name)}")

@@ -66,7 +66,7 @@ def parse(data, path="cyrus.index"):
     minor, start, rsize, nrec = struct.unpack_from(">IIII", data, 8)
     if start < 96 or rsize < 8 or start > len(data):
         raise IndexError_(f"{path}: implausible header (start {start}, record size {rsize})")
-    if zlib.crc32(data[:start - 4]) != struct.unpack_from(">I", data, start - 4)[0]:
+    if zlib.crc32(data[: start - 4]) != struct.unpack_from(">I", data, start - 4)[0]:
         raise IndexError_(f"{path}: header checksum mismatch")
     if len(data) < start + nrec * rsize:
         raise IndexError_(f"{path}: truncated ({nrec} records announced, {(len(data) - start) // rsize} present)")
@@ -74,27 +74,38 @@ def parse(data, path="cyrus.index"):
     recs = []
     for i in range(nrec):
         off = start + i * rsize
-        rec = data[off:off + rsize]
+        rec = data[off : off + rsize]
         if zlib.crc32(rec[:-4]) != struct.unpack_from(">I", rec, rsize - 4)[0]:
             raise IndexError_(f"{path}: record {i + 1} checksum mismatch")
         uid = struct.unpack_from(">I", rec, 0)[0]
         if lay:
-            recs.append(Record(uid, struct.unpack_from(">I", rec, lay["size"])[0],
-                               struct.unpack_from(">I", rec, lay["system_flags"])[0],
-                               rec[lay["guid"]:lay["guid"] + 20]))
+            recs.append(
+                Record(
+                    uid,
+                    struct.unpack_from(">I", rec, lay["size"])[0],
+                    struct.unpack_from(">I", rec, lay["system_flags"])[0],
+                    rec[lay["guid"] : lay["guid"] + 20],
+                )
+            )
         else:
             recs.append(Record(uid, None, None, None))
-    return Index(minor, struct.unpack_from(">I", data, 44)[0], struct.unpack_from(">I", data, 28)[0],
-                 struct.unpack_from(">I", data, 84)[0], tuple(recs))
+    return Index(
+        minor,
+        struct.unpack_from(">I", data, 44)[0],
+        struct.unpack_from(">I", data, 28)[0],
+        struct.unpack_from(">I", data, 84)[0],
+        tuple(recs),
+    )
 
 
 def read(path):
     from borg_cyrus.safety import safeio
+
     return parse(safeio.read_bytes(path), path)
 
 
 HEADER_BYTES = 96
-HEADER_VERSIONS = range(13, 20)   # header offsets shared by index minor versions 13-19 (Cyrus 3.0-3.6)
+HEADER_VERSIONS = range(13, 20)  # header offsets shared by index minor versions 13-19 (Cyrus 3.0-3.6)
 
 
 @dataclass(frozen=True)
@@ -102,9 +113,9 @@ class IndexHeader:
     minor_version: int
     num_records: int
     last_uid: int
-    quota_used: int      # bytes of non-expunged messages
+    quota_used: int  # bytes of non-expunged messages
     uidvalidity: int
-    exists: int          # non-expunged messages
+    exists: int  # non-expunged messages
 
 
 def inspect(path):
@@ -115,6 +126,7 @@ def inspect(path):
     whose header is not known is (None, None) too. A problem is a phrase:
     truncated, checksum mismatch, not a regular file."""
     from borg_cyrus.safety import safeio
+
     try:
         data, size = safeio.read_head(path, 1024)
     except FileNotFoundError:
@@ -136,11 +148,13 @@ def inspect(path):
         uidvalidity=struct.unpack_from(">I", data, 44)[0],
         exists=struct.unpack_from(">I", data, 84)[0],
     )
-    if HEADER_BYTES <= start <= len(data) and zlib.crc32(data[:start - 4]) != struct.unpack_from(">I", data, start - 4)[0]:
+    if (
+        HEADER_BYTES <= start <= len(data)
+        and zlib.crc32(data[: start - 4]) != struct.unpack_from(">I", data, start - 4)[0]
+    ):
         return hdr, "cyrus.index header checksum mismatch"
     if rsize and size < start + nrec * rsize:
-        return hdr, (f"cyrus.index is truncated ({nrec} records announced, "
-                     f"{max(0, size - start) // rsize} present)")
+        return hdr, (f"cyrus.index is truncated ({nrec} records announced, {max(0, size - start) // rsize} present)")
     return hdr, None
 
 

@@ -27,19 +27,26 @@ DATABASES = {
     "newsrc": ("newsrc_db", "newsrc_db_path", "fetchnews.db"),
 }
 DB_DEFAULT_BACKEND = {
-    "mailboxes": "twoskip", "annotations": "twoskip", "duplicate": "twoskip",
-    "tls_sessions": "twoskip", "ptscache": "twoskip", "statuscache": "twoskip",
-    "zoneinfo": "twoskip", "userdeny": "flat", "backups": "twoskip",
-    "sync_cache": "twoskip", "newsrc": "skiplist",
+    "mailboxes": "twoskip",
+    "annotations": "twoskip",
+    "duplicate": "twoskip",
+    "tls_sessions": "twoskip",
+    "ptscache": "twoskip",
+    "statuscache": "twoskip",
+    "zoneinfo": "twoskip",
+    "userdeny": "flat",
+    "backups": "twoskip",
+    "sync_cache": "twoskip",
+    "newsrc": "skiplist",
 }
 
 # Where distributions put the Cyrus tools (first match wins).
 TOOL_DIRS = (
-    "/usr/lib/cyrus/bin",            # Debian, Ubuntu
-    "/usr/libexec/cyrus-imapd",      # Fedora, RHEL 8+
-    "/usr/lib/cyrus-imapd",          # RHEL 7, SUSE, Arch
+    "/usr/lib/cyrus/bin",  # Debian, Ubuntu
+    "/usr/libexec/cyrus-imapd",  # Fedora, RHEL 8+
+    "/usr/lib/cyrus-imapd",  # RHEL 7, SUSE, Arch
     "/usr/local/libexec/cyrus-imapd",
-    "/usr/cyrus/bin",                # source installs (old default prefix)
+    "/usr/cyrus/bin",  # source installs (old default prefix)
     "/usr/local/cyrus/bin",
     "/usr/local/sbin",
     "/usr/sbin",
@@ -99,13 +106,13 @@ class Layout:
 
     conf: imapdconf.ImapdConf
     configdirectory: str
-    partitions: dict            # name -> path
+    partitions: dict  # name -> path
     metapartitions: dict
     archivepartitions: dict
-    searchpartitions: dict      # "<tier>searchpartition-<part>" -> path
+    searchpartitions: dict  # "<tier>searchpartition-<part>" -> path
     sievedir: str
-    databases: dict             # name -> (backend, path)
-    runtime_paths: dict         # proc_path, mboxname_lockpath, sockets
+    databases: dict  # name -> (backend, path)
+    runtime_paths: dict  # proc_path, mboxname_lockpath, sockets
     defaultpartition: str
     hashimapspool: bool
     fulldirhash: bool
@@ -125,7 +132,9 @@ class Layout:
         try:
             return self.partitions[name]
         except KeyError:
-            raise ConfigError(f"{self.imapd_conf}: mailbox uses partition '{name}' but partition-{name} is not set") from None
+            raise ConfigError(
+                f"{self.imapd_conf}: mailbox uses partition '{name}' but partition-{name} is not set"
+            ) from None
 
     def all_partition_dirs(self):
         """Every directory that holds mailbox data, in a stable order."""
@@ -137,8 +146,11 @@ class Layout:
     def data_locations(self):
         """(imapd.conf key, directory) of every place Cyrus keeps data."""
         out = [("configdirectory", self.configdirectory), ("sievedir", self.sievedir)]
-        for prefix, group in (("partition-", self.partitions), ("metapartition-", self.metapartitions),
-                              ("archivepartition-", self.archivepartitions)):
+        for prefix, group in (
+            ("partition-", self.partitions),
+            ("metapartition-", self.metapartitions),
+            ("archivepartition-", self.archivepartitions),
+        ):
             out += [(prefix + k, group[k]) for k in sorted(group)]
         out += sorted(self.searchpartitions.items())
         return out
@@ -171,9 +183,11 @@ def _abs(conf, key, value, directory=True):
         raise ConfigError(f"{conf.path}: {key}: '{value}' is not an absolute path; Cyrus needs absolute paths")
     why = pathpolicy.system_reason(value) if directory else pathpolicy.file_reason(value)
     if why:
-        raise ConfigError(f"{conf.path}: {key}: '{value}' {why}; give Cyrus's "
-                          f"{'data a directory' if directory else 'database a path'} of its own "
-                          "(e.g. below /var/lib/cyrus or /var/spool/cyrus)")
+        raise ConfigError(
+            f"{conf.path}: {key}: '{value}' {why}; give Cyrus's "
+            f"{'data a directory' if directory else 'database a path'} of its own "
+            "(e.g. below /var/lib/cyrus or /var/spool/cyrus)"
+        )
     return os.path.normpath(value)
 
 
@@ -188,8 +202,11 @@ def discover(imapd_conf_path, cyrus_conf_path=None):
     defaultpartition = conf.get("defaultpartition", "default").lower()
     if not partitions:
         raise ConfigError(f"{conf.path}: no partition-NAME is set; Cyrus needs at least partition-{defaultpartition}")
-    searchparts = {k: _abs(conf, k, v) for k, v in conf.values.items()
-                   if "searchpartition-" in k and not k.startswith("partition-")}
+    searchparts = {
+        k: _abs(conf, k, v)
+        for k, v in conf.values.items()
+        if "searchpartition-" in k and not k.startswith("partition-")
+    }
 
     databases = {}
     for name, (backend_key, path_key, default) in DATABASES.items():
@@ -198,14 +215,18 @@ def discover(imapd_conf_path, cyrus_conf_path=None):
         databases[name] = (backend, _abs(conf, path_key, path, False) if path else os.path.join(confdir, default))
     quota_backend = conf.get("quota_db", "quotalegacy")
     quota_path = conf.get("quota_db_path")
-    databases["quota"] = (quota_backend, _abs(conf, "quota_db_path", quota_path, quota_backend == "quotalegacy")
-                          if quota_path
-                          else os.path.join(confdir, "quota" if quota_backend == "quotalegacy" else "quotas.db"))
+    databases["quota"] = (
+        quota_backend,
+        _abs(conf, "quota_db_path", quota_path, quota_backend == "quotalegacy")
+        if quota_path
+        else os.path.join(confdir, "quota" if quota_backend == "quotalegacy" else "quotas.db"),
+    )
 
     runtime = {
         "proc_path": _abs(conf, "proc_path", conf.get("proc_path") or os.path.join(confdir, "proc")),
-        "mboxname_lockpath": _abs(conf, "mboxname_lockpath",
-                                  conf.get("mboxname_lockpath") or os.path.join(confdir, "lock")),
+        "mboxname_lockpath": _abs(
+            conf, "mboxname_lockpath", conf.get("mboxname_lockpath") or os.path.join(confdir, "lock")
+        ),
         "socket_dir": os.path.join(confdir, "socket"),
     }
     for key in ("lmtpsocket", "idlesocket", "notifysocket"):

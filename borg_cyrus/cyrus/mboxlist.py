@@ -16,8 +16,17 @@ from borg_cyrus.errors import BorgCyrusError
 # mbtype letters (Cyrus 3.x imap/mboxlist.c): an optional first letter names
 # the type (none means email), the others are flags; sieve's 'f' is parsed
 # as a flag and may stand anywhere.
-MBTYPE_KINDS = {"e": "email", "n": "netnews", "s": "jmapsubmit", "p": "jmappushsub", "j": "jmapnotify",
-                "f": "sieve", "b": "collection", "c": "calendar", "a": "addressbook"}
+MBTYPE_KINDS = {
+    "e": "email",
+    "n": "netnews",
+    "s": "jmapsubmit",
+    "p": "jmappushsub",
+    "j": "jmapnotify",
+    "f": "sieve",
+    "b": "collection",
+    "c": "calendar",
+    "a": "addressbook",
+}
 _FLAGS = set("dfilmrz")
 # flags that mean "no local spool directory": deleted (tombstone),
 # intermediate, remote, reserved, moving (partition is host!partition).
@@ -92,8 +101,7 @@ class Mailbox:
         return len(p) == 2 and p[0] == "user"
 
     def to_json(self):
-        return {"name": self.intname, "uniqueid": self.uniqueid, "partition": self.partition,
-                "mbtype": self.mbtype}
+        return {"name": self.intname, "uniqueid": self.uniqueid, "partition": self.partition, "mbtype": self.mbtype}
 
 
 def external_name(intname):
@@ -133,7 +141,7 @@ def parse_line(line, lineno=0):
         raise DumpError(f"mailbox list dump: line {lineno} is not valid JSON ({e.msg})") from None
     if len(obj) != 1:
         raise DumpError(f"mailbox list dump: line {lineno} holds {len(obj)} entries, expected 1")
-    (intname, entry), = obj.items()
+    ((intname, entry),) = obj.items()
     if not isinstance(entry, dict):
         raise DumpError(f"mailbox list dump: line {lineno}: entry for {intname} is not an object")
     return Mailbox(

@@ -29,7 +29,7 @@ def display(intname):
 
 
 def parent_name(intname):
-    dom, local = (intname.split("!", 1) if "!" in intname else (None, intname))
+    dom, local = intname.split("!", 1) if "!" in intname else (None, intname)
     if "." not in local:
         return None
     p = local.rsplit(".", 1)[0]

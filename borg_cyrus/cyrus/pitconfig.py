@@ -13,17 +13,16 @@ from borg_cyrus.safety import safeio
 
 
 PIT_PREFIX = "pit-"
-OLD_PIT_PREFIX = "/var/tmp/borg-cyrus-pit-"   # where versions before 0.3 put it
+OLD_PIT_PREFIX = "/var/tmp/borg-cyrus-pit-"  # where versions before 0.3 put it
 
 
 def remove_pit_dir(ctx, path):
     """Remove a private config dir made by point_in_time_config (and nothing else)."""
     name = os.path.basename(path)
     ours = os.path.dirname(path) == os.path.normpath(ctx.work_dir) and name.startswith(PIT_PREFIX)
-    old = os.path.dirname(path) == os.path.dirname(OLD_PIT_PREFIX) and \
-        name.startswith(os.path.basename(OLD_PIT_PREFIX))
+    old = os.path.dirname(path) == os.path.dirname(OLD_PIT_PREFIX) and name.startswith(os.path.basename(OLD_PIT_PREFIX))
     if (ours or old) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)     # fd-based: no symlink below is followed
+        shutil.rmtree(path, ignore_errors=True)  # fd-based: no symlink below is followed
 
 
 def point_in_time_config(ctx, prefix, mode_name):
@@ -42,9 +41,11 @@ def point_in_time_config(ctx, prefix, mode_name):
     blocked = safeio.blocking_parent(ctx.work_dir, uid, gid)
     if blocked:
         path, st = blocked
-        raise BorgCyrusError(f"the {ctx.config['cyrus_user']} user cannot enter {path} (mode "
-                             f"{st.st_mode & 0o7777:o}); its tools read the snapshots and the point-in-time config "
-                             f"below {ctx.work_dir}: run chmod o+x {path}")
+        raise BorgCyrusError(
+            f"the {ctx.config['cyrus_user']} user cannot enter {path} (mode "
+            f"{st.st_mode & 0o7777:o}); its tools read the snapshots and the point-in-time config "
+            f"below {ctx.work_dir}: run chmod o+x {path}"
+        )
     tmp = tempfile.mkdtemp(prefix=PIT_PREFIX, dir=ctx.work_dir)
     ctx.state.push("pit-dir", mode_name, path=tmp)
     cy = os.path.join(tmp, "cyrus")

@@ -31,8 +31,7 @@ def free_port():
 
 
 class Sandbox:
-    def __init__(self, base, partitions=("default",), legacy_dirs=False, port=None, extra_conf=None,
-                 layout=None):
+    def __init__(self, base, partitions=("default",), legacy_dirs=False, port=None, extra_conf=None, layout=None):
         """layout: optional {key: path} overriding where configdirectory,
         partition-NAME and sievedir live (e.g. on a test filesystem)."""
         self.base = os.path.abspath(base)
@@ -47,8 +46,7 @@ class Sandbox:
         self.gid = grp.getgrnam(CYRUS_GROUP).gr_gid
         layout = dict(layout or {})
         self.confdir = layout.get("configdirectory", os.path.join(self.base, "conf"))
-        self.partitions = {p: layout.get(f"partition-{p}", os.path.join(self.base, f"spool-{p}"))
-                           for p in partitions}
+        self.partitions = {p: layout.get(f"partition-{p}", os.path.join(self.base, f"spool-{p}")) for p in partitions}
         self.sievedir = layout.get("sievedir", os.path.join(self.base, "sieve"))
         self.legacy_dirs = legacy_dirs
         self.extra_conf = dict(extra_conf or {})
@@ -102,19 +100,29 @@ class Sandbox:
                 "SERVICES {\n"
                 f"  imap cmd=\"imapd {c}\" listen=\"127.0.0.1:{self.port}\" prefork=0 maxchild=20\n"
                 f"  lmtpunix cmd=\"lmtpd {c}\" listen=\"{self.lmtp_socket}\" prefork=0 maxchild=10\n"
-                + (f"  sieve cmd=\"timsieved {c}\" listen=\"127.0.0.1:{self.sieve_port}\" prefork=0 maxchild=10\n"
-                   if self.sieve_port else "")
+                + (
+                    f"  sieve cmd=\"timsieved {c}\" listen=\"127.0.0.1:{self.sieve_port}\" prefork=0 maxchild=10\n"
+                    if self.sieve_port
+                    else ""
+                )
                 + "}\n"
                 "EVENTS {\n"
                 f"  checkpoint cmd=\"ctl_cyrusdb {c} -c\" period=30\n"
-                "}\n")
+                "}\n"
+            )
         os.chmod(self.imapd_conf, 0o644)
         os.chmod(self.cyrus_conf, 0o644)
 
     def make_dirs(self):
-        for d in [self.confdir, os.path.join(self.confdir, "db"), self.sievedir, self.rundir,
-                  os.path.join(self.rundir, "proc"), os.path.join(self.rundir, "lock"),
-                  *self.partitions.values()]:
+        for d in [
+            self.confdir,
+            os.path.join(self.confdir, "db"),
+            self.sievedir,
+            self.rundir,
+            os.path.join(self.rundir, "proc"),
+            os.path.join(self.rundir, "lock"),
+            *self.partitions.values(),
+        ]:
             os.makedirs(d, exist_ok=True)
             os.chown(d, self.uid, self.gid)
             os.chmod(d, 0o750)
@@ -130,13 +138,28 @@ class Sandbox:
 
     # -- process ---------------------------------------------------------------
     def master_argv(self):
-        return [self.tools["master"], "-C", self.imapd_conf, "-M", self.cyrus_conf, "-p", self.pidfile,
-                "-d", "-L", self.log]
+        return [
+            self.tools["master"],
+            "-C",
+            self.imapd_conf,
+            "-M",
+            self.cyrus_conf,
+            "-p",
+            self.pidfile,
+            "-d",
+            "-L",
+            self.log,
+        ]
 
     def borg_cyrus_service(self):
         """The `service:` section of a borg-cyrus config that controls this server."""
-        return {"manager": "command", "pidfile": self.pidfile, "start_command": self.master_argv(),
-                "stop_timeout": 30, "start_timeout": 30}
+        return {
+            "manager": "command",
+            "pidfile": self.pidfile,
+            "start_command": self.master_argv(),
+            "stop_timeout": 30,
+            "start_timeout": 30,
+        }
 
     def pid(self):
         """pid of the live master (a zombie left for an absent reaper counts as gone)."""
@@ -199,12 +222,14 @@ class Sandbox:
     # -- clients ---------------------------------------------------------------
     def imap(self, user="cyrus"):
         import imaplib
+
         conn = imaplib.IMAP4("127.0.0.1", self.port)
         conn.login(user, "x")
         return conn
 
     def deliver(self, rcpt, message, sender="sender@example.org"):
         import smtplib
+
         if isinstance(message, str):
             message = message.encode()
         lm = smtplib.LMTP(self.lmtp_socket)
@@ -231,8 +256,9 @@ class Sandbox:
 
     def tool(self, name, *args, check=True, input=None, timeout=600):
         """A Cyrus tool against this server (a Result: returncode, stdout, stderr bytes)."""
-        return self.runner.run([self.tools[name], "-C", self.imapd_conf, *args], check=check, input=input,
-                               timeout=timeout)
+        return self.runner.run(
+            [self.tools[name], "-C", self.imapd_conf, *args], check=check, input=input, timeout=timeout
+        )
 
     def destroy(self):
         self.stop()

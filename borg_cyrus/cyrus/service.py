@@ -55,8 +55,9 @@ class Service:
 
     def is_running(self):
         if self.manager == "systemd":
-            r = self.runner.run(["systemctl", "is-active", "--quiet", self.cfg["systemd_unit"]],
-                                changes=False, check=False)
+            r = self.runner.run(
+                ["systemctl", "is-active", "--quiet", self.cfg["systemd_unit"]], changes=False, check=False
+            )
             return r.returncode == 0
         return self.master_pid() is not None
 
@@ -90,6 +91,7 @@ class Service:
     def _wait_gone(self, t0, pid=None):
         if self.runner.dry_run:
             return
+
         def gone():
             cur = pid if pid is not None else self.master_pid()
             return cur is None or _exited(cur)
@@ -104,7 +106,9 @@ class Service:
             os.kill(cur, signal.SIGKILL)
             _poll(lambda: _exited(cur), time.monotonic() + 10)
             return
-        raise BorgCyrusError(f"Cyrus master did not stop within {self.cfg['stop_timeout']} s; check it and raise service.stop_timeout")
+        raise BorgCyrusError(
+            f"Cyrus master did not stop within {self.cfg['stop_timeout']} s; check it and raise service.stop_timeout"
+        )
 
     def start(self):
         t0 = time.monotonic()
@@ -115,11 +119,15 @@ class Service:
         else:
             argv = self.cfg.get("start_command")
             if not argv:
-                raise BorgCyrusError("cannot start Cyrus: service.start_command is not set; set it, e.g. [/usr/sbin/cyrmaster, -d]")
+                raise BorgCyrusError(
+                    "cannot start Cyrus: service.start_command is not set; set it, e.g. [/usr/sbin/cyrmaster, -d]"
+                )
             self.runner.run(argv, timeout=self.cfg["start_timeout"], daemon=True)
         if self.runner.dry_run:
             return
         if _poll(self.is_running, t0 + self.cfg["start_timeout"]):
             log.info("Cyrus started in %.2f s", time.monotonic() - t0)
             return
-        raise BorgCyrusError(f"Cyrus did not come up within {self.cfg['start_timeout']} s after start ({self.describe()})")
+        raise BorgCyrusError(
+            f"Cyrus did not come up within {self.cfg['start_timeout']} s after start ({self.describe()})"
+        )

@@ -51,13 +51,23 @@ class PathLayout:
         """From a discovered live layout (borg_cyrus.layout.Layout)."""
         qb, qp = lay.database("quota")
         return cls(
-            configdirectory=lay.configdirectory, partitions=dict(lay.partitions), sievedir=lay.sievedir,
-            metapartitions=dict(lay.metapartitions), archivepartitions=dict(lay.archivepartitions),
-            hashimapspool=lay.hashimapspool, fulldirhash=lay.fulldirhash, virtdomains=lay.virtdomains,
-            unixhierarchysep=lay.unixhierarchysep, legacy_dirs=lay.legacy_dirs, quota_backend=qb, quota_path=qp,
-            annotations=lay.database("annotations"), mailboxes_db=lay.database("mailboxes"),
+            configdirectory=lay.configdirectory,
+            partitions=dict(lay.partitions),
+            sievedir=lay.sievedir,
+            metapartitions=dict(lay.metapartitions),
+            archivepartitions=dict(lay.archivepartitions),
+            hashimapspool=lay.hashimapspool,
+            fulldirhash=lay.fulldirhash,
+            virtdomains=lay.virtdomains,
+            unixhierarchysep=lay.unixhierarchysep,
+            legacy_dirs=lay.legacy_dirs,
+            quota_backend=qb,
+            quota_path=qp,
+            annotations=lay.database("annotations"),
+            mailboxes_db=lay.database("mailboxes"),
             metapartition_files=frozenset((lay.conf.get("metapartition_files") or "").split()),
-            defaultpartition=lay.defaultpartition)
+            defaultpartition=lay.defaultpartition,
+        )
 
     @classmethod
     def from_manifest(cls, manifest, conf_values=None):
@@ -71,19 +81,29 @@ class PathLayout:
         def db(name, default):
             d = dbs.get(name) or {}
             return d.get("backend", "twoskip"), d.get("path") or os.path.join(confdir, default)
+
         qb, qp = db("quota", "quota")
         if "quota" not in dbs:
             qb = "quotalegacy"
         values = conf_values or {}
         return cls(
-            configdirectory=confdir, partitions=dict(lj["partitions"]), sievedir=lj.get("sievedir", "/usr/sieve"),
-            metapartitions=dict(lj.get("metapartitions") or {}), archivepartitions=dict(lj.get("archivepartitions") or {}),
-            hashimapspool=bool(lj.get("hashimapspool", False)), fulldirhash=bool(lj.get("fulldirhash", False)),
-            virtdomains=bool(lj.get("virtdomains", False)), unixhierarchysep=bool(lj.get("unixhierarchysep", True)),
-            legacy_dirs=bool(lj.get("mailbox_legacy_dirs", False)), quota_backend=qb, quota_path=qp,
-            annotations=db("annotations", "annotations.db"), mailboxes_db=db("mailboxes", "mailboxes.db"),
+            configdirectory=confdir,
+            partitions=dict(lj["partitions"]),
+            sievedir=lj.get("sievedir", "/usr/sieve"),
+            metapartitions=dict(lj.get("metapartitions") or {}),
+            archivepartitions=dict(lj.get("archivepartitions") or {}),
+            hashimapspool=bool(lj.get("hashimapspool", False)),
+            fulldirhash=bool(lj.get("fulldirhash", False)),
+            virtdomains=bool(lj.get("virtdomains", False)),
+            unixhierarchysep=bool(lj.get("unixhierarchysep", True)),
+            legacy_dirs=bool(lj.get("mailbox_legacy_dirs", False)),
+            quota_backend=qb,
+            quota_path=qp,
+            annotations=db("annotations", "annotations.db"),
+            mailboxes_db=db("mailboxes", "mailboxes.db"),
             metapartition_files=frozenset((values.get("metapartition_files") or "").split()),
-            defaultpartition=lj.get("defaultpartition", "default"))
+            defaultpartition=lj.get("defaultpartition", "default"),
+        )
 
     def roots(self):
         """Every directory under which mailbox files live."""
@@ -182,14 +202,18 @@ def user_paths(lay, userid, inbox):
     """
     if inbox is not None and not inbox.legacy:
         u = inbox.uniqueid
-        return {"user": [os.path.join(lay.configdirectory, "user", "uuid", u[0], u[1], u)],
-                "sieve": [os.path.join(lay.sievedir, "uuid", u[0], u[1], u)]}
+        return {
+            "user": [os.path.join(lay.configdirectory, "user", "uuid", u[0], u[1], u)],
+            "sieve": [os.path.join(lay.sievedir, "uuid", u[0], u[1], u)],
+        }
     domain, local = _user_local(lay, userid)
     h = dir_hash_c(local, lay.fulldirhash)
     dpart = f"/domain/{dir_hash_c(domain, lay.fulldirhash)}/{domain}" if domain else ""
     base = f"{lay.configdirectory.rstrip('/')}{dpart}/user/{h}/{local}."
-    return {"user": [base + s for s in LEGACY_USER_SUFFIXES],
-            "sieve": [f"{lay.sievedir.rstrip('/')}{dpart}/{h}/{local}"]}
+    return {
+        "user": [base + s for s in LEGACY_USER_SUFFIXES],
+        "sieve": [f"{lay.sievedir.rstrip('/')}{dpart}/{h}/{local}"],
+    }
 
 
 def quota_file(lay, root_intname):

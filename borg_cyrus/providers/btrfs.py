@@ -55,8 +55,7 @@ class Btrfs(SnapshotMode):
         return {"name": name, "device": d["device"], "subvol": f"/{SNAPDIR}/{name}"}
 
     def mount_snapshot(self, vol, snap, target):
-        self.ctx.run(["mount", "-t", "btrfs", "-o", f"{MOUNT_OPTIONS},subvol={snap['subvol']}",
-                      snap["device"], target])
+        self.ctx.run(["mount", "-t", "btrfs", "-o", f"{MOUNT_OPTIONS},subvol={snap['subvol']}", snap["device"], target])
 
     def remove(self, snap):
         device = snap.get("device") or (snap.get("volume") or {}).get("detail", {}).get("device")
@@ -81,8 +80,7 @@ class Btrfs(SnapshotMode):
         for device in devices:
             top = self.top(device)
             snapdir = os.path.join(top, SNAPDIR)
-            names = [n for n in os.listdir(snapdir) if n.startswith(self.name_prefix)] \
-                if os.path.isdir(snapdir) else []
+            names = [n for n in os.listdir(snapdir) if n.startswith(self.name_prefix)] if os.path.isdir(snapdir) else []
             names = [n for n in names if f"/{SNAPDIR}/{n}" not in in_use]
             out.extend({"name": n, "device": device} for n in names)
             if not names:

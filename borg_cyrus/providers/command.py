@@ -18,18 +18,29 @@ from borg_cyrus.providers.snapshot import MOUNT_OPTIONS, SnapshotMode
 ARGV = {"type": "array", "items": {"type": "string"}, "minItems": 1}
 SCHEMA = {
     "command_snapshot": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "Commands of mode command (argv lists with {placeholders}).",
         "properties": {
             "create": dict(ARGV, description="Takes the snapshot of {volume}; may print an identifier ({snapshot})."),
-            "mount": dict(ARGV, description="Mounts it read-only at {target}. Default: "
-                          "[mount, -o, ro,nosuid,nodev,noexec, '{snapshot}', '{target}']."),
+            "mount": dict(
+                ARGV,
+                description="Mounts it read-only at {target}. Default: "
+                "[mount, -o, ro,nosuid,nodev,noexec, '{snapshot}', '{target}'].",
+            ),
             "remove": dict(ARGV, description="Removes it. Must succeed when it is already gone."),
             "check": dict(ARGV, description="Optional: exits non-zero when the snapshot became invalid."),
-            "list": dict(ARGV, description="Optional: prints the {name}s of existing snapshots, one per line "
-                                           "(for stale cleanup)."),
-            "volumes": {"type": "array", "items": {"type": "string", "pattern": "^/"}, "default": [],
-                        "description": "Mountpoints to snapshot (default: those holding Cyrus's locations)."},
+            "list": dict(
+                ARGV,
+                description="Optional: prints the {name}s of existing snapshots, one per line (for stale cleanup).",
+            ),
+            "volumes": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^/"},
+                "default": [],
+                "description": "Mountpoints to snapshot (default: those holding Cyrus's locations).",
+            },
         },
     }
 }
@@ -41,8 +52,10 @@ def fill(argv, values):
     for arg in argv:
         for _, field, _, _ in string.Formatter().parse(arg):
             if field is not None and field not in KNOWN:
-                raise BorgCyrusError(f"command_snapshot: unknown placeholder {{{field}}} in {arg!r}; "
-                                     f"use one of {', '.join(sorted(KNOWN))}")
+                raise BorgCyrusError(
+                    f"command_snapshot: unknown placeholder {{{field}}} in {arg!r}; "
+                    f"use one of {', '.join(sorted(KNOWN))}"
+                )
         out.append(arg.format_map(values))
     return out
 
@@ -70,8 +83,14 @@ class CommandSnapshot(SnapshotMode):
         return mount.mountpoint, {"device": mount.source, "fstype": mount.fstype}
 
     def values(self, vol, name, snapshot="", target=""):
-        return {"volume": vol["root"], "device": vol["detail"]["device"], "fstype": vol["detail"]["fstype"],
-                "name": name, "snapshot": snapshot, "target": target}
+        return {
+            "volume": vol["root"],
+            "device": vol["detail"]["device"],
+            "fstype": vol["detail"]["fstype"],
+            "name": name,
+            "snapshot": snapshot,
+            "target": target,
+        }
 
     def create(self, vol, name):
         r = self.ctx.run(fill(self.cmds["create"], self.values(vol, name)), timeout=600)
@@ -86,16 +105,18 @@ class CommandSnapshot(SnapshotMode):
         vol = snap.get("volume")
         if not vol:
             vol = {"root": "", "detail": {"device": "", "fstype": ""}}
-        self.ctx.run(fill(self.cmds["remove"], self.values(vol, snap["name"], snap.get("snapshot", snap["name"]))),
-                     timeout=600)
+        self.ctx.run(
+            fill(self.cmds["remove"], self.values(vol, snap["name"], snap.get("snapshot", snap["name"]))), timeout=600
+        )
 
     def health(self, snap):
         argv = self.ctx.config["command_snapshot"].get("check")
         if not argv:
             return None
         vol = snap.get("volume") or {"root": "", "detail": {"device": "", "fstype": ""}}
-        r = self.ctx.run(fill(argv, self.values(vol, snap["name"], snap.get("snapshot", ""))), check=False,
-                         changes=False)
+        r = self.ctx.run(
+            fill(argv, self.values(vol, snap["name"], snap.get("snapshot", ""))), check=False, changes=False
+        )
         return None if r.returncode == 0 else f"check command failed (exit {r.returncode}): {r.text.strip()[:200]}"
 
     def stale(self):
@@ -103,8 +124,11 @@ class CommandSnapshot(SnapshotMode):
         if not c.get("list") or not c.get("remove"):
             return []
         r = self.ctx.run(fill(c["list"], {k: "" for k in KNOWN}), changes=False, check=False)
-        return [{"name": n.strip(), "snapshot": n.strip()} for n in r.text.splitlines()
-                if n.strip().startswith(self.name_prefix)]
+        return [
+            {"name": n.strip(), "snapshot": n.strip()}
+            for n in r.text.splitlines()
+            if n.strip().startswith(self.name_prefix)
+        ]
 
 
 @hookimpl

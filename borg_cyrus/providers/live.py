@@ -13,9 +13,11 @@ class Live(Mode):
     description = "read the running server as it is (no downtime, no consistency guarantee)"
 
     def freeze(self, locations):
-        log.warning("mode live: the spool is read while Cyrus runs; a message moved between folders "
-                    "during the backup can be missing from the archive. Use a snapshot mode or stop-master "
-                    "for a consistent backup.")
+        log.warning(
+            "mode live: the spool is read while Cyrus runs; a message moved between folders "
+            "during the backup can be missing from the archive. Use a snapshot mode or stop-master "
+            "for a consistent backup."
+        )
         return self.live_view()
 
 

@@ -13,11 +13,14 @@ from borg_cyrus.providers.snapshot import MOUNT_OPTIONS, SnapshotMode
 
 SCHEMA = {
     "lvm": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "Settings of mode lvm.",
         "properties": {
             "snapshot_size": {
-                "type": "string", "pattern": r"^[0-9.]+(%(ORIGIN|VG|FREE)|[bBsSkKmMgGtTpPeE]?)$",
+                "type": "string",
+                "pattern": r"^[0-9.]+(%(ORIGIN|VG|FREE)|[bBsSkKmMgGtTpPeE]?)$",
                 "default": "10%ORIGIN",
                 "description": "lvcreate size of each snapshot: absolute (2G) or a percentage (10%ORIGIN, 5%VG).",
             },
@@ -33,8 +36,7 @@ class Lvm(SnapshotMode):
     default_quiesce = "none"
 
     def _lvs(self, target, fields):
-        r = self.ctx.run(["lvs", "--noheadings", "--separator", "|", "-o", fields, target],
-                         changes=False, check=False)
+        r = self.ctx.run(["lvs", "--noheadings", "--separator", "|", "-o", fields, target], changes=False, check=False)
         if r.returncode:
             return None
         return [x.strip() for x in r.text.strip().split("|")]
@@ -51,8 +53,7 @@ class Lvm(SnapshotMode):
         d = vol["detail"]
         size = self.ctx.config["lvm"]["snapshot_size"]
         size_args = ["-l", size] if "%" in size else ["-L", size]
-        self.ctx.run(["lvcreate", "--snapshot", "--name", name, *size_args, f"{d['vg']}/{d['lv']}"],
-                     timeout=300)
+        self.ctx.run(["lvcreate", "--snapshot", "--name", name, *size_args, f"{d['vg']}/{d['lv']}"], timeout=300)
         return {"name": name, "vg": d["vg"], "origin": d["lv"], "fstype": d["fstype"]}
 
     def mount_snapshot(self, vol, snap, target):
@@ -83,8 +84,9 @@ class Lvm(SnapshotMode):
 
     def stale(self):
         try:
-            r = self.ctx.run(["lvs", "--noheadings", "--separator", "|", "-o", "vg_name,lv_name,lv_attr"],
-                             changes=False, check=False)
+            r = self.ctx.run(
+                ["lvs", "--noheadings", "--separator", "|", "-o", "vg_name,lv_name,lv_attr"], changes=False, check=False
+            )
         except CommandError:
             return []
         out = []

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 class Mount:
     mount_id: int
     parent_id: int
-    dev: str            # major:minor
-    root: str           # path inside the filesystem that is mounted here
+    dev: str  # major:minor
+    root: str  # path inside the filesystem that is mounted here
     mountpoint: str
     options: str
     fstype: str
@@ -24,8 +24,8 @@ def _unescape(s):
     # mountinfo escapes space, tab, newline and backslash as \ooo
     out, i = [], 0
     while i < len(s):
-        if s[i] == "\\" and i + 3 < len(s) + 1 and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
+        if s[i] == "\\" and i + 3 < len(s) + 1 and s[i + 1 : i + 4].isdigit():
+            out.append(chr(int(s[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(s[i])
@@ -41,8 +41,19 @@ def parse_mountinfo(text):
         r = right.split()
         if len(f) < 6 or len(r) < 2:
             continue
-        out.append(Mount(int(f[0]), int(f[1]), f[2], _unescape(f[3]), _unescape(f[4]), f[5],
-                         r[0], _unescape(r[1]), r[2] if len(r) > 2 else ""))
+        out.append(
+            Mount(
+                int(f[0]),
+                int(f[1]),
+                f[2],
+                _unescape(f[3]),
+                _unescape(f[4]),
+                f[5],
+                r[0],
+                _unescape(r[1]),
+                r[2] if len(r) > 2 else "",
+            )
+        )
     return out
 
 

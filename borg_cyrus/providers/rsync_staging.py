@@ -21,17 +21,30 @@ log = logging.getLogger(__name__)
 
 SCHEMA = {
     "rsync_staging": {
-        "type": "object", "additionalProperties": False, "default": {},
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
         "description": "Settings of mode rsync-staging.",
         "properties": {
-            "directory": {"type": ["string", "null"], "pattern": "^/", "format": "own-directory", "default": None,
-                          "description": "Stable staging directory (default <work_directory>/staging)."},
-            "options": {"type": "array", "items": {"type": "string"},
-                        "default": ["-aHAX", "--numeric-ids", "--delete", "--sparse"],
-                        "description": "rsync options (argv)."},
-            "max_downtime": {"type": ["number", "null"], "default": None,
-                             "description": "Dead-man switch: start Cyrus after this many seconds even if the "
-                                            "rsync is still running (the copy is then not consistent)."},
+            "directory": {
+                "type": ["string", "null"],
+                "pattern": "^/",
+                "format": "own-directory",
+                "default": None,
+                "description": "Stable staging directory (default <work_directory>/staging).",
+            },
+            "options": {
+                "type": "array",
+                "items": {"type": "string"},
+                "default": ["-aHAX", "--numeric-ids", "--delete", "--sparse"],
+                "description": "rsync options (argv).",
+            },
+            "max_downtime": {
+                "type": ["number", "null"],
+                "default": None,
+                "description": "Dead-man switch: start Cyrus after this many seconds even if the "
+                "rsync is still running (the copy is then not consistent).",
+            },
         },
     }
 }
@@ -53,8 +66,9 @@ class RsyncStaging(Mode):
         if not self.ctx.dry_run:
             os.makedirs(self.staging, 0o700, exist_ok=True)
         if stop:
-            wd = Watchdog.start(self.ctx, deadline=cfg["max_downtime"], guards=[own_guard()],
-                                service=self.ctx.config["service"])
+            wd = Watchdog.start(
+                self.ctx, deadline=cfg["max_downtime"], guards=[own_guard()], service=self.ctx.config["service"]
+            )
             wd_step = st.push("watchdog", self.name, process=wd)
         t0 = time.monotonic()
         if stop:
@@ -73,8 +87,13 @@ class RsyncStaging(Mode):
             st.drop(wd_step)
         blocked = time.monotonic() - t0
         conf, lay = point_in_time_config(self.ctx, self.staging, self.name)
-        return View(imapd_conf=conf, layout=lay, prefixes={loc.path: self.staging for loc in locations},
-                    blocked_seconds=blocked, description="rsync-staging copy")
+        return View(
+            imapd_conf=conf,
+            layout=lay,
+            prefixes={loc.path: self.staging for loc in locations},
+            blocked_seconds=blocked,
+            description="rsync-staging copy",
+        )
 
     def undo(self, step):
         if step["kind"] == "watchdog":

@@ -41,25 +41,33 @@ SCHEMA = {
                 "enum": ["auto", "none", "fsfreeze", "stop-master"],
                 "default": "auto",
                 "description": "What holds writes while the snapshots are taken. auto: none for providers "
-                               "whose snapshot is atomic or freezes the filesystem itself (btrfs, zfs, lvm), "
-                               "fsfreeze for command. stop-master: stop Cyrus only for those seconds.",
+                "whose snapshot is atomic or freezes the filesystem itself (btrfs, zfs, lvm), "
+                "fsfreeze for command. stop-master: stop Cyrus only for those seconds.",
             },
             "deadline": {
-                "type": "number", "exclusiveMinimum": 0, "default": 30,
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "default": 30,
                 "description": "Dead-man switch: seconds after which an independent watchdog thaws "
-                               "the filesystems / starts Cyrus if borg-cyrus died or hangs.",
+                "the filesystems / starts Cyrus if borg-cyrus died or hangs.",
             },
             "mount_directory": {
-                "type": ["string", "null"], "pattern": "^/", "format": "own-directory", "default": None,
+                "type": ["string", "null"],
+                "pattern": "^/",
+                "format": "own-directory",
+                "default": None,
                 "description": "Stable directory the snapshots are mounted under (default "
-                               "<work_directory>/snapshots). Keep it fixed: Borg's files cache is keyed on paths.",
+                "<work_directory>/snapshots). Keep it fixed: Borg's files cache is keyed on paths.",
             },
             "prefix": {
-                "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$", "default": "borg-cyrus",
+                "type": "string",
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                "default": "borg-cyrus",
                 "description": "Name prefix of every snapshot; stale ones with it are removed.",
             },
             "allow_live": {
-                "type": "boolean", "default": False,
+                "type": "boolean",
+                "default": False,
                 "description": "Read locations the provider cannot snapshot live (with a warning) instead of failing.",
             },
         },
@@ -71,8 +79,12 @@ def fsfreeze(runner, mountpoint, freeze):
     argv = ["fsfreeze", "--freeze" if freeze else "--unfreeze", mountpoint]
     r = runner.run(argv, check=False, timeout=60)
     if r.returncode and not (not freeze and "Invalid argument" in r.stderr.decode(errors="replace")):
-        raise CommandError(f"fsfreeze {'--freeze' if freeze else '--unfreeze'} {mountpoint} failed: "
-                           f"{r.stderr.decode(errors='replace').strip()}", argv, r.returncode)
+        raise CommandError(
+            f"fsfreeze {'--freeze' if freeze else '--unfreeze'} {mountpoint} failed: "
+            f"{r.stderr.decode(errors='replace').strip()}",
+            argv,
+            r.returncode,
+        )
 
 
 def umount(runner, target):
@@ -92,8 +104,8 @@ def safe_name(path):
 class SnapshotMode(Mode):
     """Base of the snapshot providers."""
 
-    provider_freezes = False   # the snapshot call itself quiesces the filesystem
-    block_level = False        # snapshots a block device below the page cache (needs a flush)
+    provider_freezes = False  # the snapshot call itself quiesces the filesystem
+    block_level = False  # snapshots a block device below the page cache (needs a flush)
     default_quiesce = "none"
     needs_mount_options = ()
 
@@ -158,10 +170,20 @@ class SnapshotMode(Mode):
                     log.warning("%s (%s) will be read live: %s", loc.what, loc.path, e)
                     live.append(loc)
                     continue
-                raise BorgCyrusError(f"{loc.what} {loc.path}: {e}; put it on a supported volume or set "
-                                     "snapshot.allow_live: true") from None
-            vol = vols.setdefault(root, {"root": root, "mountpoint": m.mountpoint, "fstype": m.fstype,
-                                         "source": m.source, "detail": detail, "locations": []})
+                raise BorgCyrusError(
+                    f"{loc.what} {loc.path}: {e}; put it on a supported volume or set snapshot.allow_live: true"
+                ) from None
+            vol = vols.setdefault(
+                root,
+                {
+                    "root": root,
+                    "mountpoint": m.mountpoint,
+                    "fstype": m.fstype,
+                    "source": m.source,
+                    "detail": detail,
+                    "locations": [],
+                },
+            )
             vol["locations"].append(loc.path)
         return sorted(vols.values(), key=lambda v: (v["root"].count("/"), v["root"])), live
 
@@ -174,25 +196,42 @@ class SnapshotMode(Mode):
         prefixes = {p: self.mount_dir for v in vols for p in v["locations"]}
         if self.ctx.dry_run:
             for vol in vols:
-                log.info("dry run: would snapshot %s (%s) as %s and mount it at %s (quiesce %s)", vol["root"],
-                         vol["source"], self.snapshot_name(vol), self.mount_dir.rstrip("/") + vol["root"], quiesce)
-            return View(imapd_conf=self.ctx.layout.imapd_conf, layout=self.ctx.layout, prefixes=prefixes,
-                        description=f"{self.name} snapshot (dry run: dumps read live)")
+                log.info(
+                    "dry run: would snapshot %s (%s) as %s and mount it at %s (quiesce %s)",
+                    vol["root"],
+                    vol["source"],
+                    self.snapshot_name(vol),
+                    self.mount_dir.rstrip("/") + vol["root"],
+                    quiesce,
+                )
+            return View(
+                imapd_conf=self.ctx.layout.imapd_conf,
+                layout=self.ctx.layout,
+                prefixes=prefixes,
+                description=f"{self.name} snapshot (dry run: dumps read live)",
+            )
         freeze_mps = []
         if quiesce == "fsfreeze":
             freeze_mps = sorted({v["mountpoint"] for v in vols})
         if freeze_mps:
             wm = mounts.mount_of(self.ctx.work_dir)
             if wm and wm.mountpoint in freeze_mps:
-                raise BorgCyrusError(f"work_directory {self.ctx.work_dir} is on {wm.mountpoint}, which is frozen "
-                                     "while the snapshots are taken; put it on another filesystem")
+                raise BorgCyrusError(
+                    f"work_directory {self.ctx.work_dir} is on {wm.mountpoint}, which is frozen "
+                    "while the snapshots are taken; put it on another filesystem"
+                )
         svc = Service(self.ctx.config["service"], self.ctx.runner) if quiesce == "stop-master" else None
         stop = svc is not None and svc.is_running()
 
         t_window = time.monotonic()
         if freeze_mps or stop:
-            wd = Watchdog.start(self.ctx, deadline=self.scfg["deadline"], guards=[own_guard()], thaw=freeze_mps,
-                                service=self.ctx.config["service"] if stop else None)
+            wd = Watchdog.start(
+                self.ctx,
+                deadline=self.scfg["deadline"],
+                guards=[own_guard()],
+                thaw=freeze_mps,
+                service=self.ctx.config["service"] if stop else None,
+            )
             wd_step = st.push("watchdog", self.name, process=wd)
         t0 = time.monotonic()
         if stop:
@@ -226,8 +265,7 @@ class SnapshotMode(Mode):
         if freeze_mps or stop:
             Watchdog.stop(wd)
             st.drop(wd_step)
-        log.debug("quiesce window %.3f s (including watchdog start %.3f s)", time.monotonic() - t_window,
-                  t0 - t_window)
+        log.debug("quiesce window %.3f s (including watchdog start %.3f s)", time.monotonic() - t_window, t0 - t_window)
 
         for vol, snap in snaps:
             target = self.mount_dir.rstrip("/") + vol["root"]
@@ -242,8 +280,13 @@ class SnapshotMode(Mode):
                 raise BorgCyrusError(f"snapshot of {vol['root']} is not usable: {problem}")
 
         conf, lay = point_in_time_config(self.ctx, self.mount_dir, self.name)
-        return View(imapd_conf=conf, layout=lay, prefixes=prefixes, blocked_seconds=blocked,
-                    description=f"{self.name} snapshots of {len(vols)} volume(s), quiesce {quiesce}")
+        return View(
+            imapd_conf=conf,
+            layout=lay,
+            prefixes=prefixes,
+            blocked_seconds=blocked,
+            description=f"{self.name} snapshots of {len(vols)} volume(s), quiesce {quiesce}",
+        )
 
     def undo(self, step):
         kind = step["kind"]

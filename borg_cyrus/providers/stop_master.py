@@ -24,15 +24,19 @@ class StopMaster(Mode):
             # `after`, an independent watchdog starts Cyrus again
             owner = self.ctx.state.data.get("owner")
             if owner:
-                wd = Watchdog.start(self.ctx, guards=[f"{owner['pid']}:{owner['start']}"],
-                                    service=self.ctx.config["service"],
-                                    before_deadline=self.ctx.config["run_timeout"])
+                wd = Watchdog.start(
+                    self.ctx,
+                    guards=[f"{owner['pid']}:{owner['start']}"],
+                    service=self.ctx.config["service"],
+                    before_deadline=self.ctx.config["run_timeout"],
+                )
                 self.ctx.state.push("watchdog", self.name, process=wd)
             self.ctx.state.push("service-stopped", self.name, service=svc.describe())
             svc.stop()
         else:
-            log.warning("Cyrus is not running (%s); backing up without stopping it, and it will not be started",
-                        svc.describe())
+            log.warning(
+                "Cyrus is not running (%s); backing up without stopping it, and it will not be started", svc.describe()
+            )
         return self.live_view()
 
     def undo(self, step):

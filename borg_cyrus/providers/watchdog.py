@@ -35,11 +35,13 @@ def _alive(pid, start):
 
 def act(thaw, service, runner_log):
     from borg_cyrus.execute import Runner
+
     for mp in thaw:
         r = Runner().run(["fsfreeze", "--unfreeze", mp], check=False, timeout=60)
         runner_log.append(f"thaw {mp}: exit {r.returncode} {r.stderr.decode(errors='replace').strip()}")
     if service:
         from borg_cyrus.cyrus.service import Service
+
         svc = Service(service, Runner())
         if not svc.is_running():
             try:
@@ -49,8 +51,8 @@ def act(thaw, service, runner_log):
                 runner_log.append(f"starting Cyrus failed: {e}")
 
 
-
 # -- the client: start, release, disarm ---------------------------------------
+
 
 class Watchdog:
     """Start / stop the dead-man switch process (borg_cyrus.providers.watchdog)."""
@@ -58,8 +60,15 @@ class Watchdog:
     @staticmethod
     def start(ctx, deadline=None, guards=(), thaw=(), service=None, before_deadline=None):
         r, w = os.pipe()
-        argv = [sys.executable, "-m", "borg_cyrus.providers.watchdog", "--ready-fd", str(w),
-                "--log", os.path.join(ctx.work_dir, "watchdog.log")]
+        argv = [
+            sys.executable,
+            "-m",
+            "borg_cyrus.providers.watchdog",
+            "--ready-fd",
+            str(w),
+            "--log",
+            os.path.join(ctx.work_dir, "watchdog.log"),
+        ]
         if deadline is not None:
             argv += ["--deadline", repr(time.time() + deadline)]
         if before_deadline is not None:
@@ -104,7 +113,7 @@ class Watchdog:
             try:
                 with open(f"/proc/{ident['pid']}/cmdline", "rb") as f:
                     cmd = f.read()
-                if b"borg_cyrus" not in cmd or b"watchdog" not in cmd:   # a reused pid
+                if b"borg_cyrus" not in cmd or b"watchdog" not in cmd:  # a reused pid
                     return
                 os.kill(ident["pid"], sig)
             except OSError:
@@ -118,12 +127,16 @@ def own_guard():
 
 # -- the process ----------------------------------------------------------------
 
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="borg-cyrus-watchdog")
     p.add_argument("--deadline", type=float, help="epoch seconds; act then at the latest")
-    p.add_argument("--before-deadline", type=float,
-                   help="epoch seconds; act then unless `before` said it is done (SIGUSR2) — a `before` hung "
-                        "on a filesystem cannot even be killed, let alone start Cyrus")
+    p.add_argument(
+        "--before-deadline",
+        type=float,
+        help="epoch seconds; act then unless `before` said it is done (SIGUSR2) — a `before` hung "
+        "on a filesystem cannot even be killed, let alone start Cyrus",
+    )
     p.add_argument("--guard", action="append", default=[], help="PID[:STARTTIME] whose death triggers the action")
     p.add_argument("--thaw", action="append", default=[], help="mountpoint to unfreeze")
     p.add_argument("--service", help="JSON service config of a Cyrus to start")

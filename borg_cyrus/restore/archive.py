@@ -46,8 +46,9 @@ def load_borgmatic_configs(paths=None):
     paths = list(paths or collect.get_default_config_paths())
     files = list(collect.collect_config_filenames(paths))
     if not files:
-        raise ConfigError("no borgmatic configuration found (looked in " + ", ".join(paths) +
-                          "); pass --borgmatic-config FILE")
+        raise ConfigError(
+            "no borgmatic configuration found (looked in " + ", ".join(paths) + "); pass --borgmatic-config FILE"
+        )
     out = []
     for name in files:
         if not os.path.exists(name):
@@ -66,8 +67,11 @@ class Repository:
     def __init__(self, config, repo, config_file, runner=None):
         _env, _flags, _collect, load, validate = _borgmatic_modules()
         # per-repository options override the top-level ones, as in borgmatic
-        self.config = load.merge_repository_configuration(repo, config) if hasattr(
-            load, "merge_repository_configuration") else config
+        self.config = (
+            load.merge_repository_configuration(repo, config)
+            if hasattr(load, "merge_repository_configuration")
+            else config
+        )
         self.config_file = config_file
         self.label = repo.get("label")
         self.path = validate.normalize_repository_path(repo["path"], self.config.get("working_directory"))
@@ -101,11 +105,20 @@ class Repository:
         argv = [self.borg, *args]
         try:
             # reading an archive into a private directory changes nothing: it runs under --dry-run too
-            proc = self.runner.run(argv, cwd=cwd, env=env, pass_fds=(int(fd),) if fd else (), check=False,
-                                   changes=False, timeout=0, what=what)
+            proc = self.runner.run(
+                argv,
+                cwd=cwd,
+                env=env,
+                pass_fds=(int(fd),) if fd else (),
+                check=False,
+                changes=False,
+                timeout=0,
+                what=what,
+            )
         except CommandError:
-            raise ArchiveError(f"borg not found ({self.borg}); install borg 1.4 or set local_path "
-                               f"in {self.config_file}") from None
+            raise ArchiveError(
+                f"borg not found ({self.borg}); install borg 1.4 or set local_path in {self.config_file}"
+            ) from None
         finally:
             if fd:
                 try:
@@ -114,8 +127,9 @@ class Repository:
                     pass
         if proc.returncode not in ok_codes:
             msgs = [m for m in _log_messages(proc.stderr, plain=False) if m] or [_last_line(proc.stderr)]
-            raise ArchiveError(f"{what} failed (exit {proc.returncode}): {_clip('; '.join(msgs))} "
-                               f"[command: {shlex.join(argv)}]")
+            raise ArchiveError(
+                f"{what} failed (exit {proc.returncode}): {_clip('; '.join(msgs))} [command: {shlex.join(argv)}]"
+            )
         return proc
 
     def version(self):
@@ -132,9 +146,11 @@ class Repository:
         match = []
         if not all_names:
             try:
-                match = list(flags.make_match_archives_flags(self.config.get("match_archives"),
-                                                            self.config.get("archive_name_format"),
-                                                            self.version()))
+                match = list(
+                    flags.make_match_archives_flags(
+                        self.config.get("match_archives"), self.config.get("archive_name_format"), self.version()
+                    )
+                )
             except Exception:  # borgmatic internals changed: list everything
                 match = []
         proc = self.run(["list", "--json", *self._common(), *match, self.path], what="borg list")
@@ -152,22 +168,36 @@ class Repository:
         if not names:
             names = self.archives(all_names=True)
             if names:
-                log.warning("no archive matches borgmatic's archive name format here; using the newest "
-                            "archive of %s (pass --archive to choose)", self)
+                log.warning(
+                    "no archive matches borgmatic's archive name format here; using the newest "
+                    "archive of %s (pass --archive to choose)",
+                    self,
+                )
         if not names:
             raise ArchiveError(f"repository {self} has no archives")
         return names[-1]
 
     def list_paths(self, archive, paths=()):
         """Archived paths (absolute) below the given paths (all if none)."""
-        proc = self.run(["list", *self._common(), "--format", "{path}{NUL}", f"{self.path}::{archive}",
-                         *[p.lstrip("/") for p in paths]], ok_codes=(0, 1, 101), what="borg list")
+        proc = self.run(
+            [
+                "list",
+                *self._common(),
+                "--format",
+                "{path}{NUL}",
+                f"{self.path}::{archive}",
+                *[p.lstrip("/") for p in paths],
+            ],
+            ok_codes=(0, 1, 101),
+            what="borg list",
+        )
         return {"/" + p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
 
     def extract(self, archive, paths, dest):
         """Extract paths (absolute, as archived) below dest. Returns the set of
         given paths the archive does not hold."""
         from borg_cyrus.model import nest_free
+
         paths = sorted({os.path.normpath(p) for p in paths})
         if not paths:
             return set()
@@ -176,9 +206,13 @@ class Repository:
         rel = [p.lstrip("/") for p in nest_free(paths)]
         # argv stays well below ARG_MAX: chunks of 2000 paths
         for i in range(0, len(rel), 2000):
-            chunk = rel[i:i + 2000]
-            proc = self.run(["extract", "--log-json", *self._common(), f"{self.path}::{archive}", *chunk],
-                            cwd=dest, ok_codes=(0, 1, 101), what="borg extract")
+            chunk = rel[i : i + 2000]
+            proc = self.run(
+                ["extract", "--log-json", *self._common(), f"{self.path}::{archive}", *chunk],
+                cwd=dest,
+                ok_codes=(0, 1, 101),
+                what="borg extract",
+            )
             if proc.returncode:
                 other = [m for m in _log_messages(proc.stderr) if "never matched" not in m]
                 if proc.returncode == 1 and other:
@@ -240,6 +274,9 @@ def open_repository(config_paths=None, repository=None, runner=None):
             raise ConfigError(f"no repository matching {repository} in borgmatic's configuration")
         raise ConfigError("borgmatic's configuration lists no repository")
     if len(candidates) > 1:
-        raise ConfigError("borgmatic's configuration lists several repositories (" +
-                          ", ".join(str(c) for c in candidates) + "); choose one with --repository")
+        raise ConfigError(
+            "borgmatic's configuration lists several repositories ("
+            + ", ".join(str(c) for c in candidates)
+            + "); choose one with --repository"
+        )
     return candidates[0]

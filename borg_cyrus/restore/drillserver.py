@@ -14,8 +14,18 @@ from borg_cyrus.cyrus.sandbox import Sandbox
 
 # imapd.conf keys that change where or how data is stored, carried into the
 # throwaway server (path-valued ones are relocated below the extracted tree).
-STORAGE_KEYS = ("hashimapspool", "fulldirhash", "virtdomains", "mailbox_legacy_dirs", "metapartition_files",
-                "archive_enabled", "defaultdomain", "sieveusehomedir", "defaultpartition", "improved_mboxlist_sort")
+STORAGE_KEYS = (
+    "hashimapspool",
+    "fulldirhash",
+    "virtdomains",
+    "mailbox_legacy_dirs",
+    "metapartition_files",
+    "archive_enabled",
+    "defaultdomain",
+    "sieveusehomedir",
+    "defaultpartition",
+    "improved_mboxlist_sort",
+)
 
 
 def open_parents(d):
@@ -36,14 +46,17 @@ def open_parents(d):
 
 def sandbox_conf(d):
     extra = {k: v for k, v in d.conf_values.items() if k in STORAGE_KEYS or k.endswith("_db")}
-    extra.update({
-        "hashimapspool": "yes" if d.alay.hashimapspool else "no",
-        "fulldirhash": "yes" if d.alay.fulldirhash else "no",
-        "virtdomains": "on" if d.alay.virtdomains else "off",
-        "mailbox_legacy_dirs": "yes" if d.alay.legacy_dirs else "no",
-        "quota_db": d.alay.quota_backend,
-        "annotation_db": d.alay.annotations[0], "mboxlist_db": d.alay.mailboxes_db[0],
-    })
+    extra.update(
+        {
+            "hashimapspool": "yes" if d.alay.hashimapspool else "no",
+            "fulldirhash": "yes" if d.alay.fulldirhash else "no",
+            "virtdomains": "on" if d.alay.virtdomains else "off",
+            "mailbox_legacy_dirs": "yes" if d.alay.legacy_dirs else "no",
+            "quota_db": d.alay.quota_backend,
+            "annotation_db": d.alay.annotations[0],
+            "mboxlist_db": d.alay.mailboxes_db[0],
+        }
+    )
     for name, path in d.slay.metapartitions.items():
         extra[f"metapartition-{name}"] = path
     for name, path in d.slay.archivepartitions.items():
@@ -55,7 +68,7 @@ def sandbox_conf(d):
             extra[DATABASES[name][1]] = d.root + path
     if "quota" in dbs and d.alay.quota_backend != "quotalegacy":
         extra["quota_db_path"] = d.root + dbs["quota"]["path"]
-    extra["unixhierarchysep"] = "yes"   # names as this drill spells them; storage does not depend on it
+    extra["unixhierarchysep"] = "yes"  # names as this drill spells them; storage does not depend on it
     extra["altnamespace"] = "no"
     return extra
 
@@ -64,8 +77,8 @@ def start(d):
     """(sandbox, its Context, a report line): a throwaway Cyrus on the extracted
     tree of drill d, after the same `restore full` steps a recovery runs."""
     from borg_cyrus.restore.full import FullRestore
-    parts = tuple([d.alay.defaultpartition] +
-                  sorted(p for p in d.alay.partitions if p != d.alay.defaultpartition))
+
+    parts = tuple([d.alay.defaultpartition] + sorted(p for p in d.alay.partitions if p != d.alay.defaultpartition))
     parts = tuple(p for p in parts if p in d.alay.partitions)
     layout = {"configdirectory": d.slay.configdirectory, "sievedir": d.slay.sievedir}
     layout.update({f"partition-{k}": v for k, v in d.slay.partitions.items()})
@@ -75,10 +88,18 @@ def start(d):
     sb.make_dirs()
     cfg_path = os.path.join(d.base, "borg-cyrus.yaml")
     with open(cfg_path, "w") as f:
-        json.dump({"imapd_conf": sb.imapd_conf, "cyrus_conf": sb.cyrus_conf,
-                   "work_directory": os.path.join(d.base, "work"), "service": sb.borg_cyrus_service(),
-                   "cyrus_user": d.ctx.config["cyrus_user"], "cyrus_group": d.ctx.config["cyrus_group"],
-                   "cyrus_tools_directory": d.ctx.config.get("cyrus_tools_directory")}, f)
+        json.dump(
+            {
+                "imapd_conf": sb.imapd_conf,
+                "cyrus_conf": sb.cyrus_conf,
+                "work_directory": os.path.join(d.base, "work"),
+                "service": sb.borg_cyrus_service(),
+                "cyrus_user": d.ctx.config["cyrus_user"],
+                "cyrus_group": d.ctx.config["cyrus_group"],
+                "cyrus_tools_directory": d.ctx.config.get("cyrus_tools_directory"),
+            },
+            f,
+        )
     os.chmod(cfg_path, 0o600)
     sctx = bootstrap(cfg_path)
     t0 = time.monotonic()
@@ -94,5 +115,8 @@ def start(d):
         for q, level in zip(quiet, levels):
             q.setLevel(level)
     sb.start()
-    return sb, sctx, (f"restored into a throwaway Cyrus (127.0.0.1:{sb.port}) and started it in "
-                      f"{time.monotonic() - t0:.2f} s")
+    return (
+        sb,
+        sctx,
+        (f"restored into a throwaway Cyrus (127.0.0.1:{sb.port}) and started it in {time.monotonic() - t0:.2f} s"),
+    )

@@ -24,8 +24,9 @@ class Dump:
         try:
             self.manifest = json.loads(safeio.read_bytes(mpath, limit=1 << 30))
         except FileNotFoundError:
-            raise BorgCyrusError(f"{mpath} is missing; extract the dump directory from the archive "
-                                 "or pass --dump-dir") from None
+            raise BorgCyrusError(
+                f"{mpath} is missing; extract the dump directory from the archive or pass --dump-dir"
+            ) from None
         except safeio.NotRegularFile as e:
             raise BorgCyrusError(f"{e}; the dump is damaged") from None
         except ValueError as e:
@@ -36,8 +37,10 @@ class Dump:
         trust.check_mailboxes(self.mailboxes, f"{where or path}: mailboxes.json")
         expected = self.manifest.get("counts", {}).get("mailboxes")
         if expected is not None and expected != len(self.mailboxes):
-            raise BorgCyrusError(f"{path}/mailboxes.json lists {len(self.mailboxes)} mailboxes, "
-                                 f"the manifest says {expected}; the dump is damaged")
+            raise BorgCyrusError(
+                f"{path}/mailboxes.json lists {len(self.mailboxes)} mailboxes, "
+                f"the manifest says {expected}; the dump is damaged"
+            )
 
     def file(self, name):
         p = os.path.join(self.path, name)
@@ -77,8 +80,10 @@ def check_cyrus_version(ctx, dump, force, where):
         except (OSError, BorgCyrusError):
             recorded = None
     if claimed and recorded and trust.cyrus_series(str(claimed)) != trust.cyrus_series(recorded):
-        msg = (f"{where}: the manifest says {claimed} but cyrus-version.txt says {recorded}; the archive may have "
-               "been tampered with")
+        msg = (
+            f"{where}: the manifest says {claimed} but cyrus-version.txt says {recorded}; the archive may have "
+            "been tampered with"
+        )
         if not force:
             raise BorgCyrusError(msg + ". Add --force to restore it anyway")
         log.warning("%s; restoring it anyway (--force)", msg)
@@ -92,11 +97,15 @@ def check_cyrus_version(ctx, dump, force, where):
     elif live is None:
         why = f"was made by Cyrus {archived[0]}.{archived[1]} and this server's version cannot be read (cyr_info)"
     else:
-        why = (f"was made by Cyrus {archived[0]}.{archived[1]} ({recorded or claimed}), this server runs "
-               f"{live[0]}.{live[1]} ({live_text})")
+        why = (
+            f"was made by Cyrus {archived[0]}.{archived[1]} ({recorded or claimed}), this server runs "
+            f"{live[0]}.{live[1]} ({live_text})"
+        )
     if force:
         log.warning("%s %s; restoring its raw mailbox files anyway (--force)", where, why)
         return
-    raise BorgCyrusError(f"{where} {why}: its raw mailbox and database files are not restored onto another Cyrus "
-                         "version (formats change between releases; read Cyrus's upgrade notes). Add --force to "
-                         "restore them anyway")
+    raise BorgCyrusError(
+        f"{where} {why}: its raw mailbox and database files are not restored onto another Cyrus "
+        "version (formats change between releases; read Cyrus's upgrade notes). Add --force to "
+        "restore them anyway"
+    )

@@ -94,8 +94,14 @@ class FullRestore:
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
-        self.note("gave %s (made by borg extract, root 0700) owner %d:%d and mode %o%s", path, uid, gid, mode,
-                  " as recorded at backup time" if rec else "")
+        self.note(
+            "gave %s (made by borg extract, root 0700) owner %d:%d and mode %o%s",
+            path,
+            uid,
+            gid,
+            mode,
+            " as recorded at backup time" if rec else "",
+        )
 
     def check_reachable(self):
         """The cyrus user must be able to enter every parent of Cyrus's dirs."""
@@ -103,8 +109,10 @@ class FullRestore:
             blocked = safeio.blocking_parent(os.path.dirname(root), self.uid, self.gid)
             if blocked:
                 parent, st = blocked
-                raise BorgCyrusError(f"the {self.ctx.config['cyrus_user']} user cannot enter {parent} "
-                                     f"(mode {st.st_mode & 0o777:o}); run chmod o+x {parent}")
+                raise BorgCyrusError(
+                    f"the {self.ctx.config['cyrus_user']} user cannot enter {parent} "
+                    f"(mode {st.st_mode & 0o777:o}); run chmod o+x {parent}"
+                )
 
     def ensure_dirs(self):
         lay = self.lay
@@ -144,14 +152,18 @@ class FullRestore:
                             headers.append(os.path.join(c.path, "cyrus.header"))
         if headers:
             for i in range(0, len(headers), 500):
-                self.ctx.cyrus("reconstruct", "-P", *headers[i:i + 500])
+                self.ctx.cyrus("reconstruct", "-P", *headers[i : i + 500])
             self.note("registered %d mailbox(es) found in the spool but not in the dump", len(headers))
 
     def empty_excluded(self):
         names = set(self.dump.manifest.get("excluded_mailboxes") or [])
         boxes = [mb for mb in self.dump.mailboxes if mb.intname in names]
         for i in range(0, len(boxes), 200):
-            self.ctx.cyrus("reconstruct", "--", *[mboxlist.admin_name(mb.intname, self.lay.unixhierarchysep) for mb in boxes[i:i + 200]])
+            self.ctx.cyrus(
+                "reconstruct",
+                "--",
+                *[mboxlist.admin_name(mb.intname, self.lay.unixhierarchysep) for mb in boxes[i : i + 200]],
+            )
         if boxes:
             self.note("reconstructed %d mailbox(es) whose messages were excluded (now empty)", len(boxes))
 
@@ -162,11 +174,17 @@ class FullRestore:
             if os.path.isdir(root):
                 fixed += safeio.chown_tree(root, self.uid, self.gid, dry_run=self.ctx.dry_run, skipped=skipped)
         if fixed:
-            self.note("%s ownership of %d entries to %s:%s", "would fix" if self.ctx.dry_run else "fixed", fixed,
-                      self.ctx.config["cyrus_user"], self.ctx.config["cyrus_group"])
+            self.note(
+                "%s ownership of %d entries to %s:%s",
+                "would fix" if self.ctx.dry_run else "fixed",
+                fixed,
+                self.ctx.config["cyrus_user"],
+                self.ctx.config["cyrus_group"],
+            )
         if skipped:
-            log.warning("left the owner of %d hard-linked file(s) of other users alone, e.g. %s", len(skipped),
-                        skipped[0])
+            log.warning(
+                "left the owner of %d hard-linked file(s) of other users alone, e.g. %s", len(skipped), skipped[0]
+            )
 
     def run(self, start=False):
         t0 = time.monotonic()
@@ -185,8 +203,11 @@ class FullRestore:
         self.ctx.cyrus("quota", "-f")
         self.fix_ownership()
         if start:
-            Service(self.ctx.config["service"], self.ctx.runner).start()   # logs "Cyrus started in …"
+            Service(self.ctx.config["service"], self.ctx.runner).start()  # logs "Cyrus started in …"
             self.report.append("Cyrus started")
-        self.note("full restore finished in %.2f s (%d mailboxes in the dump)", time.monotonic() - t0,
-                  len(self.dump.mailboxes))
+        self.note(
+            "full restore finished in %.2f s (%d mailboxes in the dump)",
+            time.monotonic() - t0,
+            len(self.dump.mailboxes),
+        )
         return self.report

@@ -27,11 +27,20 @@ def archive_summary(session):
         if not mb.has_spool:
             continue
         c = counts.get(mb.intname) or {}
-        boxes.append({"name": display(mb.intname), "intname": mb.intname, "user": mb.userid,
-                      "partition": mb.partition, "layout": "legacy" if mb.legacy else "uuid",
-                      "uniqueid": mb.uniqueid, "messages": c.get("messages"), "bytes": c.get("bytes"),
-                      "excluded": mb.intname in excluded,
-                      "deleted": mb.parts[0] == "DELETED" if mb.parts else False})
+        boxes.append(
+            {
+                "name": display(mb.intname),
+                "intname": mb.intname,
+                "user": mb.userid,
+                "partition": mb.partition,
+                "layout": "legacy" if mb.legacy else "uuid",
+                "uniqueid": mb.uniqueid,
+                "messages": c.get("messages"),
+                "bytes": c.get("bytes"),
+                "excluded": mb.intname in excluded,
+                "deleted": mb.parts[0] == "DELETED" if mb.parts else False,
+            }
+        )
     users = {}
     for b in boxes:
         key = b["user"] or ("(deleted)" if b["deleted"] else "(shared)")
@@ -42,31 +51,44 @@ def archive_summary(session):
         else:
             u["messages"] += b["messages"]
             u["bytes"] += b["bytes"] or 0
-    return {"archive": session.archive, "repository": str(session.repo), "created": m.get("created"),
-            "hostname": m.get("hostname"), "cyrus_version": m.get("cyrus_version"), "mode": m.get("mode"),
-            "counts": m.get("counts"), "consistency": (m.get("consistency") or {}).get("counts"),
-            "users": users, "mailboxes": boxes}
+    return {
+        "archive": session.archive,
+        "repository": str(session.repo),
+        "created": m.get("created"),
+        "hostname": m.get("hostname"),
+        "cyrus_version": m.get("cyrus_version"),
+        "mode": m.get("mode"),
+        "counts": m.get("counts"),
+        "consistency": (m.get("consistency") or {}).get("counts"),
+        "users": users,
+        "mailboxes": boxes,
+    }
 
 
 def format_list(summary, user=None):
     s = summary
-    out = [f"archive {s['archive']} in {s['repository']}",
-           f"  made {s.get('created') or '?'} on {s.get('hostname') or '?'}, {s.get('cyrus_version') or 'Cyrus ?'}, "
-           f"mode {s.get('mode') or '?'}"]
+    out = [
+        f"archive {s['archive']} in {s['repository']}",
+        f"  made {s.get('created') or '?'} on {s.get('hostname') or '?'}, {s.get('cyrus_version') or 'Cyrus ?'}, "
+        f"mode {s.get('mode') or '?'}",
+    ]
     boxes = [b for b in s["mailboxes"] if user is None or b["user"] == user]
     users = {k: v for k, v in s["users"].items() if user is None or k == user}
     if user is not None and not boxes:
-        raise BorgCyrusError(f"user {user} has no mailboxes in archive {s['archive']}; "
-                             "run `borg-cyrus restore list` to see who has")
+        raise BorgCyrusError(
+            f"user {user} has no mailboxes in archive {s['archive']}; run `borg-cyrus restore list` to see who has"
+        )
     tot_m = sum(v["messages"] for v in users.values())
     tot_b = sum(v["bytes"] for v in users.values())
     real_users = [k for k in users if not k.startswith("(")]
     out.append(f"  {len(boxes)} mailboxes, {len(real_users)} users, {tot_m} messages, {human_size(tot_b)}")
     cons = s.get("consistency") or {}
     if any(cons.values()):
-        out.append(f"  consistency at backup time: {cons.get('mailboxes_without_directory', 0)} mailbox(es) "
-                   f"without a directory, {cons.get('directories_without_mailbox', 0)} directory(ies) without "
-                   "a mailbox")
+        out.append(
+            f"  consistency at backup time: {cons.get('mailboxes_without_directory', 0)} mailbox(es) "
+            f"without a directory, {cons.get('directories_without_mailbox', 0)} directory(ies) without "
+            "a mailbox"
+        )
     out.append("")
     w = max([len("USER")] + [len(k) for k in users])
     out.append(f"{'USER':<{w}}  {'MAILBOXES':>9}  {'MESSAGES':>8}  {'SIZE':>10}")
@@ -85,8 +107,10 @@ def format_list(summary, user=None):
             note.append("deleted (delayed delete)")
         msgs = "?" if b["messages"] is None else str(b["messages"])
         size = "?" if b["bytes"] is None else human_size(b["bytes"])
-        out.append(f"{b['name']:<{w}}  {msgs:>8}  {size:>10}  {b['partition']:<9}  {b['layout']:<6}  "
-                   f"{'; '.join(note)}".rstrip())
+        out.append(
+            f"{b['name']:<{w}}  {msgs:>8}  {size:>10}  {b['partition']:<9}  {b['layout']:<6}  "
+            f"{'; '.join(note)}".rstrip()
+        )
     return "\n".join(out) + "\n"
 
 

@@ -21,9 +21,14 @@ class MailboxRestore(PartialRestore):
             src_name = alt if alt in by_name else src_name
         if src_name not in by_name:
             close = sorted(n for n in by_name if n.split(".")[:2] == src_name.split(".")[:2])[:10]
-            raise BorgCyrusError(f"mailbox {name} is not in archive {self.s.archive}" +
-                                 (f"; mailboxes of that owner: {', '.join(display(n) for n in close)}" if close else
-                                  "; run `borg-cyrus restore list`"))
+            raise BorgCyrusError(
+                f"mailbox {name} is not in archive {self.s.archive}"
+                + (
+                    f"; mailboxes of that owner: {', '.join(display(n) for n in close)}"
+                    if close
+                    else "; run `borg-cyrus restore list`"
+                )
+            )
         srcs = [by_name[src_name]]
         if recursive:
             srcs += [mb for n, mb in sorted(by_name.items()) if n.startswith(src_name + ".")]
@@ -33,17 +38,27 @@ class MailboxRestore(PartialRestore):
                 raise ConfigError(f"--into {into} is the mailbox itself; leave out --into to restore in place")
             parent = parent_name(target_root)
             if parent and self.live_box(parent) is None:
-                raise BorgCyrusError(f"{display(parent)} does not exist on this server; --into needs an existing "
-                                     "parent folder (for a user: restore the user first)")
+                raise BorgCyrusError(
+                    f"{display(parent)} does not exist on this server; --into needs an existing "
+                    "parent folder (for a user: restore the user first)"
+                )
         else:
             owner = storage.user_root(srcs[0])
             if owner and owner != src_name and self.live_box(owner) is None:
-                raise BorgCyrusError(f"{display(owner)} does not exist on this server; restore the user "
-                                     f"(`restore user`) or restore into an existing folder with --into")
-        plans = self.plan_all([(mb, target_root + mb.intname[len(src_name):]) for mb in srcs], into=bool(into))
-        self.say("restore %s%s from archive %s: %d mailbox(es) — %d to create, %d to merge", display(src_name),
-                 f" into {display(target_root)}" if into else "", self.s.archive, len(plans),
-                 sum(p.action == "create" for p in plans), sum(p.action == "merge" for p in plans))
+                raise BorgCyrusError(
+                    f"{display(owner)} does not exist on this server; restore the user "
+                    f"(`restore user`) or restore into an existing folder with --into"
+                )
+        plans = self.plan_all([(mb, target_root + mb.intname[len(src_name) :]) for mb in srcs], into=bool(into))
+        self.say(
+            "restore %s%s from archive %s: %d mailbox(es) — %d to create, %d to merge",
+            display(src_name),
+            f" into {display(target_root)}" if into else "",
+            self.s.archive,
+            len(plans),
+            sum(p.action == "create" for p in plans),
+            sum(p.action == "merge" for p in plans),
+        )
         required = [self.box_sources(p)["data"] for p in plans]
         optional = [d for p in plans for k, d in self.box_sources(p).items() if k != "data"]
         self.extract(required + optional, required)

@@ -16,8 +16,7 @@ from borg_cyrus.safety import privdrop
 
 log = logging.getLogger(__name__)
 
-UID_GAP = 1000          # merged messages start this far above the live last UID (LMTP keeps delivering)
-
+UID_GAP = 1000  # merged messages start this far above the live last UID (LMTP keeps delivering)
 
 
 class Placement:
@@ -71,7 +70,7 @@ class Placement:
         """{filename: staged path} of the source mailbox (message files from the
         data/archive dirs, cyrus.* from wherever they were)."""
         files = {}
-        for kind in ("archive", "meta", "data"):   # data wins
+        for kind in ("archive", "meta", "data"):  # data wins
             d = self.box_sources(plan).get(kind)
             if d and os.path.isdir(self.s.staged(d)):
                 for n in os.listdir(self.s.staged(d)):
@@ -123,7 +122,7 @@ class Placement:
             where = meta if (meta and kind in meta_files) else data
             self.copy_file(p, os.path.join(where, n))
         quotaroot = plan.quotaroot if plan.target != plan.src.intname else old.get("Q")
-        mbtype = (old.get("T") or "e").replace("l", "") or "e"   # the type stays (#sieve is 'f'); uuid layout
+        mbtype = (old.get("T") or "e").replace("l", "") or "e"  # the type stays (#sieve is 'f'); uuid layout
         hdr = header.render(mbtype, plan.target, plan.uniqueid, plan.acl, quotaroot, old.get("U") or [])
         hdir = meta if (meta and "header" in meta_files) else data
         path = os.path.join(hdir, "cyrus.header")
@@ -161,18 +160,20 @@ class Placement:
         for k, v in records:
             uid = k.split(b"\0", 1)[0].decode("ascii", "replace")
             if uid in want and b"\0" in k:
-                out.append((want[uid].encode() + k[len(uid):], v))
+                out.append((want[uid].encode() + k[len(uid) :], v))
         if not out:
             return 0
         backend, path = self.ctx.layout.database("annotations")
         if self.ctx.dry_run:
-            self.say("would set %d annotations.db entr%s of the restored mailboxes", len(out),
-                     "y" if len(out) == 1 else "ies")
+            self.say(
+                "would set %d annotations.db entr%s of the restored mailboxes",
+                len(out),
+                "y" if len(out) == 1 else "ies",
+            )
         if not os.path.exists(path) and not self.ctx.dry_run:
             log.warning("%s does not exist; %d annotation(s) not restored", path, len(out))
             return 0
-        self.tool("cyr_dbtool", path, backend, "batch", input=dbbatch.load_script(out),
-                  what="cyr_dbtool (annotations)")
+        self.tool("cyr_dbtool", path, backend, "batch", input=dbbatch.load_script(out), what="cyr_dbtool (annotations)")
         return len(out)
 
     def apply(self, plans, extras):
@@ -194,6 +195,7 @@ class Placement:
             self.steps = []
             headers, merged = self.place(plans, extras)
             return {"headers": headers, "merged": [p.target for p in merged], "steps": self.steps}
+
         try:
             res = privdrop.run_as(self.uid, self.gid, work, cwd_fd=fd)
         finally:
@@ -210,19 +212,31 @@ class Placement:
         for p in sorted(plans, key=lambda p: (p.target.count("."), p.target)):
             if p.action == "create":
                 if self.ctx.dry_run:
-                    how = (f"under a new uniqueid {p.uniqueid}" + (f" ({p.note})" if p.note else "")) \
-                        if p.rewrite else f"uniqueid {p.uniqueid}"
+                    how = (
+                        (f"under a new uniqueid {p.uniqueid}" + (f" ({p.note})" if p.note else ""))
+                        if p.rewrite
+                        else f"uniqueid {p.uniqueid}"
+                    )
                     src = "" if p.target == p.src.intname else f" from {display(p.src.intname)}"
-                    self.say("would create %s%s (%s, partition %s)%s", display(p.target), src, how, p.partition,
-                             " empty: its messages were excluded from backups" if p.excluded else "")
+                    self.say(
+                        "would create %s%s (%s, partition %s)%s",
+                        display(p.target),
+                        src,
+                        how,
+                        p.partition,
+                        " empty: its messages were excluded from backups" if p.excluded else "",
+                    )
                     continue
                 hdr = self.apply_create_rewrite(p) if p.rewrite else self.apply_create_same(p)
                 headers.append(hdr)
                 self.say("placed %s%s", display(p.target), f" ({p.note})" if p.note else "")
             else:
                 if self.ctx.dry_run:
-                    self.say("would add the archived messages that %s (%d message(s) now) lacks, as new UIDs",
-                             display(p.target), p.live_exists)
+                    self.say(
+                        "would add the archived messages that %s (%d message(s) now) lacks, as new UIDs",
+                        display(p.target),
+                        p.live_exists,
+                    )
                     merged.append(p)
                     continue
                 n = self.apply_merge(p)
@@ -235,8 +249,12 @@ class Placement:
                 self.say("kept the live %s (%s)", label, dst)
                 continue
             if self.ctx.dry_run:
-                self.say("would %srestore %s to %s", f"move {dst} aside (created after the user was deleted) and "
-                         if os.path.lexists(dst) else "", label, dst)
+                self.say(
+                    "would %srestore %s to %s",
+                    f"move {dst} aside (created after the user was deleted) and " if os.path.lexists(dst) else "",
+                    label,
+                    dst,
+                )
                 continue
             if not os.path.lexists(src):
                 continue
@@ -259,12 +277,11 @@ class Placement:
                     hdrs.append(os.path.join(storage.header_dir(self.llay, p.dst_mailbox()), "cyrus.header"))
             headers = hdrs
         for i in range(0, len(headers), 200):
-            self.tool("reconstruct", "-P", *headers[i:i + 200])
+            self.tool("reconstruct", "-P", *headers[i : i + 200])
         return headers, merged
 
     def finish_log(self, t0, what):
-        self.say("%s: %s in %.2f s", what, "dry run finished" if self.ctx.dry_run else "done",
-                 time.monotonic() - t0)
+        self.say("%s: %s in %.2f s", what, "dry run finished" if self.ctx.dry_run else "done", time.monotonic() - t0)
 
 
 def occupied(d):

@@ -35,23 +35,22 @@ from borg_cyrus.cyrus import header, index, mboxlist, storage
 from borg_cyrus.cyrus.names import display, new_uniqueid, parent_name
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.model import nest_free
+from borg_cyrus.restore.place import Placement, occupied
 from borg_cyrus.safety import trust
 
 log = logging.getLogger(__name__)
-from borg_cyrus.restore.place import Placement, occupied
-
-
 
 
 # -- planning -----------------------------------------------------------------
 
+
 @dataclass
 class BoxPlan:
-    src: mboxlist.Mailbox                 # archived mailbox
-    target: str                           # live internal name
-    action: str                           # "create" | "merge"
-    uniqueid: str = ""                    # create: the uniqueid it gets
-    rewrite: bool = False                 # create: new identity -> rewritten header, uuid layout
+    src: mboxlist.Mailbox  # archived mailbox
+    target: str  # live internal name
+    action: str  # "create" | "merge"
+    uniqueid: str = ""  # create: the uniqueid it gets
+    rewrite: bool = False  # create: new identity -> rewritten header, uuid layout
     partition: str = ""
     live: mboxlist.Mailbox | None = None  # merge: the live mailbox
     live_exists: int = 0
@@ -79,10 +78,10 @@ class PartialRestore(Placement):
         self.out = out
         self.s = session
         self.force = force
-        self.alay = session.layout                                   # archived
-        self.llay = storage.PathLayout.from_layout(ctx.layout)    # live
+        self.alay = session.layout  # archived
+        self.llay = storage.PathLayout.from_layout(ctx.layout)  # live
         self.uid, self.gid = ctx.cyrus_ids()
-        self.steps = []        # what is (or would be) done, in order
+        self.steps = []  # what is (or would be) done, in order
         self.report = []
         self.created_dirs = []
 
@@ -102,6 +101,7 @@ class PartialRestore(Placement):
     def check_version(self):
         """Raw mailbox files go only onto the Cyrus series that wrote them."""
         from borg_cyrus.restore.dump import check_cyrus_version
+
         check_cyrus_version(self.ctx, self.s.dump, self.force, f"archive {self.s.archive}")
 
     def admin(self, intname):
@@ -129,8 +129,10 @@ class PartialRestore(Placement):
 
     def check_partition(self, part, what):
         if part not in self.llay.partitions:
-            raise BorgCyrusError(f"{what} is on partition '{part}' in the archive, which this server does not "
-                                 f"have; add partition-{part} to {self.ctx.layout.imapd_conf}")
+            raise BorgCyrusError(
+                f"{what} is on partition '{part}' in the archive, which this server does not "
+                f"have; add partition-{part} to {self.ctx.layout.imapd_conf}"
+            )
 
     def plan_box(self, src, target, into):
         """BoxPlan for restoring archived mailbox src as live target."""
@@ -142,10 +144,10 @@ class PartialRestore(Placement):
             if n and not self.force:
                 raise Conflict(f"{display(target)} ({n} message(s))")
             if ix is None:
-                raise BorgCyrusError(f"{display(target)} exists but its cyrus.index cannot be read; "
-                                     f"run reconstruct on it first")
-            return BoxPlan(src, target, "merge", live=live, live_exists=n, partition=live.partition,
-                           excluded=excluded)
+                raise BorgCyrusError(
+                    f"{display(target)} exists but its cyrus.index cannot be read; run reconstruct on it first"
+                )
+            return BoxPlan(src, target, "merge", live=live, live_exists=n, partition=live.partition, excluded=excluded)
         plan = BoxPlan(src, target, "create", excluded=excluded)
         if not into and target == src.intname:
             self.check_partition(src.partition, display(src.intname))
@@ -157,8 +159,9 @@ class PartialRestore(Placement):
             if taken is not None or on_disk:
                 plan.rewrite = True
                 plan.uniqueid = new_uniqueid(self.live_ids)
-                plan.note = (f"its uniqueid is still used by {display(taken.intname)}" if taken else
-                             f"{on_disk[0]} exists") + "; restored under a new uniqueid"
+                plan.note = (
+                    f"its uniqueid is still used by {display(taken.intname)}" if taken else f"{on_disk[0]} exists"
+                ) + "; restored under a new uniqueid"
             else:
                 plan.uniqueid = src.uniqueid
             plan.quotaroot = None  # kept from the archived header
@@ -180,7 +183,8 @@ class PartialRestore(Placement):
             raise BorgCyrusError(
                 f"{len(conflicts)} mailbox(es) exist and are not empty: {', '.join(conflicts[:10])}"
                 f"{' …' if len(conflicts) > 10 else ''}; refusing to touch them. Add --force to add the archived "
-                "messages they lack (new UIDs, existing mail untouched), or restore into a new folder with --into")
+                "messages they lack (new UIDs, existing mail untouched), or restore into a new folder with --into"
+            )
         self.inherit(plans)
         return plans
 
@@ -191,7 +195,7 @@ class PartialRestore(Placement):
         for p in sorted(plans, key=lambda p: p.target.count(".")):
             if not (p.action == "create" and p.rewrite):
                 continue
-            if p.target == p.src.intname:      # same name, new identity: keep the archived ACL/partition
+            if p.target == p.src.intname:  # same name, new identity: keep the archived ACL/partition
                 continue
             anc = parent_name(p.target)
             while anc:
@@ -211,8 +215,11 @@ class PartialRestore(Placement):
                 anc = parent_name(anc)
             else:
                 p.acl = dict(p.src.acl)
-                p.partition = self.llay.defaultpartition if self.llay.defaultpartition in self.llay.partitions \
+                p.partition = (
+                    self.llay.defaultpartition
+                    if self.llay.defaultpartition in self.llay.partitions
                     else sorted(self.llay.partitions)[0]
+                )
             if not p.partition or p.partition not in self.llay.partitions:
                 p.partition = self.llay.defaultpartition
 
@@ -226,8 +233,11 @@ class PartialRestore(Placement):
         if self.ctx.dry_run:
             listed = self.s.repo.list_paths(self.s.archive, nest_free(paths))
             missing = {p for p in paths if p not in listed}
-            self.say("would extract %d path(s) from archive %s into a private staging directory:",
-                     len(paths) - len(missing), self.s.archive)
+            self.say(
+                "would extract %d path(s) from archive %s into a private staging directory:",
+                len(paths) - len(missing),
+                self.s.archive,
+            )
             for p in paths:
                 if p not in missing:
                     self.say("  %s", p)
@@ -236,13 +246,20 @@ class PartialRestore(Placement):
         else:
             t0 = time.monotonic()
             missing = self.s.extract(paths)
-            self.say("extracted %d path(s) from archive %s in %.2f s%s", len(paths) - len(missing), self.s.archive,
-                     time.monotonic() - t0, f" ({len(missing)} not in the archive)" if missing else "")
+            self.say(
+                "extracted %d path(s) from archive %s in %.2f s%s",
+                len(paths) - len(missing),
+                self.s.archive,
+                time.monotonic() - t0,
+                f" ({len(missing)} not in the archive)" if missing else "",
+            )
         lost = sorted(set(required) & missing)
         if lost:
-            raise BorgCyrusError(f"the archive lacks {lost[0]}" + (f" and {len(lost) - 1} more" if len(lost) > 1
-                                                                    else "") +
-                                 "; the dump lists the mailbox but its directory was not backed up")
+            raise BorgCyrusError(
+                f"the archive lacks {lost[0]}"
+                + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
+                + "; the dump lists the mailbox but its directory was not backed up"
+            )
         return missing
 
     def destinations(self, plans, extras):
@@ -256,6 +273,7 @@ class PartialRestore(Placement):
                 trust.check_inside(d, roots, f"restoring {display(p.target)}")
         for _src, dst, label, _lo in extras:
             trust.check_inside(dst, roots, f"restoring {label}")
+
 
 def quota_roots(plans):
     roots = set()

@@ -55,13 +55,14 @@ class ArchiveSession:
         self.dir = None
         self.dump = None
         self.layout = None
-        self.tree_override = None    # "." in the child that places files as the cyrus user
+        self.tree_override = None  # "." in the child that places files as the cyrus user
 
     def __enter__(self):
         parent = self.staging_parent
         if parent is not None and pathpolicy.system_reason(parent):
-            raise ConfigError(f"--staging {parent} {pathpolicy.system_reason(parent)}; give the restore a directory "
-                              "of its own")
+            raise ConfigError(
+                f"--staging {parent} {pathpolicy.system_reason(parent)}; give the restore a directory of its own"
+            )
         if parent is None:
             parent = os.path.join(self.ctx.work_dir, "staging")
             if self.ctx.dry_run and not os.path.isdir(parent):
@@ -98,9 +99,14 @@ class ArchiveSession:
         removed = safeio.sanitize_tree(self.tree, uid, gid)
         if removed:
             shown = ", ".join(f"/{p} ({k})" for p, k in removed[:5])
-            log.warning("archive %s: left out %d entr%s that are not regular files or directories: %s%s",
-                        self.archive, len(removed), "y" if len(removed) == 1 else "ies", shown,
-                        " …" if len(removed) > 5 else "")
+            log.warning(
+                "archive %s: left out %d entr%s that are not regular files or directories: %s%s",
+                self.archive,
+                len(removed),
+                "y" if len(removed) == 1 else "ies",
+                shown,
+                " …" if len(removed) > 5 else "",
+            )
         return removed
 
     def extract(self, paths):
@@ -110,14 +116,16 @@ class ArchiveSession:
 
     def load_dump(self):
         from borg_cyrus.restore.dump import Dump
+
         dump_path = self.ctx.dump_dir
         missing = self.extract([dump_path])
         if missing:
-            found = sorted(p for p in self.repo.list_paths(self.archive)
-                           if p.endswith("/dump/manifest.json"))
+            found = sorted(p for p in self.repo.list_paths(self.archive) if p.endswith("/dump/manifest.json"))
             if not found:
-                raise BorgCyrusError(f"archive {self.archive} holds no borg-cyrus dump (looked for {dump_path} "
-                                     "and any */dump/manifest.json); was it made with borg-cyrus?")
+                raise BorgCyrusError(
+                    f"archive {self.archive} holds no borg-cyrus dump (looked for {dump_path} "
+                    "and any */dump/manifest.json); was it made with borg-cyrus?"
+                )
             dump_path = os.path.dirname(found[0])
             log.info("the archive's dump is at %s (not %s)", dump_path, self.ctx.dump_dir)
             trust.check_archived_path(dump_path, "dump directory", f"archive {self.archive}")
@@ -134,7 +142,8 @@ class ArchiveSession:
             if mb.has_spool and mb.partition not in self.layout.partitions:
                 raise trust.UntrustedEntry(
                     f"archive {self.archive}: mailbox {mb.intname!r} is on partition {mb.partition!r}, which the "
-                    "archived layout does not define; it looks forged or damaged, so nothing was changed")
+                    "archived layout does not define; it looks forged or damaged, so nothing was changed"
+                )
         return self.dump
 
 

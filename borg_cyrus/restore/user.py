@@ -22,16 +22,25 @@ class UserRestore(PartialRestore):
         boxes = [mb for mb in self.s.dump.mailboxes if mb.has_spool and mb.userid == userid]
         if not boxes:
             users = sorted({mb.userid for mb in self.s.dump.mailboxes if mb.userid})
-            raise BorgCyrusError(f"user {userid} is not in archive {self.s.archive} (users: "
-                                 f"{', '.join(users[:20])}{' …' if len(users) > 20 else ''})")
+            raise BorgCyrusError(
+                f"user {userid} is not in archive {self.s.archive} (users: "
+                f"{', '.join(users[:20])}{' …' if len(users) > 20 else ''})"
+            )
         inbox = next((mb for mb in boxes if mb.is_inbox), None)
         if inbox is None:
-            raise BorgCyrusError(f"archive {self.s.archive} has mailboxes of {userid} but no INBOX; "
-                                 "restore them one by one with `restore mailbox`")
+            raise BorgCyrusError(
+                f"archive {self.s.archive} has mailboxes of {userid} but no INBOX; "
+                "restore them one by one with `restore mailbox`"
+            )
         plans = self.plan_all([(mb, mb.intname) for mb in boxes], into=False)
-        self.say("restore user %s from archive %s: %d mailbox(es) — %d to create, %d to merge", userid,
-                 self.s.archive, len(plans), sum(p.action == "create" for p in plans),
-                 sum(p.action == "merge" for p in plans))
+        self.say(
+            "restore user %s from archive %s: %d mailbox(es) — %d to create, %d to merge",
+            userid,
+            self.s.archive,
+            len(plans),
+            sum(p.action == "create" for p in plans),
+            sum(p.action == "merge" for p in plans),
+        )
 
         # per-user files: from the archived INBOX's location to the live one's
         inbox_plan = next(p for p in plans if p.src is inbox)
@@ -43,9 +52,9 @@ class UserRestore(PartialRestore):
             srcs, dsts = src_user[kind], dst_user[kind]
             if len(srcs) == len(dsts):
                 pairs = list(zip(srcs, dsts))
-            elif len(srcs) == 1:           # uuid dir -> legacy files
+            elif len(srcs) == 1:  # uuid dir -> legacy files
                 pairs = [(os.path.join(srcs[0], f"{os.path.basename(d).rsplit('.', 1)[1]}.db"), d) for d in dsts]
-            else:                          # legacy files -> uuid dir
+            else:  # legacy files -> uuid dir
                 pairs = [(s, os.path.join(dsts[0], f"{s.rsplit('.', 1)[1]}.db")) for s in srcs]
             # an INBOX that did not exist: per-user files found at its place were
             # made after the deletion (a login, a delivery attempt) and hold nothing

@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKDIR = "/var/tmp/borg-cyrus-verify"
 
 
-
-
 class Drill:
     def __init__(self, ctx, repo, archive, base, deep=False):
         self.ctx = ctx
@@ -56,11 +54,11 @@ class Drill:
         self.base = base
         self.root = os.path.join(base, "root")
         self.deep = deep
-        self.failures = {}      # display name -> [problems]
+        self.failures = {}  # display name -> [problems]
         self.warnings = []
         self.info = []
         self.stats = {"mailboxes": 0, "messages": 0, "bytes": 0, "hashed": 0, "served": 0, "on_disk": 0}
-        self.on_disk = {}       # display name -> kind, of mailboxes IMAP cannot open
+        self.on_disk = {}  # display name -> kind, of mailboxes IMAP cannot open
         self.sandbox = None
 
     def fail(self, intname, problem):
@@ -79,11 +77,13 @@ class Drill:
         for p in sorted(self.repo.list_paths(self.archive)):
             if p.endswith("/dump/manifest.json"):
                 return os.path.dirname(p)
-        raise BorgCyrusError(f"archive {self.archive} holds no borg-cyrus dump (no */dump/manifest.json); "
-                             "was it made with borg-cyrus?")
+        raise BorgCyrusError(
+            f"archive {self.archive} holds no borg-cyrus dump (no */dump/manifest.json); was it made with borg-cyrus?"
+        )
 
     def load(self):
         from borg_cyrus.restore.dump import Dump
+
         self.dump_path = self.find_dump()
         self.dump = Dump(self.root + self.dump_path)
         m = self.dump.manifest
@@ -96,10 +96,16 @@ class Drill:
             sievedir=r + self.alay.sievedir,
             metapartitions={k: r + v for k, v in self.alay.metapartitions.items()},
             archivepartitions={k: r + v for k, v in self.alay.archivepartitions.items()},
-            hashimapspool=self.alay.hashimapspool, fulldirhash=self.alay.fulldirhash,
-            virtdomains=self.alay.virtdomains, unixhierarchysep=True, legacy_dirs=self.alay.legacy_dirs,
-            quota_backend=self.alay.quota_backend, quota_path=r + self.alay.quota_path,
-            metapartition_files=self.alay.metapartition_files, defaultpartition=self.alay.defaultpartition)
+            hashimapspool=self.alay.hashimapspool,
+            fulldirhash=self.alay.fulldirhash,
+            virtdomains=self.alay.virtdomains,
+            unixhierarchysep=True,
+            legacy_dirs=self.alay.legacy_dirs,
+            quota_backend=self.alay.quota_backend,
+            quota_path=r + self.alay.quota_path,
+            metapartition_files=self.alay.metapartition_files,
+            defaultpartition=self.alay.defaultpartition,
+        )
         self.live_mode = (m.get("view") or m.get("mode")) == "live"
         self.excluded = set(m.get("excluded_mailboxes") or [])
         self.counts = m.get("mailboxes") or {}
@@ -116,7 +122,7 @@ class Drill:
                 self.fail(mb.intname, f"partition {mb.partition} is not in the archived layout")
                 continue
             if not os.path.isdir(d):
-                self.fail(mb.intname, f"its directory {d[len(self.root):]} is not in the archive")
+                self.fail(mb.intname, f"its directory {d[len(self.root) :]} is not in the archive")
                 continue
             ipath = os.path.join(storage.index_dir(self.slay, mb), "cyrus.index")
             try:
@@ -138,8 +144,9 @@ class Drill:
             if mb.intname in self.excluded:
                 continue
             if not ix.detailed:
-                self.warnings.append(f"{display(mb.intname)}: index version {ix.minor_version}: only file "
-                                     "presence is checked")
+                self.warnings.append(
+                    f"{display(mb.intname)}: index version {ix.minor_version}: only file presence is checked"
+                )
             self.scan_messages(mb, ix, d, "from the archive", count=True)
 
     def scan_messages(self, mb, ix, d, where, count=False):
@@ -156,7 +163,7 @@ class Drill:
             except FileNotFoundError:
                 missing.append(rec.uid)
                 continue
-            if not stat.S_ISREG(st.st_mode):      # the archive is untrusted: never follow or block on it
+            if not stat.S_ISREG(st.st_mode):  # the archive is untrusted: never follow or block on it
                 wrong.append(f"UID {rec.uid}: {safeio.kind(st.st_mode)} instead of a message file")
                 continue
             if count:
@@ -197,8 +204,9 @@ class Drill:
                     self.fail(mb.intname, "not in the restored server's mailbox list")
                     continue
                 if rmb.kind != mb.kind:
-                    self.fail(mb.intname, f"the restored server lists it as a {rmb.kind} mailbox, "
-                                          f"the archive as {mb.kind}")
+                    self.fail(
+                        mb.intname, f"the restored server lists it as a {rmb.kind} mailbox, the archive as {mb.kind}"
+                    )
                     continue
                 ix = self.indexes.get(mb.intname)
                 if ix is None:
@@ -229,8 +237,11 @@ class Drill:
             got = imapview.served_sha1(conn, sorted(guids))
             bad = [u for u in sorted(guids) if got.get(u) != guids[u]]
             if bad:
-                self.fail(mb.intname, f"{len(bad)} message(s) served with other bytes than archived "
-                                      f"(UID {', '.join(map(str, bad[:10]))})")
+                self.fail(
+                    mb.intname,
+                    f"{len(bad)} message(s) served with other bytes than archived "
+                    f"(UID {', '.join(map(str, bad[:10]))})",
+                )
         self.stats["served"] += exists
         conn.close()
 
@@ -258,8 +269,9 @@ class Drill:
                     n += sum(1 for d in dirnames if d not in known)
                     dirnames[:] = []
         if n:
-            self.info.append(f"{n} directory(ies) in the archive without a mailbox in the dump "
-                             "(registered by restore full)")
+            self.info.append(
+                f"{n} directory(ies) in the archive without a mailbox in the dump (registered by restore full)"
+            )
 
     def teardown(self, keep=False):
         if self.sandbox is not None:
@@ -269,31 +281,51 @@ class Drill:
 
     def report(self):
         m = self.dump.manifest if getattr(self, "dump", None) else {}
-        return {"archive": self.archive, "repository": str(self.repo), "created": m.get("created"),
-                "hostname": m.get("hostname"), "mode": m.get("mode"), "deep": self.deep, "stats": self.stats,
-                "on_disk": self.on_disk, "failures": self.failures, "warnings": self.warnings, "info": self.info,
-                "ok": not self.failures}
+        return {
+            "archive": self.archive,
+            "repository": str(self.repo),
+            "created": m.get("created"),
+            "hostname": m.get("hostname"),
+            "mode": m.get("mode"),
+            "deep": self.deep,
+            "stats": self.stats,
+            "on_disk": self.on_disk,
+            "failures": self.failures,
+            "warnings": self.warnings,
+            "info": self.info,
+            "ok": not self.failures,
+        }
 
 
 def format_report(rep):
-    out = [f"verify: archive {rep['archive']} in {rep['repository']}"
-           + (f" (made {rep['created']} on {rep['hostname']}, mode {rep['mode']})" if rep.get("created") else "")]
+    out = [
+        f"verify: archive {rep['archive']} in {rep['repository']}"
+        + (f" (made {rep['created']} on {rep['hostname']}, mode {rep['mode']})" if rep.get("created") else "")
+    ]
     out += [f"  {line}" for line in rep["info"]]
     s = rep["stats"]
     kinds = ", ".join(f"{k}: {n}" for k, n in sorted(collections.Counter(rep["on_disk"].values()).items()))
-    out.append(f"  checked {s['mailboxes']} mailboxes, {s['messages']} message files ({human_size(s['bytes'])}), "
-               f"{s['served']} messages served over IMAP" + (f", {s['hashed']} hashed" if rep["deep"] else "")
-               + (f"; {s['on_disk']} mailbox(es) IMAP cannot open checked on disk ({kinds})" if kinds else ""))
+    out.append(
+        f"  checked {s['mailboxes']} mailboxes, {s['messages']} message files ({human_size(s['bytes'])}), "
+        f"{s['served']} messages served over IMAP"
+        + (f", {s['hashed']} hashed" if rep["deep"] else "")
+        + (f"; {s['on_disk']} mailbox(es) IMAP cannot open checked on disk ({kinds})" if kinds else "")
+    )
     if "seconds" in rep:
-        out.append(f"  drill took {rep['seconds']:.2f} s" + (f"; files kept in {rep['kept']}" if rep.get("kept") else ""))
+        out.append(
+            f"  drill took {rep['seconds']:.2f} s" + (f"; files kept in {rep['kept']}" if rep.get("kept") else "")
+        )
     for w in rep["warnings"]:
         out.append(f"  warning: {w}")
     for name in sorted(rep["failures"]):
         for p in rep["failures"][name]:
             out.append(f"  FAIL {name}: {p}")
     if rep["ok"]:
-        out.append("RESULT: OK — every mailbox and message the backup recorded is in the archive"
-                   + (" byte for byte" if rep["deep"] else "") + " and a restored Cyrus serves it")
+        out.append(
+            "RESULT: OK — every mailbox and message the backup recorded is in the archive"
+            + (" byte for byte" if rep["deep"] else "")
+            + " and a restored Cyrus serves it"
+        )
     else:
         names = sorted(rep["failures"])
         out.append(f"RESULT: FAILED — {len(names)} mailbox(es) differ: {', '.join(names)}")
@@ -305,8 +337,10 @@ def run(ctx, args):
     name = repo.resolve(args.archive)
     parent = args.workdir or DEFAULT_WORKDIR
     if ctx.dry_run:
-        print(f"verify: would extract archive {name} of {repo} below {parent}, restore it into a throwaway "
-              f"Cyrus, check every mailbox{' and message byte' if args.deep else ''}, and remove it again")
+        print(
+            f"verify: would extract archive {name} of {repo} below {parent}, restore it into a throwaway "
+            f"Cyrus, check every mailbox{' and message byte' if args.deep else ''}, and remove it again"
+        )
         return 0
     os.makedirs(parent, 0o755, exist_ok=True)
     base = tempfile.mkdtemp(prefix=f"verify-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent)

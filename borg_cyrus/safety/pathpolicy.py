@@ -9,14 +9,61 @@ paths are refused before anything is done, with the key that named them.
 import os
 
 # never a Cyrus location or a borg-cyrus directory themselves
-SYSTEM_DIRS = frozenset({
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
-    "/run", "/sbin", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin", "/usr/share",
-    "/var", "/var/cache", "/var/lib", "/var/log", "/var/spool", "/var/tmp", "/var/run", "/var/lock",
-})
+SYSTEM_DIRS = frozenset(
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/local",
+        "/usr/sbin",
+        "/usr/share",
+        "/var",
+        "/var/cache",
+        "/var/lib",
+        "/var/log",
+        "/var/spool",
+        "/var/tmp",
+        "/var/run",
+        "/var/lock",
+    }
+)
 # a database file may not sit directly in these
-CORE_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
-                       "/sbin", "/sys", "/tmp", "/usr", "/var/tmp"})
+CORE_DIRS = frozenset(
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/proc",
+        "/run",
+        "/sbin",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var/tmp",
+    }
+)
 # nothing of ours lives below these
 VIRTUAL = ("/proc", "/sys", "/dev", "/run/lock")
 
@@ -45,8 +92,11 @@ def system_reason(path):
         return "has a '..' component"
     for p in _resolved(path):
         if p in SYSTEM_DIRS:
-            return f"is the system directory {p}" if p == os.path.normpath(path) else \
-                f"resolves to the system directory {p}"
+            return (
+                f"is the system directory {p}"
+                if p == os.path.normpath(path)
+                else f"resolves to the system directory {p}"
+            )
         for v in VIRTUAL:
             if _inside(p, v):
                 return f"is inside {v}"

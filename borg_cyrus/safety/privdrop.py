@@ -38,7 +38,7 @@ def _read_all(fd):
     if len(data) < 8:
         return None
     (n,) = struct.unpack(">Q", data[:8])
-    return data[8:8 + n] if len(data) >= 8 + n else None
+    return data[8 : 8 + n] if len(data) >= 8 + n else None
 
 
 def run_as(uid, gid, fn, cwd_fd=None):
@@ -47,7 +47,7 @@ def run_as(uid, gid, fn, cwd_fd=None):
     child is raised here as ChildFailed with the same one-line message."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:   # child
+    if pid == 0:  # child
         code = 0
         try:
             os.close(r)
@@ -58,7 +58,7 @@ def run_as(uid, gid, fn, cwd_fd=None):
                 os.fchdir(cwd_fd)
             os.umask(0o022)
             payload = ("ok", fn())
-        except BaseException as e:   # the parent reports it
+        except BaseException as e:  # the parent reports it
             code = 1
             msg = str(e) if isinstance(e, BorgCyrusError) else f"{e.__class__.__name__}: {e}"
             payload = ("error", msg)
@@ -81,7 +81,7 @@ def run_as(uid, gid, fn, cwd_fd=None):
         os.close(r)
     if data is None:
         raise ChildFailed(f"the restore step running as the cyrus user died (status {status})")
-    kind, value = json.loads(data)   # JSON, not pickle: the child ran as the cyrus user
+    kind, value = json.loads(data)  # JSON, not pickle: the child ran as the cyrus user
     if kind == "error":
         raise ChildFailed(value)
     return value

@@ -15,8 +15,14 @@ import stat
 
 from borg_cyrus.errors import BorgCyrusError
 
-KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-         stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symlink", stat.S_IFDIR: "a directory"}
+KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symlink",
+    stat.S_IFDIR: "a directory",
+}
 
 
 class NotRegularFile(BorgCyrusError):
@@ -116,13 +122,13 @@ def chown_tree(root, uid, gid, dry_run=False, skipped=None):
     except FileNotFoundError:
         return 0
 
-    def fix(est, name, dfd):
+    def fix(est, name, dfd, where=""):
         nonlocal changed
         if (est.st_uid, est.st_gid) == (uid, gid):
             return
         if stat.S_ISREG(est.st_mode) and est.st_nlink > 1 and est.st_uid != uid:
             if skipped is not None:
-                skipped.append(name if dfd is None else os.path.join(dirpath, name))
+                skipped.append(os.path.join(where, name))
             return
         if not dry_run:
             os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
@@ -135,7 +141,7 @@ def chown_tree(root, uid, gid, dry_run=False, skipped=None):
                     est = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                fix(est, name, dfd)
+                fix(est, name, dfd, dirpath)
     fix(st, root, None)
     return changed
 
@@ -182,8 +188,9 @@ def blocking_parent(path, uid, gid):
             return None
         if not stat.S_ISDIR(st.st_mode):
             return None
-        ok = (st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010)
-              or (st.st_uid == uid and st.st_mode & 0o100))
+        ok = (
+            st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010) or (st.st_uid == uid and st.st_mode & 0o100)
+        )
         if not ok:
             return cur, st
     return None
@@ -194,7 +201,7 @@ def copy_tree(src, dst, mode=0o600):
     until the caller chowns it); anything else is left out. src is read
     without following symlinks."""
     os.mkdir(dst, 0o700)
-    for dirpath, dirnames, filenames, dfd in os.fwalk(src, follow_symlinks=False):
+    for dirpath, dirnames, filenames, _dfd in os.fwalk(src, follow_symlinks=False):
         out = os.path.join(dst, os.path.relpath(dirpath, src))
         for name in dirnames:
             os.mkdir(os.path.join(out, name), 0o700)

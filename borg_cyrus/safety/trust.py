@@ -49,8 +49,9 @@ def check_mailboxes(boxes, where):
     for mb in boxes:
         why = mailbox_problem(mb)
         if why:
-            raise UntrustedEntry(f"{where}: mailbox {mb.intname!r} has {why}; it looks forged or damaged, "
-                                 "so nothing was changed")
+            raise UntrustedEntry(
+                f"{where}: mailbox {mb.intname!r} has {why}; it looks forged or damaged, so nothing was changed"
+            )
 
 
 def check_userid(userid, where="user name"):
@@ -61,10 +62,18 @@ def check_userid(userid, where="user name"):
 
 def check_archived_path(path, key, where):
     """A path from an archived manifest: absolute, normal, no '..', no control characters."""
-    if not isinstance(path, str) or not path.startswith("/") or pathpolicy.has_dotdot(path) \
-            or CONTROL.search(path) or os.path.normpath(path) != path.rstrip("/") and path != "/":
-        raise UntrustedEntry(f"{where}: {key} {path!r} is not a plain absolute path; the archive looks forged "
-                             "or damaged, so nothing was changed")
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or pathpolicy.has_dotdot(path)
+        or CONTROL.search(path)
+        or os.path.normpath(path) != path.rstrip("/")
+        and path != "/"
+    ):
+        raise UntrustedEntry(
+            f"{where}: {key} {path!r} is not a plain absolute path; the archive looks forged "
+            "or damaged, so nothing was changed"
+        )
     return path
 
 
@@ -72,12 +81,17 @@ def check_archived_layout(lay, where):
     """Every path of an archived layout (storage.PathLayout)."""
     check_archived_path(lay.configdirectory, "configdirectory", where)
     check_archived_path(lay.sievedir, "sievedir", where)
-    for label, group in (("partition", lay.partitions), ("metapartition", lay.metapartitions),
-                         ("archivepartition", lay.archivepartitions)):
+    for label, group in (
+        ("partition", lay.partitions),
+        ("metapartition", lay.metapartitions),
+        ("archivepartition", lay.archivepartitions),
+    ):
         for name, path in group.items():
             if not PARTITION.fullmatch(str(name)):
-                raise UntrustedEntry(f"{where}: {label} name {name!r} is not a partition name; the archive looks "
-                                     "forged or damaged, so nothing was changed")
+                raise UntrustedEntry(
+                    f"{where}: {label} name {name!r} is not a partition name; the archive looks "
+                    "forged or damaged, so nothing was changed"
+                )
             check_archived_path(path, f"{label}-{name}", where)
     if lay.quota_path:
         check_archived_path(lay.quota_path, "quota database", where)
@@ -91,8 +105,10 @@ def inside(path, roots):
 
 def check_inside(path, roots, what):
     if pathpolicy.has_dotdot(path) or not inside(path, roots):
-        raise UntrustedEntry(f"{what}: {path} is outside this server's Cyrus directories "
-                             f"({', '.join(sorted(roots))}); nothing was changed")
+        raise UntrustedEntry(
+            f"{what}: {path} is outside this server's Cyrus directories "
+            f"({', '.join(sorted(roots))}); nothing was changed"
+        )
     return path
 
 

@@ -29,9 +29,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def msg(subject, body, sender="sender@example.org", to="rcpt@example.org", extra=""):
-    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{abs(hash((subject, body)))}@demo>\r\n{extra}"
-            f"\r\n{body}\r\n").encode()
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{abs(hash((subject, body)))}@demo>\r\n{extra}"
+        f"\r\n{body}\r\n"
+    ).encode()
 
 
 def _ok(result, what):
@@ -41,9 +43,11 @@ def _ok(result, what):
     return data
 
 
-BOB_SIEVE = ('require ["fileinto", "vacation"];\n'
-             'if header :contains "subject" "old" { fileinto "INBOX.Archive 2019"; }\n'
-             'vacation :days 7 :subject "Abwesend" "Bin bis Montag weg. Grüße, Bob";\n')
+BOB_SIEVE = (
+    'require ["fileinto", "vacation"];\n'
+    'if header :contains "subject" "old" { fileinto "INBOX.Archive 2019"; }\n'
+    'vacation :days 7 :subject "Abwesend" "Bin bis Montag weg. Grüße, Bob";\n'
+)
 
 
 def populate(sb, managesieve=False):
@@ -62,9 +66,18 @@ def populate(sb, managesieve=False):
     sb.restart_with_legacy_dirs(False)
 
     a = sb.imap("cyrus")
-    for name in ("user/alice", "user/alice/Sent", "user/alice/Entwürfe", "user/alice/Project X",
-                 "user/alice/Project X/2024", "user/alice/Junk", "user/alice/Trash", "user/bob",
-                 "shared", "shared/team"):
+    for name in (
+        "user/alice",
+        "user/alice/Sent",
+        "user/alice/Entwürfe",
+        "user/alice/Project X",
+        "user/alice/Project X/2024",
+        "user/alice/Junk",
+        "user/alice/Trash",
+        "user/bob",
+        "shared",
+        "shared/team",
+    ):
         _ok(a.create(quote(name)), f"create {name}")
     second = "second" if "second" in sb.partitions else None
     if second:
@@ -77,15 +90,21 @@ def populate(sb, managesieve=False):
     _ok(a.setquota(quote("user/alice"), "(STORAGE 100000)"), "setquota")
     _ok(a.setquota(quote("user/bob"), "(STORAGE 50000 MESSAGE 1000)"), "setquota")
     # (SETMETADATA on a non-user mailbox trips an assertion in Cyrus 3.6.1)
-    _ok(a._simple_command("SETMETADATA", quote("user/bob/Archive 2019"),
-                          '(/shared/comment "old mail: \\"do not delete\\"")'), "setmetadata")
+    _ok(
+        a._simple_command(
+            "SETMETADATA", quote("user/bob/Archive 2019"), '(/shared/comment "old mail: \\"do not delete\\"")'
+        ),
+        "setmetadata",
+    )
     a.logout()
     bo = sb.imap("bob")
     for i in range(3):
         _ok(bo.append(quote("shared/team"), None, None, msg(f"team note {i}", f"shared message {i}")), "append")
     for i in range(4):
-        _ok(bo.append(quote("INBOX/Archive 2019"), "(\\Seen)", None,
-                      msg(f"old {i}", "archived " * (50 * i + 1))), "append")
+        _ok(
+            bo.append(quote("INBOX/Archive 2019"), "(\\Seen)", None, msg(f"old {i}", "archived " * (50 * i + 1))),
+            "append",
+        )
     bo.logout()
 
     for i in range(5):
@@ -98,8 +117,15 @@ def populate(sb, managesieve=False):
     al = sb.imap("alice")
     for name, n in (("Sent", 2), ("Entwürfe", 1), ("Project X/2024", 2), ("Junk", 3), ("Trash", 3)):
         for i in range(n):
-            _ok(al.append(quote(f"INBOX/{name}"), "(\\Seen)" if name == "Sent" else None, None,
-                          msg(f"{name} {i}", f"{name} body {i}")), "append")
+            _ok(
+                al.append(
+                    quote(f"INBOX/{name}"),
+                    "(\\Seen)" if name == "Sent" else None,
+                    None,
+                    msg(f"{name} {i}", f"{name} body {i}"),
+                ),
+                "append",
+            )
     al.select("INBOX")
     _ok(al.store("1", "+FLAGS", "(\\Seen \\Answered)"), "store")
     _ok(al.store("2", "+FLAGS", "(\\Flagged $Important custom_kw)"), "store")
@@ -170,8 +196,7 @@ def env_with_venv(extra=None):
 def sh(argv, env=None, cwd=None, check=True):
     """Run a command of the demo (through the one Runner); stdout/stderr as text."""
     res = Runner().run(argv, env=env, cwd=cwd, check=False, timeout=0)
-    r = types.SimpleNamespace(returncode=res.returncode, stdout=res.text,
-                              stderr=res.stderr.decode("utf-8", "replace"))
+    r = types.SimpleNamespace(returncode=res.returncode, stdout=res.text, stderr=res.stderr.decode("utf-8", "replace"))
     if check and r.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -185,6 +210,7 @@ def write_yaml(path, data):
 
 def excluded_names(manifest):
     from borg_cyrus.cyrus.mboxlist import external_name
+
     return [external_name(n) for n in manifest.get("excluded_mailboxes", [])]
 
 
@@ -210,9 +236,17 @@ def run_demo(workdir, mode="stop-master", keep=False):
 
     work = os.path.join(workdir, "work")
     bc_conf = os.path.join(workdir, "borg-cyrus.yaml")
-    write_yaml(bc_conf, {"imapd_conf": a.imapd_conf, "cyrus_conf": a.cyrus_conf, "mode": mode,
-                         "work_directory": work, "service": a.borg_cyrus_service(),
-                         "exclude": {"mailboxes": EXCLUDE_MAILBOXES}})
+    write_yaml(
+        bc_conf,
+        {
+            "imapd_conf": a.imapd_conf,
+            "cyrus_conf": a.cyrus_conf,
+            "mode": mode,
+            "work_directory": work,
+            "service": a.borg_cyrus_service(),
+            "exclude": {"mailboxes": EXCLUDE_MAILBOXES},
+        },
+    )
     repo = os.path.join(workdir, "repo")
     bm_conf = os.path.join(workdir, "borgmatic.yaml")
     write_yaml(bm_conf, sample_borgmatic_config(repo, os.path.join(work, "patterns")))
@@ -222,7 +256,9 @@ def run_demo(workdir, mode="stop-master", keep=False):
     t = time.monotonic()
     r = sh(["borgmatic", "-c", bm_conf, "create", "--verbosity", "1", "--stats"], env=env)
     timings["borgmatic create"] = time.monotonic() - t
-    hook_lines = [ln for ln in (r.stdout + r.stderr).splitlines() if "borg-cyrus" in ln and ("ready" in ln or "done" in ln)]
+    hook_lines = [
+        ln for ln in (r.stdout + r.stderr).splitlines() if "borg-cyrus" in ln and ("ready" in ln or "done" in ln)
+    ]
     for ln in hook_lines:
         print("  " + ln.strip())
     if not a.running():
@@ -231,7 +267,9 @@ def run_demo(workdir, mode="stop-master", keep=False):
         manifest = json.load(f)
     excluded = excluded_names(manifest)
 
-    archive = json.loads(sh(["borgmatic", "-c", bm_conf, "repo-list", "--json"], env=env).stdout)[0]["archives"][-1]["name"]
+    archive = json.loads(sh(["borgmatic", "-c", bm_conf, "repo-list", "--json"], env=env).stdout)[0]["archives"][-1][
+        "name"
+    ]
     listing = sh(["borg", "list", "--format", "{path}{NL}", f"{repo}::{archive}"], env=env).stdout.splitlines()
     print(f"archive {archive}: {len(listing)} entries; a few of them:")
     for p in [x for x in listing if x.endswith(("mailboxes.json", "manifest.json", "imapd.conf", "cyrus.header"))][:6]:
@@ -262,8 +300,10 @@ def run_demo(workdir, mode="stop-master", keep=False):
         for d in differences[:20]:
             print("    " + d)
     else:
-        print("  RESULT: identical — every mailbox, UID, message, flag, \\Seen, subscription, ACL, "
-              "METADATA entry, Sieve script and quota matches (excluded folders are empty, as configured)")
+        print(
+            "  RESULT: identical — every mailbox, UID, message, flag, \\Seen, subscription, ACL, "
+            "METADATA entry, Sieve script and quota matches (excluded folders are empty, as configured)"
+        )
     print(f"  total {time.monotonic() - t_all:.1f} s")
     if not keep:
         a.destroy()
@@ -300,13 +340,35 @@ def restore_into_second_server(env, bm_conf, archive, a, workdir, work, lose_dbs
             if os.path.exists(p):
                 os.unlink(p)
                 removed.append(db)
-        log.append(f"restoring into Cyrus B (port {b.port}); deleted {', '.join(removed)} from the extracted "
-                   "tree so they must come back from the dumps")
+        log.append(
+            f"restoring into Cyrus B (port {b.port}); deleted {', '.join(removed)} from the extracted "
+            "tree so they must come back from the dumps"
+        )
     b_conf = os.path.join(workdir, "borg-cyrus-b.yaml")
-    write_yaml(b_conf, {"imapd_conf": b.imapd_conf, "cyrus_conf": b.cyrus_conf, "work_directory": work + "-b",
-                        "service": b.borg_cyrus_service()})
-    r = sh([sys.executable, "-m", "borg_cyrus", "-c", b_conf, "restore", "full", "--start",
-            "--dump-dir", b_root + os.path.join(work, "dump")], env=env)
+    write_yaml(
+        b_conf,
+        {
+            "imapd_conf": b.imapd_conf,
+            "cyrus_conf": b.cyrus_conf,
+            "work_directory": work + "-b",
+            "service": b.borg_cyrus_service(),
+        },
+    )
+    r = sh(
+        [
+            sys.executable,
+            "-m",
+            "borg_cyrus",
+            "-c",
+            b_conf,
+            "restore",
+            "full",
+            "--start",
+            "--dump-dir",
+            b_root + os.path.join(work, "dump"),
+        ],
+        env=env,
+    )
     log.extend(r.stderr.splitlines())
     b.wait_ready()
     return b, log

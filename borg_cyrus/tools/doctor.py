@@ -24,7 +24,11 @@ def borg_version(ctx):
     if not m:
         return None, f"cannot tell borg's version from {r.text.strip()!r}"
     v = tuple(int(x) for x in m.groups())
-    problem = None if v >= (1, 4, 0) else f"borg {'.'.join(map(str, v))} is too old: snapshot modes need >= 1.4 (slashdot paths)"
+    problem = (
+        None
+        if v >= (1, 4, 0)
+        else f"borg {'.'.join(map(str, v))} is too old: snapshot modes need >= 1.4 (slashdot paths)"
+    )
     return ".".join(map(str, v)), problem
 
 
@@ -45,15 +49,17 @@ def gather(ctx):
     info["service"] = {"manager": svc.manager, "how": svc.describe(), "running": svc.is_running()}
     info["notes"] = []
     if svc.manager != "systemd" and os.path.isdir("/run/systemd/system"):
-        info["notes"].append(f"systemd runs this host but service.manager is {svc.manager}: borg-cyrus starts "
-                             "Cyrus outside systemd's control (it moves the master out of the backup's control "
-                             "group); prefer service.manager: systemd")
+        info["notes"].append(
+            f"systemd runs this host but service.manager is {svc.manager}: borg-cyrus starts "
+            "Cyrus outside systemd's control (it moves the master out of the backup's control "
+            "group); prefer service.manager: systemd"
+        )
     try:
         locs = plan_locations(ctx)
     except BorgCyrusError as e:
         problems.append(str(e))
-        locs = [l for l in ctx.plugins.locations(ctx) if l.kind == "dump" or os.path.lexists(l.path)]
-    info["locations"] = [{"path": l.path, "kind": l.kind, "what": l.what} for l in locs]
+        locs = [loc for loc in ctx.plugins.locations(ctx) if loc.kind == "dump" or os.path.lexists(loc.path)]
+    info["locations"] = [{"path": loc.path, "kind": loc.kind, "what": loc.what} for loc in locs]
     view = View(imapd_conf=lay.imapd_conf, layout=lay)
     tmp = tempfile.mkdtemp(prefix="borg-cyrus-doctor-")
     mailboxes = None
@@ -69,7 +75,7 @@ def gather(ctx):
     info["mailboxes"] = len(mailboxes) if mailboxes is not None else None
     info["excluded_mailboxes"] = sorted({e.mailbox for e in excludes if e.mailbox})
     info["excludes"] = [{"path": e.path, "regex": e.regex, "reason": e.reason} for e in excludes]
-    info["patterns"] = patterns.render(nest_free([l.path for l in locs]), excludes, view)
+    info["patterns"] = patterns.render(nest_free([loc.path for loc in locs]), excludes, view)
     info["problems"] = problems
     return info
 
@@ -91,8 +97,10 @@ def doctor(ctx, as_json=False):
     print(f"borg          {info['borg_version'] or 'NOT FOUND'}")
     svc = info["service"]
     print(f"service       {svc['how']} ({'running' if svc['running'] else 'not running'})")
-    print(f"mailboxes     {info['mailboxes'] if info['mailboxes'] is not None else '?'}"
-          f" ({len(info['excluded_mailboxes'])} with messages excluded)")
+    print(
+        f"mailboxes     {info['mailboxes'] if info['mailboxes'] is not None else '?'}"
+        f" ({len(info['excluded_mailboxes'])} with messages excluded)"
+    )
     print("\nbacked up:")
     for loc in info["locations"]:
         print(f"  {loc['path']}  [{loc['what']}]")

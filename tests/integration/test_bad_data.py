@@ -37,8 +37,13 @@ def test_fifo_cyrus_index_does_not_hang_the_backup(populated, base_dir):
     cfg = borgmatic_config(base_dir, os.path.join(base_dir, "repo"), os.path.join(base_dir, "work", "patterns"))
     init_repo(cfg)
     t0 = time.monotonic()
-    r = subprocess.run(["borgmatic", "-c", cfg, "create", "--verbosity", "1"], capture_output=True, text=True,
-                       env=env({"BORG_CYRUS_CONFIG": bc}), timeout=120)
+    r = subprocess.run(
+        ["borgmatic", "-c", cfg, "create", "--verbosity", "1"],
+        capture_output=True,
+        text=True,
+        env=env({"BORG_CYRUS_CONFIG": bc}),
+        timeout=120,
+    )
     took = time.monotonic() - t0
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
@@ -56,7 +61,7 @@ def test_truncated_cyrus_index_is_a_warning_naming_the_mailbox(populated, base_d
     ix = index_of(sb, "user.alice.Sent")
     size = os.path.getsize(ix)
     with open(ix, "r+b") as f:
-        f.truncate(size - 50)         # mid-record
+        f.truncate(size - 50)  # mid-record
     cfg = sandbox_config(sb, base_dir)
     r = cli("before", config=cfg, check=0)
     cli("after", config=cfg, check=0)
@@ -128,20 +133,27 @@ def test_two_borgmatic_runs_at_once_the_second_is_an_error(populated, base_dir):
     slow = read_yaml(first_cfg)
     slow["commands"].insert(1, {"before": "action", "when": ["create"], "run": ["sleep 8"]})
     slow_cfg = write_config(os.path.join(base_dir, "borgmatic-slow.yaml"), slow)
-    first = subprocess.Popen(["borgmatic", "-c", slow_cfg, "create"], env=env({"BORG_CYRUS_CONFIG": bc}),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        ["borgmatic", "-c", slow_cfg, "create"],
+        env=env({"BORG_CYRUS_CONFIG": bc}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     state = os.path.join(base_dir, "work", "state.json")
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (os.path.exists(state) and
-                                               json.load(open(state)).get("phase") == "ready"):
+    while time.monotonic() < deadline and not (
+        os.path.exists(state) and json.load(open(state)).get("phase") == "ready"
+    ):
         time.sleep(0.1)
     r = borgmatic(first_cfg, "create", bc_config=bc, check=False)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
     assert r.returncode != 0, "borgmatic reported the skipped second run as a success"
     assert "is still running after waiting 1 s" in r.stdout + r.stderr
-    archives = json.loads(subprocess.run(["borg", "list", "--json", repo], capture_output=True, text=True,
-                                         env=env(), check=True).stdout)["archives"]
+    archives = json.loads(
+        subprocess.run(["borg", "list", "--json", repo], capture_output=True, text=True, env=env(), check=True).stdout
+    )["archives"]
     assert len(archives) == 1 and archives[0]["name"] == latest_archive(repo)
     assert sb.running() and not os.path.exists(state)
 
@@ -153,6 +165,7 @@ def test_hung_before_in_stop_master_cyrus_started_at_run_timeout(populated, base
     `before` busy long enough to be stopped; the hang and the restart are real.)"""
     import signal
     import sys
+
     sb = populated
     tools = os.path.join(base_dir, "tools")
     os.makedirs(tools)
@@ -163,8 +176,12 @@ def test_hung_before_in_stop_master_cyrus_started_at_run_timeout(populated, base
         f.write("#!/bin/sh\nsleep 30\nexec /usr/lib/cyrus/bin/ctl_mboxlist \"$@\"\n")
     os.chmod(os.path.join(tools, "ctl_mboxlist"), 0o755)
     cfg = sandbox_config(sb, base_dir, mode="stop-master", cyrus_tools_directory=tools, run_timeout=4)
-    p = subprocess.Popen([sys.executable, "-m", "borg_cyrus", "-c", cfg, "before"], env=env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "borg_cyrus", "-c", cfg, "before"],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while sb.running() and time.monotonic() < deadline:

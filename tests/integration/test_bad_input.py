@@ -29,7 +29,9 @@ def assert_untouched(work):
 
 
 def test_missing_imapd_conf(base_dir, work):
-    cfg = write_config(os.path.join(base_dir, "c.yaml"), {"imapd_conf": "/nonexistent/imapd.conf", "work_directory": work})
+    cfg = write_config(
+        os.path.join(base_dir, "c.yaml"), {"imapd_conf": "/nonexistent/imapd.conf", "work_directory": work}
+    )
     line = error_line(cli("before", config=cfg))
     assert "/nonexistent/imapd.conf does not exist" in line and "imapd_conf" in line
     assert not os.path.exists(work)
@@ -78,7 +80,9 @@ def test_world_writable_config_refused(base_dir):
 
 
 def test_valid_config(base_dir):
-    cfg = write_config(os.path.join(base_dir, "c.yaml"), {"mode": "stop-master", "exclude": {"mailboxes": ["user/*/Junk"]}})
+    cfg = write_config(
+        os.path.join(base_dir, "c.yaml"), {"mode": "stop-master", "exclude": {"mailboxes": ["user/*/Junk"]}}
+    )
     r = cli("config", "validate", config=cfg, check=0)
     assert r.stdout.strip() == f"{cfg}: valid"
 

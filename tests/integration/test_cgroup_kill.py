@@ -21,9 +21,12 @@ from support.fsimages import is_frozen
 from support.helpers import borgmatic_config, init_repo, read_yaml
 from support.setups import Setup
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.slow,
-              pytest.mark.skipif(hierarchy()[0] is None, reason="no cgroup hierarchy to make a unit in"),
-              pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test")]
+pytestmark = [
+    pytest.mark.needs_root,
+    pytest.mark.slow,
+    pytest.mark.skipif(hierarchy()[0] is None, reason="no cgroup hierarchy to make a unit in"),
+    pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test"),
+]
 
 DEADLINE = 10
 
@@ -46,6 +49,7 @@ def _steps(work):
 
 def takes_mail(sb, timeout=DEADLINE):
     """Cyrus runs and an LMTP delivery succeeds within timeout."""
+
     def ok():
         if not sb.running():
             return False
@@ -54,6 +58,7 @@ def takes_mail(sb, timeout=DEADLINE):
             return True
         except OSError:
             return False
+
     return _wait(ok, timeout)
 
 
@@ -74,9 +79,13 @@ def slow_borgmatic(base, repo, patterns, seconds=60):
 
 
 def start(unit, cfg, bc, extra=None):
-    return unit.start(["borgmatic", "-c", cfg, "create", "--verbosity", "1"],
-                      env=env({"BORG_CYRUS_CONFIG": bc, **(extra or {})}),
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return unit.start(
+        ["borgmatic", "-c", cfg, "create", "--verbosity", "1"],
+        env=env({"BORG_CYRUS_CONFIG": bc, **(extra or {})}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def master_outside(sb, unit):
@@ -172,8 +181,9 @@ def test_quiesce_stop_master_window_killed(base_dir, unit, how):
         assert master_outside(sb, unit)
         assert not is_frozen(s.mnt)
         # the next backup cleans up and leaves nothing behind
-        r = subprocess.run(["borgmatic", "-c", cfg, "create"], env=env({"BORG_CYRUS_CONFIG": bc}),
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["borgmatic", "-c", cfg, "create"], env=env({"BORG_CYRUS_CONFIG": bc}), capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         assert s.leftovers() == [] and sb.running()
         assert cli("doctor", config=bc).returncode == 0

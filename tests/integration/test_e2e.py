@@ -9,8 +9,17 @@ import pytest
 
 from borg_cyrus.cyrus import imapview
 from support.common import cli, sandbox_config
-from support.helpers import (archive_paths, borgmatic, borgmatic_config, expected, extract, init_repo, load_manifest,
-                     snapshot, wipe)
+from support.helpers import (
+    archive_paths,
+    borgmatic,
+    borgmatic_config,
+    expected,
+    extract,
+    init_repo,
+    load_manifest,
+    snapshot,
+    wipe,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +45,7 @@ def test_backup_wipe_restore_is_imap_identical(populated, base_dir, lose_dbs):
     # sample borgmatic config is used with only its repository changed
     bc = sandbox_config(sb, base_dir, mode="live", exclude={"mailboxes": ["user/*/Junk"]})
     os.unlink(bc)
-    bc = sandbox_config(sb, base_dir, mode="live", exclude={"mailboxes": ["user/*/Junk"]},
-                        work_directory=DEFAULT_WORK)
+    bc = sandbox_config(sb, base_dir, mode="live", exclude={"mailboxes": ["user/*/Junk"]}, work_directory=DEFAULT_WORK)
     repo = os.path.join(base_dir, "repo")
     cfg = borgmatic_config(base_dir, repo)
     init_repo(cfg)
@@ -52,11 +60,20 @@ def test_backup_wipe_restore_is_imap_identical(populated, base_dir, lose_dbs):
 
     # original absolute paths, every partition, the dumps, the configs
     conf = sb.confdir
-    for p in [f"{conf}/mailboxes.db", f"{conf}/annotations.db", sb.imapd_conf, sb.cyrus_conf,
-              f"{DEFAULT_WORK}/dump/mailboxes.json", f"{DEFAULT_WORK}/dump/mailboxes.db.batch",
-              f"{DEFAULT_WORK}/dump/annotations.db.batch", f"{DEFAULT_WORK}/dump/manifest.json",
-              f"{DEFAULT_WORK}/dump/cyrus-version.txt", sb.partitions["default"], sb.partitions["second"],
-              f"{sb.sievedir}/alice-demo.script"]:
+    for p in [
+        f"{conf}/mailboxes.db",
+        f"{conf}/annotations.db",
+        sb.imapd_conf,
+        sb.cyrus_conf,
+        f"{DEFAULT_WORK}/dump/mailboxes.json",
+        f"{DEFAULT_WORK}/dump/mailboxes.db.batch",
+        f"{DEFAULT_WORK}/dump/annotations.db.batch",
+        f"{DEFAULT_WORK}/dump/manifest.json",
+        f"{DEFAULT_WORK}/dump/cyrus-version.txt",
+        sb.partitions["default"],
+        sb.partitions["second"],
+        f"{sb.sievedir}/alice-demo.script",
+    ]:
         assert p in paths, p
     assert any(p.startswith(sb.partitions["second"] + "/uuid/") and p.endswith("/1.") for p in paths)
     # the regenerable and the runtime stay out
@@ -67,8 +84,9 @@ def test_backup_wipe_restore_is_imap_identical(populated, base_dir, lose_dbs):
     # excluded mailboxes (uuid and legacy layout): folder kept, messages not
     for name, d in junk_dirs(sb, manifest).items():
         assert f"{d}/cyrus.header" in paths, name
-        assert not any(p.startswith(d + "/") and p.rsplit("/", 1)[1][:-1].isdigit() and p.endswith(".")
-                       for p in paths), name
+        assert not any(
+            p.startswith(d + "/") and p.rsplit("/", 1)[1][:-1].isdigit() and p.endswith(".") for p in paths
+        ), name
     assert f"{sb.partitions['default']}/d/user/dave/1." in paths  # dave's INBOX (legacy) is there
     assert sorted(manifest["excluded_mailboxes"]) == ["user.alice.Junk", "user.dave.Junk"]
     assert manifest["counts"]["mailboxes"] == 14
@@ -116,9 +134,14 @@ def test_restore_full_after_extract_to_root_fixes_borg_made_parents(base_dir):
     its recorded owner and mode back, and the server is IMAP-identical."""
     from borg_cyrus.tools.demo import populate
     from borg_cyrus.cyrus.sandbox import Sandbox
+
     spool, lib = os.path.join(base_dir, "spool"), os.path.join(base_dir, "lib")
-    layout = {"configdirectory": f"{lib}/cyrus", "partition-default": f"{spool}/mail",
-              "partition-second": f"{spool}/news", "sievedir": f"{spool}/sieve"}
+    layout = {
+        "configdirectory": f"{lib}/cyrus",
+        "partition-default": f"{spool}/mail",
+        "partition-second": f"{spool}/news",
+        "sievedir": f"{spool}/sieve",
+    }
     sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second"), layout=layout)
     sb.create()
     for d in (spool, lib):
@@ -134,12 +157,17 @@ def test_restore_full_after_extract_to_root_fixes_borg_made_parents(base_dir):
         before = snapshot(sb)
         borgmatic(cfg, "create", bc_config=bc)
         manifest = load_manifest(os.path.join(base_dir, "work"))
-        assert manifest["parents"][spool] == {"mode": 0o755, "uid": sb.uid, "gid": sb.gid, "user": "cyrus",
-                                              "group": "mail"}
+        assert manifest["parents"][spool] == {
+            "mode": 0o755,
+            "uid": sb.uid,
+            "gid": sb.gid,
+            "user": "cyrus",
+            "group": "mail",
+        }
         assert spool not in archive_paths(repo)
         wipe(sb)
         subprocess.run(["rm", "-rf", spool, lib, os.path.join(base_dir, "work", "dump")], check=True)
-        extract(repo)                                     # cd / && borg extract REPO::ARCHIVE
+        extract(repo)  # cd / && borg extract REPO::ARCHIVE
         st = os.stat(spool)
         assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700), "borg extract no longer makes root 0700 parents"
         r = cli("restore", "full", config=bc, check=0)

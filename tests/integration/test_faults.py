@@ -24,13 +24,18 @@ from support.fsimages import is_frozen
 from support.helpers import borgmatic, borgmatic_config, init_repo, latest_archive
 from support.setups import Setup
 
-pytestmark = [pytest.mark.slow, pytest.mark.needs_root,
-              pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.needs_root,
+    pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test"),
+]
 
 DEADLINE = 5
 RESULTS = {}
-CELLS = [(p, sig) for p in faults.POINTS for sig in ("SIGKILL", "SIGTERM")] + \
-        [("borg create fails (repository locked)", ""), ("borgmatic killed during borg create", "SIGKILL")]
+CELLS = [(p, sig) for p in faults.POINTS for sig in ("SIGKILL", "SIGTERM")] + [
+    ("borg create fails (repository locked)", ""),
+    ("borgmatic killed during borg create", "SIGKILL"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +94,19 @@ def test_fault(world, point, sig):
         holder.wait()
         assert r.returncode != 0
     elif point.startswith("borgmatic killed"):
-        p = subprocess.Popen(["borgmatic", "-c", s.cfg, "create"], env=e, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            ["borgmatic", "-c", s.cfg, "create"],
+            env=e,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # borg runs once the snapshot is mounted; kill the whole borgmatic session then
         deadline = time.time() + 60
-        while time.time() < deadline and subprocess.run(["pgrep", "-f", f"borg create.*{s.repo}"],
-                                                        capture_output=True).returncode:
+        while (
+            time.time() < deadline
+            and subprocess.run(["pgrep", "-f", f"borg create.*{s.repo}"], capture_output=True).returncode
+        ):
             time.sleep(0.02)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
@@ -119,8 +131,9 @@ def test_fault(world, point, sig):
         restored = counts(b)
     finally:
         b.destroy()
-    lost = sum(max(0, n - restored.get(k, 0)) for k, n in live.items()
-               if not k[1].endswith("Junk"))   # Junk's messages are excluded on purpose
+    lost = sum(
+        max(0, n - restored.get(k, 0)) for k, n in live.items() if not k[1].endswith("Junk")
+    )  # Junk's messages are excluded on purpose
     clean = ok_running and ok_next and not left and ok_state
     RESULTS[(point, sig)] = f"{'clean' if clean else 'NOT CLEAN'}, {lost} lost"
     assert ok_running, "Cyrus not running/writable or a filesystem still frozen after the deadline"
@@ -139,6 +152,6 @@ def write_doc():
     with open(doc) as f:
         text = f.read()
     start, end = text.index("<!-- matrix -->"), text.index("<!-- /matrix -->")
-    table = ("<!-- matrix -->\n| fault | SIGKILL | SIGTERM | other |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    table = "<!-- matrix -->\n| fault | SIGKILL | SIGTERM | other |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     with open(doc, "w") as f:
         f.write(text[:start] + table + text[end:])

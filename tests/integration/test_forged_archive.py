@@ -26,6 +26,7 @@ def world(tmp_path_factory):
     import shutil
     from borg_cyrus.tools.demo import populate
     from borg_cyrus.cyrus.sandbox import Sandbox
+
     base = "/tmp/bct/forged"
     if os.path.exists(base):
         for sub in os.listdir(base):
@@ -48,8 +49,9 @@ def forge(b, name, change, extra_files=()):
     root = os.path.join(b["base"], f"forge-{name}")
     subprocess.run(["rm", "-rf", root], check=True)
     os.makedirs(root)
-    subprocess.run(["borg", "extract", f"{b['repo']}::{b['archive']}"], cwd=root, env=env(), check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["borg", "extract", f"{b['repo']}::{b['archive']}"], cwd=root, env=env(), check=True, capture_output=True
+    )
     dump = b["work"] + "/dump"
     mpath, jpath = root + dump + "/manifest.json", root + dump + "/mailboxes.json"
     manifest = json.load(open(mpath))
@@ -67,8 +69,13 @@ def forge(b, name, change, extra_files=()):
             with open(root + path, "wb") as f:
                 f.write(data)
             os.chmod(root + path, mode)
-    subprocess.run(["borg", "create", f"{b['repo']}::{name}", *sorted(os.listdir(root))], cwd=root, env=env(),
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["borg", "create", f"{b['repo']}::{name}", *sorted(os.listdir(root))],
+        cwd=root,
+        env=env(),
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["rm", "-rf", root], check=True)
     return name
 
@@ -84,6 +91,7 @@ def set_entry(name, **fields):
                 lines[i] = f"{key}: {json.dumps(entry)}" + ("," if comma else "")
                 return
         raise AssertionError(f"{name} not in the dump")
+
     return change
 
 
@@ -102,8 +110,12 @@ def test_forged_uniqueid_refused(world, uniqueid):
     b, sb = world, world["sb"]
     outside = os.path.join(b["base"], "outside")
     planted = uniqueid if uniqueid.startswith("/") else os.path.join(outside, "planted")
-    name = forge(b, f"uid-{abs(hash(uniqueid))}", set_entry("user.bob.Archive 2019", uniqueid=uniqueid),
-                 [(planted + "/cyrus.header", b"x\n", 0o644)])
+    name = forge(
+        b,
+        f"uid-{abs(hash(uniqueid))}",
+        set_entry("user.bob.Archive 2019", uniqueid=uniqueid),
+        [(planted + "/cyrus.header", b"x\n", 0o644)],
+    )
     before = server_state(sb)
     delete_user(sb, "bob")
     try:
@@ -119,17 +131,37 @@ def test_forged_uniqueid_refused(world, uniqueid):
 
 def test_forged_partition_and_name_refused(world):
     b, sb = world, world["sb"]
-    r = restore(b, "user", "bob", "--archive",
-                forge(b, "part", set_entry("user.bob", partition="../../etc")), check=None)
+    r = restore(
+        b, "user", "bob", "--archive", forge(b, "part", set_entry("user.bob", partition="../../etc")), check=None
+    )
     assert "partition '../../etc'" in one_error(r)
     # a partition the archived layout does not define
-    r = restore(b, "mailbox", "user/bob/Archive 2019", "--into", "user/bob/Again", "--archive",
-                forge(b, "part2", set_entry("user.bob.Archive 2019", partition="nosuch")), check=None)
+    r = restore(
+        b,
+        "mailbox",
+        "user/bob/Archive 2019",
+        "--into",
+        "user/bob/Again",
+        "--archive",
+        forge(b, "part2", set_entry("user.bob.Archive 2019", partition="nosuch")),
+        check=None,
+    )
     assert "partition 'nosuch'" in one_error(r)
     assert "user.bob.Again" not in _boxes_by_name(sb)
-    r = restore(b, "user", "eve", "--archive", forge(b, "dotdot", lambda m, lines: lines.insert(
-        1, '"user.eve.^^": {"uniqueid": "q0gmaaaaaaaaaaaaaaaaaaaa", "partition": "default", "mbtype": "el"},')),
-        check=None)
+    r = restore(
+        b,
+        "user",
+        "eve",
+        "--archive",
+        forge(
+            b,
+            "dotdot",
+            lambda m, lines: lines.insert(
+                1, '"user.eve.^^": {"uniqueid": "q0gmaaaaaaaaaaaaaaaaaaaa", "partition": "default", "mbtype": "el"},'
+            ),
+        ),
+        check=None,
+    )
     assert "name component '..'" in one_error(r)
 
 
@@ -138,6 +170,7 @@ def test_forged_manifest_layout_refused(world):
 
     def change(manifest, lines):
         manifest["layout"]["partitions"]["default"] = "/var/../../etc"
+
     r = restore(b, "list", "--archive", forge(b, "layout", change), check=None)
     assert "partition-default '/var/../../etc' is not a plain absolute path" in one_error(r)
 
@@ -147,6 +180,7 @@ def test_forged_cyrus_version_refused_unless_force(world):
 
     def manifest_only(manifest, lines):
         manifest["cyrus_version"] = "cyrus-imapd 3.10.2-Debian"
+
     args = ("mailbox", "user/bob/Archive 2019", "--into", "user/bob/V", "--archive")
     r = restore(b, *args, forge(b, "version", manifest_only), check=None)
     line = one_error(r)
@@ -155,6 +189,7 @@ def test_forged_cyrus_version_refused_unless_force(world):
 
     def both(manifest, lines):
         manifest["cyrus_version"] = "cyrus-imapd 3.10.2-Debian"
+
     name = forge(b, "version2", both, [(b["work"] + "/dump/cyrus-version.txt", b"cyrus-imapd 3.10.2-Debian\n", 0o600)])
     r = restore(b, *args, name, check=None)
     line = one_error(r)
@@ -174,14 +209,25 @@ def test_files_that_are_not_plain_data_never_reach_the_spool(world):
     lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
     box = _boxes_by_name(sb)["user.bob.Archive 2019"]
     d = storage.data_dir(lay, box)
-    name = forge(b, "specials", lambda m, lines: None, [
-        (d + "/cyrus.evil-link", ("/etc/shadow",), 0), (d + "/fifo", None, 0), (d + "/evil.sh", b"#!/bin/sh\nid\n", 0o4755),
-    ])
+    name = forge(
+        b,
+        "specials",
+        lambda m, lines: None,
+        [
+            (d + "/cyrus.evil-link", ("/etc/shadow",), 0),
+            (d + "/fifo", None, 0),
+            (d + "/evil.sh", b"#!/bin/sh\nid\n", 0o4755),
+        ],
+    )
     before = snapshot(sb)
     delete_user(sb, "bob")
     r = restore(b, "user", "bob", "--archive", name, check=0)
-    assert stat.S_IMODE(os.stat(os.path.join(storage.data_dir(lay, _boxes_by_name(sb)["user.bob.Archive 2019"]),
-                                              "evil.sh")).st_mode) == 0o644
+    assert (
+        stat.S_IMODE(
+            os.stat(os.path.join(storage.data_dir(lay, _boxes_by_name(sb)["user.bob.Archive 2019"]), "evil.sh")).st_mode
+        )
+        == 0o644
+    )
     assert "left out 2 entries that are not regular files or directories" in r.stderr, r.stderr
     assert "cyrus.evil-link (a symlink)" in r.stderr and "fifo (a FIFO)" in r.stderr
     new = storage.data_dir(lay, _boxes_by_name(sb)["user.bob.Archive 2019"])

@@ -1,7 +1,6 @@
 """Refused before anything changes, end to end as root: a partition at /, a
 work directory inside Cyrus's data or world-writable, a run as non-root."""
 
-
 import os
 import stat
 import subprocess
@@ -20,6 +19,7 @@ def one_error(r):
 
 
 # -- the CLI end to end (needs root: it runs borg-cyrus as root and as nobody) ----------
+
 
 @pytest.mark.needs_root
 def test_partition_root_refused_and_nothing_changed(sandbox, base_dir):
@@ -70,18 +70,23 @@ def python_for_nobody():
     checkout and its venv may sit below root's 0700 home)."""
     import shutil
     import site
+
     base = "/tmp/bct-nobody-py"
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
     os.chmod(base, 0o755)
     lib = os.path.join(base, "lib")
     os.makedirs(lib)
-    shutil.copytree(os.path.dirname(os.path.abspath(config.__file__)), os.path.join(lib, "borg_cyrus"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        os.path.dirname(os.path.abspath(config.__file__)),
+        os.path.join(lib, "borg_cyrus"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     for sp in filter(os.path.isdir, site.getsitepackages()):
         for name in os.listdir(sp):
-            if name.lower().startswith(("yaml", "_yaml", "jsonschema", "referencing", "rpds", "attr", "pluggy",
-                                        "typing_extensions")):
+            if name.lower().startswith(
+                ("yaml", "_yaml", "jsonschema", "referencing", "rpds", "attr", "pluggy", "typing_extensions")
+            ):
                 src = os.path.join(sp, name)
                 (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(lib, name))
     for dirpath, dirnames, filenames in os.walk(base):
@@ -99,11 +104,25 @@ def test_non_root_is_told_to_run_as_root(python_for_nobody, verb):
     cfg = os.path.join(os.path.dirname(python_for_nobody), "c.yaml")
     open(cfg, "w").close()
     os.chmod(cfg, 0o644)
-    r = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
-                        "/usr/bin/python3", "-m", "borg_cyrus", "-c", cfg, *verb],
-                       capture_output=True, text=True, cwd="/",
-                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": python_for_nobody, "LANG": "C.UTF-8"})
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-m",
+            "borg_cyrus",
+            "-c",
+            cfg,
+            *verb,
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": python_for_nobody, "LANG": "C.UTF-8"},
+    )
     line = one_error(r)
     assert r.returncode == 2 and "must run as root" in line, r.stderr
-
-

@@ -16,8 +16,20 @@ from support.helpers import extract, wipe
 
 # -- odd mailbox names end to end --------------------------------------------------
 
-ODD = ["Ünïcödé ✓ 日本", "with  two spaces", "dot.in.name", "car^et", "-rf", "$(touch PWNED)", "; rm -rf ~",
-       "`id`", "quote\"d", "back\\slash", "a*b?c[d]", "Junk"]
+ODD = [
+    "Ünïcödé ✓ 日本",
+    "with  two spaces",
+    "dot.in.name",
+    "car^et",
+    "-rf",
+    "$(touch PWNED)",
+    "; rm -rf ~",
+    "`id`",
+    "quote\"d",
+    "back\\slash",
+    "a*b?c[d]",
+    "Junk",
+]
 
 
 @pytest.mark.needs_root
@@ -37,7 +49,7 @@ def test_odd_mailbox_names_backup_and_restore(sandbox, base_dir):
         assert f"user/alice/{must}" in made, made
     al = sb.imap("alice")
     for full in made:
-        al.append(quote("INBOX" + full[len("user/alice"):]), None, None, f"Subject: {full}\r\n\r\nbody\r\n".encode())
+        al.append(quote("INBOX" + full[len("user/alice") :]), None, None, f"Subject: {full}\r\n\r\nbody\r\n".encode())
     al.logout()
     excluded = ["user/alice/-rf", "user/alice/$(touch PWNED)", "user/alice/a*b?c[d]"]
     cfg = sandbox_config(sb, base_dir, exclude={"mailboxes": excluded})
@@ -45,14 +57,20 @@ def test_odd_mailbox_names_backup_and_restore(sandbox, base_dir):
     cli("before", config=cfg, check=0)
     repo = os.path.join(base_dir, "repo")
     from support.common import env as test_env
+
     env = test_env()
     subprocess.run(["borg", "init", "-e", "none", repo], check=True, env=env, capture_output=True)
-    subprocess.run(["borg", "create", "--patterns-from", os.path.join(base_dir, "work", "patterns"),
-                    f"{repo}::a"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        ["borg", "create", "--patterns-from", os.path.join(base_dir, "work", "patterns"), f"{repo}::a"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     cli("after", config=cfg, check=0)
     manifest = json.load(open(os.path.join(base_dir, "work", "dump", "manifest.json")))
     assert sorted(mboxlist.external_name(n) for n in manifest["excluded_mailboxes"]) == sorted(
-        e for e in excluded if e in made)
+        e for e in excluded if e in made
+    )
     wipe(sb)
     subprocess.run(["rm", "-rf", os.path.join(base_dir, "work", "dump")], check=True)
     extract(repo, "a")
@@ -69,18 +87,24 @@ def test_odd_mailbox_names_backup_and_restore(sandbox, base_dir):
 
 # -- hostile config values -------------------------------------------------------------
 
-@pytest.mark.parametrize("key,value", [
-    ("imapd_conf", "/etc/imapd.conf; touch /tmp/PWNED"),
-    ("work_directory", "/var/lib/../../tmp/evil"),
-    ("work_directory", "relative/dir"),
-    ("extra_paths", ["/etc/ssl\nR /"]),
-    ("exclude", {"paths": ["/var/spool/../../etc"]}),
-    ("snapshot", {"prefix": "x; rm -rf /"}),
-    ("snapshot", {"mount_directory": "/mnt/../etc"}),
-])
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("imapd_conf", "/etc/imapd.conf; touch /tmp/PWNED"),
+        ("work_directory", "/var/lib/../../tmp/evil"),
+        ("work_directory", "relative/dir"),
+        ("extra_paths", ["/etc/ssl\nR /"]),
+        ("exclude", {"paths": ["/var/spool/../../etc"]}),
+        ("snapshot", {"prefix": "x; rm -rf /"}),
+        ("snapshot", {"mount_directory": "/mnt/../etc"}),
+    ],
+)
 def test_hostile_config_values_refused(base_dir, key, value):
-    cfg = write_config(os.path.join(base_dir, "c.yaml"), {key: value, "work_directory": "/tmp/bct/never"}
-                       if key != "work_directory" else {key: value})
+    cfg = write_config(
+        os.path.join(base_dir, "c.yaml"),
+        {key: value, "work_directory": "/tmp/bct/never"} if key != "work_directory" else {key: value},
+    )
     r = cli("before", config=cfg)
     assert r.returncode == 2 and "borg-cyrus: error:" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not os.path.exists("/tmp/PWNED") and not os.path.exists("/tmp/bct/never")
@@ -88,7 +112,7 @@ def test_hostile_config_values_refused(base_dir, key, value):
 
 def test_group_writable_config_refused(base_dir):
     cfg = write_config(os.path.join(base_dir, "c.yaml"), {})
-    os.chown(cfg, 0, 8)   # group "mail"
+    os.chown(cfg, 0, 8)  # group "mail"
     os.chmod(cfg, 0o660)
     r = cli("config", "validate", config=cfg)
     assert r.returncode == 2 and "writable by group" in r.stderr
@@ -96,12 +120,18 @@ def test_group_writable_config_refused(base_dir):
 
 # -- secrets and permissions --------------------------------------------------------------
 
+
 @pytest.mark.needs_root
 def test_no_secret_in_logs_state_or_dumps(populated, base_dir):
     secret = "s3cr3t-Passphrase-XYZ"
     cfg = sandbox_config(populated, base_dir, mode="stop-master")
-    r1 = cli("-vv", "before", config=cfg, check=0, extra_env={"BORG_PASSPHRASE": secret,
-                                                             "BORG_REPO": f"ssh://u:{secret}@h/r"})
+    r1 = cli(
+        "-vv",
+        "before",
+        config=cfg,
+        check=0,
+        extra_env={"BORG_PASSPHRASE": secret, "BORG_REPO": f"ssh://u:{secret}@h/r"},
+    )
     state = open(os.path.join(base_dir, "work", "state.json")).read()
     r2 = cli("-vv", "after", config=cfg, check=0, extra_env={"BORG_PASSPHRASE": secret})
     blob = r1.stdout + r1.stderr + r2.stdout + r2.stderr + state
@@ -181,8 +211,10 @@ def test_cyrus_tool_hang_times_out(populated, base_dir):
             break
         time.sleep(0.05)
     else:
-        pytest.fail(f"process group {pgid} of the hung tool survived: "
-                    + subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(pgid)], capture_output=True, text=True).stdout)
+        pytest.fail(
+            f"process group {pgid} of the hung tool survived: "
+            + subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(pgid)], capture_output=True, text=True).stdout
+        )
 
 
 @pytest.mark.needs_root
@@ -190,6 +222,7 @@ def test_dump_directory_full(populated, base_dir):
     """ENOSPC while dumping: one clear line, the previous dump stays valid,
     nothing half-written is kept."""
     from support.fsimages import LoopFs
+
     fs = LoopFs(f"full-{os.getpid()}", "ext4", size="16M").make(os.path.join(base_dir, "small"))
     try:
         work = os.path.join(base_dir, "small", "work")
@@ -215,6 +248,7 @@ def test_ten_thousand_mailboxes(sandbox, base_dir):
     """10k mailboxes through `before`: every one dumped, counted and in the
     manifest; an exclude glob resolved over all of them."""
     import socket
+
     n = 10_000
     with socket.create_connection(("127.0.0.1", sandbox.port)) as sock:
         f = sock.makefile("rwb")

@@ -18,8 +18,11 @@ from borg_cyrus.tools.demo import populate
 from support.common import cli
 from support.setups import Setup
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.slow,
-              pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test")]
+pytestmark = [
+    pytest.mark.needs_root,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("VMH_GUEST") == "1", reason="host test"),
+]
 
 RACER = textwrap.dedent("""
     import os, sys
@@ -75,8 +78,19 @@ def test_planted_symlinks_in_the_point_in_time_dir(base_dir):
         open(log, "w").close()
         os.chmod(log, 0o666)
         os.chmod(racer_py, 0o644)
-        racer = subprocess.Popen(["setpriv", f"--reuid={sb.uid}", f"--regid={sb.gid}", "--clear-groups",
-                                  sys.executable, racer_py, secret, stop, log])
+        racer = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={sb.uid}",
+                f"--regid={sb.gid}",
+                "--clear-groups",
+                sys.executable,
+                racer_py,
+                secret,
+                stop,
+                log,
+            ]
+        )
         try:
             time.sleep(0.5)
             for _ in range(5):
@@ -109,10 +123,12 @@ def test_point_in_time_dir_layout(base_dir):
         populate(sb)
         bc = s.config()
         mark = os.path.join(base_dir, "paused")
-        p = subprocess.Popen([sys.executable, "-m", "borg_cyrus", "-c", bc, "before"],
-                             env=dict(os.environ, BORG_CYRUS_FAULT="patterns-written:PAUSE",
-                                      BORG_CYRUS_FAULT_MARK=mark),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "borg_cyrus", "-c", bc, "before"],
+            env=dict(os.environ, BORG_CYRUS_FAULT="patterns-written:PAUSE", BORG_CYRUS_FAULT_MARK=mark),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 60
             while not os.path.exists(mark) and time.monotonic() < deadline:
@@ -124,7 +140,7 @@ def test_point_in_time_dir_layout(base_dir):
             conf = os.lstat(os.path.join(pits[0], "imapd.conf"))
             assert (conf.st_uid, stat.S_IMODE(conf.st_mode)) == (0, 0o644)
             assert sorted(os.listdir(pits[0])) == ["cyrus", "imapd.conf"]
-            for dirpath, dirnames, filenames in os.walk(os.path.join(pits[0], "cyrus")):
+            for dirpath, _dirnames, filenames in os.walk(os.path.join(pits[0], "cyrus")):
                 for n in [dirpath] + [os.path.join(dirpath, x) for x in filenames]:
                     e = os.lstat(n)
                     assert (e.st_uid, e.st_gid) == (sb.uid, sb.gid) and not stat.S_ISLNK(e.st_mode), n

@@ -41,8 +41,13 @@ def third_party(tmp_path):
 
 def test_builtin_plugins_listed():
     out = cli("plugins", check=0).stdout
-    for name, hook in [("core", "locations"), ("dumps", "dump"), ("excludes", "excludes"),
-                       ("live", "modes"), ("stop_master", "modes")]:
+    for name, hook in [
+        ("core", "locations"),
+        ("dumps", "dump"),
+        ("excludes", "excludes"),
+        ("live", "modes"),
+        ("stop_master", "modes"),
+    ]:
         block = out.split(name, 1)[1].split("\n")[1]
         assert hook in block, (name, out)
     assert "modes: live" in out and "modes: stop-master" in out

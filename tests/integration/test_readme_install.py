@@ -23,8 +23,9 @@ PASS_ENV = {"BORG_PASSCOMMAND": "cat /etc/borgmatic/passphrase"}
 
 def install_block(readme):
     """The shell code between the install-block markers, exactly as shown."""
-    m = re.search(r"<!-- install-block:start -->\n```sh\n(.*?)```\n<!-- install-block:end -->",
-                  open(readme).read(), re.S)
+    m = re.search(
+        r"<!-- install-block:start -->\n```sh\n(.*?)```\n<!-- install-block:end -->", open(readme).read(), re.S
+    )
     assert m, f"no install block in {readme}"
     return m.group(1)
 
@@ -61,7 +62,7 @@ def install_cyrus(root):
         f.write("autocreate_post: yes\n")
     root.run(["/etc/init.d/cyrus-imapd", "start"], prefix=["unshare", "--net"])
     msg = "From: bob@example.org\r\nTo: alice@example.org\r\nSubject: hello\r\n\r\nkept by borg\r\n"
-    for attempt in range(50):
+    for _attempt in range(50):
         r = root.run(["/usr/lib/cyrus/bin/deliver", "alice"], input=msg, check=False)
         if r.returncode == 0:
             break
@@ -95,8 +96,13 @@ def test_readme_install_block_on_fresh_debian():
         name = archives[0]["name"]
         r = root.run(["borg", "list", "--format", "{path}{NL}", f"{REPO}::{name}"], env=PASS_ENV)
         paths = set(r.stdout.splitlines())
-        for p in ("var/lib/cyrus/mailboxes.db", "var/lib/borg-cyrus/dump/mailboxes.json",
-                  "var/lib/borg-cyrus/dump/manifest.json", "etc/imapd.conf", "etc/borgmatic/config.yaml"):
+        for p in (
+            "var/lib/cyrus/mailboxes.db",
+            "var/lib/borg-cyrus/dump/mailboxes.json",
+            "var/lib/borg-cyrus/dump/manifest.json",
+            "etc/imapd.conf",
+            "etc/borgmatic/config.yaml",
+        ):
             assert p in paths, p
         assert any(re.match(r"var/spool/cyrus/mail/uuid/.+/1\.$", p) for p in paths), "alice's message"
         # as the README says: neither is in the archive
@@ -110,11 +116,15 @@ def test_readme_install_block_on_fresh_debian():
         # environment, an existing --destination
         r = root.run(["borgmatic", "config", "bootstrap", "--repository", REPO], check=False)
         assert r.returncode != 0 and "passphrase" in r.stdout.lower(), r.stdout
-        r = root.run(["borgmatic", "config", "bootstrap", "--repository", REPO,
-                      "--destination", "/tmp/bootstrap"], env=PASS_ENV, check=False)
+        r = root.run(
+            ["borgmatic", "config", "bootstrap", "--repository", REPO, "--destination", "/tmp/bootstrap"],
+            env=PASS_ENV,
+            check=False,
+        )
         assert r.returncode != 0 and "No such file or directory" in r.stdout, r.stdout
         root.run(["mkdir", "/tmp/bootstrap"])
-        root.run(["borgmatic", "config", "bootstrap", "--repository", REPO,
-                  "--destination", "/tmp/bootstrap"], env=PASS_ENV)
+        root.run(
+            ["borgmatic", "config", "bootstrap", "--repository", REPO, "--destination", "/tmp/bootstrap"], env=PASS_ENV
+        )
         got = open(root.path("/tmp/bootstrap/etc/borgmatic/config.yaml")).read()
         assert got == open(root.path("/etc/borgmatic/config.yaml")).read()

@@ -45,10 +45,11 @@ def test_folder_into_new_folder_same_bytes_same_order(populated, base_dir):
     alice = after["alice"]["mailboxes"]
     inbox, restored = src["INBOX"], alice["INBOX/Restored INBOX"]
     assert _ordered(restored) == _ordered(inbox)
-    assert len(restored["messages"]) == 6     # including the 230 KiB attachment
+    assert len(restored["messages"]) == 6  # including the 230 KiB attachment
     # UIDs and flags/keywords come along with the archived index
-    assert {u: m["flags"] for u, m in restored["messages"].items()} == \
-        {u: m["flags"] for u, m in inbox["messages"].items()}
+    assert {u: m["flags"] for u, m in restored["messages"].items()} == {
+        u: m["flags"] for u, m in inbox["messages"].items()
+    }
     assert _ordered(alice["INBOX/Entwürfe (restored)"]) == _ordered(src["INBOX/Entwürfe"])
     # the originals are untouched, the source of the first restore still emptied
     assert alice["INBOX"] == inbox
@@ -69,8 +70,10 @@ def test_deleted_folder_comes_back_in_place_with_metadata(populated, base_dir):
     restore(b, "mailbox", "user/bob/Archive 2019")
     after = snapshot(sb)
     assert imapview.diff(before, after) == []
-    assert after["alice"]["mailboxes"]["INBOX/Sent"]["metadata"] == {"/private/comment": "my sent mail",
-                                                                     "/private/specialuse": "\\Sent"}
+    assert after["alice"]["mailboxes"]["INBOX/Sent"]["metadata"] == {
+        "/private/comment": "my sent mail",
+        "/private/specialuse": "\\Sent",
+    }
     assert after["bob"]["mailboxes"]["INBOX/Archive 2019"]["metadata"]["/shared/comment"] == 'old mail: "do not delete"'
 
 
@@ -91,9 +94,9 @@ def test_existing_mailbox_is_refused_then_merged_with_force(populated, base_dir)
     now = snapshot(sb)["alice"]["mailboxes"]["INBOX"]["messages"]
     have = {m["sha256"] for m in now.values()}
     assert {m["sha256"] for m in before["messages"].values()} <= have
-    assert len(now) == 7                                          # 6 archived + 1 newer, no duplicates
+    assert len(now) == 7  # 6 archived + 1 newer, no duplicates
     kept = {u: m for u, m in now.items() if int(u) <= 7}
-    assert sorted(map(int, kept)) == [1, 3, 4, 5, 7]              # untouched messages keep their UIDs
+    assert sorted(map(int, kept)) == [1, 3, 4, 5, 7]  # untouched messages keep their UIDs
     assert all(int(u) > 1000 for u in now if int(u) not in (1, 3, 4, 5, 7))
     # a second --force run finds nothing missing
     r = restore(b, "mailbox", "user/alice", "--force")
@@ -109,6 +112,7 @@ def test_mailbox_named_like_an_option(populated, base_dir):
     """A shared folder called `-rf` is restored as a mailbox name, never
     passed to reconstruct or quota as options."""
     from support.common import cli
+
     sb = populated
     a = sb.imap("cyrus")
     assert a.create('"-rf"')[0] == "OK"

@@ -24,8 +24,7 @@ def _mbpath(sb, *args):
 
 
 def _boxes(sb):
-    return [mb for mb in mboxlist.iter_dump(sb.tool("ctl_mboxlist", "-d").stdout.decode().splitlines())
-            if mb.has_spool]
+    return [mb for mb in mboxlist.iter_dump(sb.tool("ctl_mboxlist", "-d").stdout.decode().splitlines()) if mb.has_spool]
 
 
 def _check_server(sb, users):
@@ -63,8 +62,15 @@ def test_paths_match_mbpath_on_the_demo_server(populated):
 
 
 def test_paths_match_mbpath_with_fulldirhash_and_virtual_domains(base_dir):
-    sb = Sandbox(os.path.join(base_dir, "vd"), partitions=("default", "second"),
-                 extra_conf={"virtdomains": "userid", "fulldirhash": "yes"}).create().start()
+    sb = (
+        Sandbox(
+            os.path.join(base_dir, "vd"),
+            partitions=("default", "second"),
+            extra_conf={"virtdomains": "userid", "fulldirhash": "yes"},
+        )
+        .create()
+        .start()
+    )
     try:
         a = sb.imap("cyrus")
         for name in ("user/carol@example.org", "user/carol/Old@example.org", "user/Zoë@example.org", "shared.x"):
@@ -132,6 +138,7 @@ def test_names_unicode_and_modified_utf7():
 def test_manifest_layout_gives_the_same_paths(populated, base_dir):
     """An archived layout (manifest.json) and the live one compute the same paths."""
     from support.common import cli, sandbox_config
+
     cfg = sandbox_config(populated, base_dir)
     cli("before", config=cfg, check=0)
     cli("after", config=cfg, check=0)

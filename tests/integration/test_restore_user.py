@@ -75,7 +75,9 @@ def test_deleted_user_comes_back_while_mail_flows_to_others(populated, base_dir)
 
     m = re.search(r"restore user alice: done in ([0-9.]+) s", r.stdout)
     assert m, r.stdout
-    print(f"\nsingle-user restore of alice: {m.group(1)} s (inside borg-cyrus), {len(d.sent)} deliveries to bob meanwhile")
+    print(
+        f"\nsingle-user restore of alice: {m.group(1)} s (inside borg-cyrus), {len(d.sent)} deliveries to bob meanwhile"
+    )
 
 
 def test_legacy_layout_user_and_user_on_two_partitions(populated, base_dir):
@@ -109,7 +111,7 @@ def test_legacy_layout_user_and_user_on_two_partitions(populated, base_dir):
     assert os.path.isfile(os.path.join(sb.partitions["second"], "uuid", u[0], u[1], u, "4."))
     # restored files belong to cyrus:mail, including the parents borg would create as root
     for root in sb.partitions.values():
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, _dirnames, filenames in os.walk(root):
             for n in [dirpath] + [os.path.join(dirpath, x) for x in filenames]:
                 st = os.lstat(n)
                 assert (st.st_uid, st.st_gid) == (sb.uid, sb.gid), n
@@ -137,6 +139,7 @@ def test_restore_list_shows_users_mailboxes_counts_sizes(populated, base_dir):
     # an explicit archive; a borgmatic config with two repositories needs --repository
     from support.helpers import latest_archive, read_yaml
     from support.common import write_config
+
     name = latest_archive(b["repo"])
     assert f"archive {name} in" in restore(b, "list", "--archive", name).stdout
     two = read_yaml(b["bm"])
@@ -146,13 +149,24 @@ def test_restore_list_shows_users_mailboxes_counts_sizes(populated, base_dir):
     assert "several repositories" in r.stderr and "--repository" in r.stderr
     r = cli("restore", "list", "--borgmatic-config", bm2, "--repository", "main", config=b["bc"], check=0)
     assert "user/alice/Entwürfe" in r.stdout
-    r = cli("restore", "list", "--borgmatic-config", bm2, "--archive", "no-such-archive", "--repository", "main",
-            config=b["bc"], check=1)
+    r = cli(
+        "restore",
+        "list",
+        "--borgmatic-config",
+        bm2,
+        "--archive",
+        "no-such-archive",
+        "--repository",
+        "main",
+        config=b["bc"],
+        check=1,
+    )
     assert "no-such-archive" in r.stderr
     # only the dump is extracted, never the spool
     r = cli("-v", "restore", "list", "--borgmatic-config", b["bm"], config=b["bc"], check=0)
-    extracts = [ln for ln in r.stderr.splitlines() if "running borg extract" in ln or "running" in ln and
-                " extract " in ln]
+    extracts = [
+        ln for ln in r.stderr.splitlines() if "running borg extract" in ln or "running" in ln and " extract " in ln
+    ]
     assert extracts and all(ln.rstrip().endswith("/dump") or "/dump " in ln for ln in extracts), extracts
     assert not os.listdir(os.path.join(b["work"], "staging"))
 
@@ -174,14 +188,31 @@ def test_dry_run_changes_nothing(populated, base_dir):
     assert "would run: reconstruct -P" in out and "would run: reconstruct -r -u -- alice" in out
     assert "would run: quota -f -- user/alice" in out
     assert re.search(r"^  /.*/spool-default/uuid/./././?\w+$", out, re.M) or "/spool-default/uuid/" in out
-    r = cli("-n", "restore", "mailbox", "user/bob/Archive 2019", "--borgmatic-config", b["bm"], config=b["bc"],
-            check=0)
+    r = cli("-n", "restore", "mailbox", "user/bob/Archive 2019", "--borgmatic-config", b["bm"], config=b["bc"], check=0)
     assert "would create user/bob/Archive 2019" in r.stdout and "/spool-second/uuid/" in r.stdout
-    r = cli("-n", "restore", "mailbox", "user/bob", "--into", "user/bob/Restored", "--borgmatic-config", b["bm"],
-            config=b["bc"], check=0)
+    r = cli(
+        "-n",
+        "restore",
+        "mailbox",
+        "user/bob",
+        "--into",
+        "user/bob/Restored",
+        "--borgmatic-config",
+        b["bm"],
+        config=b["bc"],
+        check=0,
+    )
     assert "would create user/bob/Restored from user/bob" in r.stdout
-    r = cli("-n", "verify", "--borgmatic-config", b["bm"], "--workdir", os.path.join(base_dir, "verify"),
-            config=b["bc"], check=0)
+    r = cli(
+        "-n",
+        "verify",
+        "--borgmatic-config",
+        b["bm"],
+        "--workdir",
+        os.path.join(base_dir, "verify"),
+        config=b["bc"],
+        check=0,
+    )
     assert "would extract archive" in r.stdout
     assert tree(sb.base) == tree1
     assert snapshot(sb) == snap1

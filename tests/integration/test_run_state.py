@@ -29,6 +29,7 @@ def owner():
         p = subprocess.Popen(["sleep", "300"])
         procs.append(p)
         return p
+
     yield make
     for p in procs:
         p.kill()
@@ -55,7 +56,9 @@ def test_stop_master_stops_and_restarts(setup):
     assert sb.running() and sb.pid() != pid
     assert not os.path.exists(os.path.join(work, "state.json"))
     time.sleep(0.2)
-    assert not os.path.exists(f"/proc/{watchdog}") or open(f"/proc/{watchdog}/stat").read().split(")")[1].split()[0] == "Z"
+    assert (
+        not os.path.exists(f"/proc/{watchdog}") or open(f"/proc/{watchdog}/stat").read().split(")")[1].split()[0] == "Z"
+    )
     # idempotent
     assert "nothing to tear down" in cli("after", config=cfg, check=0).stderr
     assert sb.running()
@@ -68,7 +71,7 @@ def test_crashed_run_is_cleaned_up_by_next_before(setup, owner):
     crashed = owner()
     cli("before", config=cfg, check=0, extra_env={"BORG_CYRUS_OWNER_PID": str(crashed.pid)})
     assert not sb.running()
-    crashed.kill()              # borgmatic died: `after` never ran
+    crashed.kill()  # borgmatic died: `after` never ran
     crashed.wait()
     # the dead-man switch notices and starts Cyrus again by itself
     deadline = time.time() + 10
@@ -81,7 +84,7 @@ def test_crashed_run_is_cleaned_up_by_next_before(setup, owner):
     assert "watchdog fired" in log and "started Cyrus" in log
     r = cli("before", config=cfg, check=0)
     assert "cleaning up after an earlier run that did not finish" in r.stderr
-    assert not sb.running()     # stopped again, by this run
+    assert not sb.running()  # stopped again, by this run
     cli("after", config=cfg, check=0)
     assert sb.running()
 
@@ -154,8 +157,10 @@ def test_sigterm_during_before_undoes_everything(setup):
     with open(cfg, "a") as f:
         f.write(f"cyrus_tools_directory: {tools}\n")
     import sys
+
     p = subprocess.Popen([sys.executable, "-m", "borg_cyrus", "-c", cfg, "before"], stderr=subprocess.PIPE, text=True)
     import time
+
     deadline = time.time() + 20
     while sb.running() and time.time() < deadline:
         time.sleep(0.05)

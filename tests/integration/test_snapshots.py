@@ -21,17 +21,26 @@ from borg_cyrus.cyrus.sandbox import Sandbox
 from support.common import cli, write_config
 from support.setups import Setup
 from support.fsimages import is_frozen, sh
-from support.helpers import (archive_paths, borgmatic, borgmatic_config, expected, extract, init_repo, load_manifest,
-                     snapshot)
+from support.helpers import (
+    archive_paths,
+    borgmatic,
+    borgmatic_config,
+    expected,
+    extract,
+    init_repo,
+    load_manifest,
+    snapshot,
+)
 
 pytestmark = [pytest.mark.needs_root]
 
 IN_VM = os.environ.get("VMH_GUEST") == "1"
 HOST_PROVIDERS = ["btrfs", "command-xfs", "rsync-staging"]
-VM_PROVIDERS = ["lvm-xfs", "zfs"]     # run inside the VM harness by tests/vm/test_vm_snapshots.py
-PROVIDERS = [pytest.param(p, marks=pytest.mark.skipif(IN_VM, reason="host provider")) for p in HOST_PROVIDERS] + \
-    [pytest.param(p, marks=pytest.mark.skipif(not IN_VM, reason="needs the VM (device-mapper / zfs.ko)"))
-     for p in VM_PROVIDERS]
+VM_PROVIDERS = ["lvm-xfs", "zfs"]  # run inside the VM harness by tests/vm/test_vm_snapshots.py
+PROVIDERS = [pytest.param(p, marks=pytest.mark.skipif(IN_VM, reason="host provider")) for p in HOST_PROVIDERS] + [
+    pytest.param(p, marks=pytest.mark.skipif(not IN_VM, reason="needs the VM (device-mapper / zfs.ko)"))
+    for p in VM_PROVIDERS
+]
 LIVE = pytest.param("live", marks=pytest.mark.skipif(IN_VM, reason="host only"))
 FIFO = "0sync"
 
@@ -135,7 +144,7 @@ def test_dumps_describe_the_snapshot_instant(provider, base_dir, tmp_path):
         else:
             assert "user.alice.after-snapshot" not in dumped
         c = sb.imap()
-        assert c.list('""', "user/alice/after-snapshot")[1][0]   # it does exist on the server
+        assert c.list('""', "user/alice/after-snapshot")[1][0]  # it does exist on the server
         c.logout()
     finally:
         s.destroy()
@@ -152,12 +161,14 @@ def test_message_moved_during_backup(provider, base_dir):
     try:
         sb = s.sb.create()
         os.makedirs(sb.partitions["second"], exist_ok=True)
-        os.mkfifo(os.path.join(sb.partitions["second"], FIFO))   # first entry borg meets in partition second
+        os.mkfifo(os.path.join(sb.partitions["second"], FIFO))  # first entry borg meets in partition second
         populate(sb)
         if provider == "live":
             with os.scandir(sb.partitions["second"]) as it:
                 first = min(it, key=lambda e: e.inode()).name
-            assert first == FIFO, f"borg would read {first} before the FIFO: the test cannot hold it between the folders"
+            assert first == FIFO, (
+                f"borg would read {first} before the FIFO: the test cannot hold it between the folders"
+            )
         bo = sb.imap("bob")
         bo.select(quote("INBOX/Archive 2019"))
         typ, data = bo.uid("FETCH", "1", "(BODY.PEEK[])")
@@ -175,6 +186,7 @@ def test_message_moved_during_backup(provider, base_dir):
 
         def run():
             result["r"] = borgmatic(cfg, "create", bc_config=bc, check=False)
+
         t = threading.Thread(target=run)
         t.start()
         fifo_path = os.path.join(sb.partitions["second"], FIFO)
@@ -183,7 +195,7 @@ def test_message_moved_during_backup(provider, base_dir):
         deadline = time.time() + 60
         while not os.path.exists(fifo_path) and time.time() < deadline:
             time.sleep(0.05)
-        with open(fifo_path, "wb") as f:        # returns once borg opened it: default partition is done
+        with open(fifo_path, "wb") as f:  # returns once borg opened it: default partition is done
             bo = sb.imap("bob")
             bo.select(quote("INBOX/Archive 2019"))
             assert bo.uid("MOVE", "1", "INBOX")[0] == "OK"
@@ -201,6 +213,7 @@ def test_message_moved_during_backup(provider, base_dir):
         sb.start()
         view = imapview.snapshot(sb, ["bob"])["bob"]["mailboxes"]
         import hashlib
+
         h = hashlib.sha256(moved_body).hexdigest()
         copies = sum(1 for box in view.values() for m in box.get("messages", {}).values() if m["sha256"] == h)
         if provider == "live":
@@ -245,8 +258,11 @@ def test_dead_man_switch(base_dir, quiesce, how):
         slow = dict(s.mode["command_snapshot"], create=["sleep", "60"])
         bc = s.config(command_snapshot=slow, snapshot={"quiesce": quiesce, "deadline": deadline})
         t_start = time.time()
-        p = subprocess.Popen([sys.executable, "-m", "borg_cyrus", "-c", bc, "before"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "borg_cyrus", "-c", bc, "before"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         marker = "fs-frozen" if quiesce == "fsfreeze" else "service-stopped"
         assert _wait(lambda: marker in _steps(s.work) and "snapshot" in _steps(s.work), 30), _steps(s.work)
         if quiesce == "fsfreeze":
@@ -263,7 +279,7 @@ def test_dead_man_switch(base_dir, quiesce, how):
         assert ok, "the watchdog did not undo the quiesce"
         if how == "sigkill":
             assert took < deadline, f"thaw took {took:.1f} s after the process died"
-        else:   # the hung process is alive: only the deadline (counted from the freeze) ends the window
+        else:  # the hung process is alive: only the deadline (counted from the freeze) ends the window
             assert time.time() - t_start >= deadline, f"acted {took:.1f} s after the hang, before the deadline"
         p.kill()
         p.wait()
@@ -289,8 +305,11 @@ def test_lvm_snapshot_overflow_fails_the_backup(base_dir):
         bc = s.config(lvm={"snapshot_size": "8M"})
         cli("before", config=bc, check=0)
         # heavy writes to the origin while "borg" would be reading the snapshot
-        subprocess.run(["dd", "if=/dev/urandom", f"of={s.data}/filler", "bs=1M", "count=48", "conv=fsync"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["dd", "if=/dev/urandom", f"of={s.data}/filler", "bs=1M", "count=48", "conv=fsync"],
+            check=True,
+            capture_output=True,
+        )
         r = cli("after", config=bc)
         assert r.returncode == 1
         assert "must not be trusted" in r.stderr and ("overflowed" in r.stderr or "invalid" in r.stderr), r.stderr
@@ -312,13 +331,25 @@ def test_stale_cleanup_leaves_other_configurations_alone(base_dir):
         other = os.path.join(s.mnt, "other")
         sh("btrfs", "subvolume", "create", other)
         os.chmod(other, 0o755)
-        b = Sandbox(os.path.join(base_dir, "cyrus-b"), layout={
-            "configdirectory": f"{other}/conf", "partition-default": f"{other}/spool", "sievedir": f"{other}/sieve"})
+        b = Sandbox(
+            os.path.join(base_dir, "cyrus-b"),
+            layout={
+                "configdirectory": f"{other}/conf",
+                "partition-default": f"{other}/spool",
+                "sievedir": f"{other}/sieve",
+            },
+        )
         b.create().start()
         b.imap().create("user/bob")
-        cfg_b = write_config(os.path.join(base_dir, "b.yaml"), {
-            "imapd_conf": b.imapd_conf, "work_directory": os.path.join(base_dir, "work-b"), "mode": "btrfs",
-            "service": b.borg_cyrus_service()})
+        cfg_b = write_config(
+            os.path.join(base_dir, "b.yaml"),
+            {
+                "imapd_conf": b.imapd_conf,
+                "work_directory": os.path.join(base_dir, "work-b"),
+                "mode": "btrfs",
+                "service": b.borg_cyrus_service(),
+            },
+        )
         cli("before", config=cfg_a, check=0)
         a_mount = os.path.join(s.work, "snapshots") + s.data
         assert os.path.exists(os.path.join(a_mount, "conf", "mailboxes.db"))

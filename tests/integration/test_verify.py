@@ -16,8 +16,16 @@ from support.restore_helpers import _boxes_by_name, backup
 
 
 def _verify(b, base_dir, *args, check=0):
-    return cli("verify", "--borgmatic-config", b["bm"], "--workdir", os.path.join(base_dir, "drill"), *args,
-               config=b["bc"], check=check)
+    return cli(
+        "verify",
+        "--borgmatic-config",
+        b["bm"],
+        "--workdir",
+        os.path.join(base_dir, "drill"),
+        *args,
+        config=b["bc"],
+        check=check,
+    )
 
 
 @pytest.mark.slow
@@ -73,7 +81,9 @@ def test_consistency_report_at_backup_time(populated, base_dir):
     assert "consistency" not in r.stderr
     cli("after", config=cfg, check=0)
     assert load_manifest(os.path.join(base_dir, "work"))["consistency"]["counts"] == {
-        "mailboxes_without_directory": 0, "directories_without_mailbox": 0}
+        "mailboxes_without_directory": 0,
+        "directories_without_mailbox": 0,
+    }
 
     # a mailbox whose directory vanished, and a directory nobody owns
     gone = storage.data_dir(lay, boxes["user.alice.Trash"])

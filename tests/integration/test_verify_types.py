@@ -12,13 +12,16 @@ from borg_cyrus.cyrus.layout import discover
 from support.restore_helpers import _boxes_by_name, backup
 from test_verify import _verify
 
-ALICE_VACATION = ('require ["vacation", "fileinto"];\n'
-                  '# Urlaub: Grüße aus Köln — 休暇\n'
-                  'if header :contains "subject" "Rechnung für" { fileinto "INBOX.Entwürfe"; }\n'
-                  'vacation :days 3 :subject "Abwesend — zurück am Montag" "Bin im Urlaub. Grüße, Alice";\n')
+ALICE_VACATION = (
+    'require ["vacation", "fileinto"];\n'
+    '# Urlaub: Grüße aus Köln — 休暇\n'
+    'if header :contains "subject" "Rechnung für" { fileinto "INBOX.Entwürfe"; }\n'
+    'vacation :days 3 :subject "Abwesend — zurück am Montag" "Bin im Urlaub. Grüße, Alice";\n'
+)
 ALICE_SPARE = 'keep;\n'
-BOB_FILTER = ('require "fileinto";\n'
-              'if header :contains "from" "chef@example.org" { fileinto "INBOX.Archive 2019"; }  # Ärger\n')
+BOB_FILTER = (
+    'require "fileinto";\nif header :contains "from" "chef@example.org" { fileinto "INBOX.Archive 2019"; }  # Ärger\n'
+)
 
 
 def _upload_scripts(sb):
@@ -49,13 +52,16 @@ def test_verify_checks_sieve_mailboxes_on_disk(populated, base_dir):
 
     b = backup(sb, base_dir, mode="stop-master", exclude={"mailboxes": ["user/*/Junk"]})
     assert {n: b["manifest"]["mailboxes"][n]["messages"] for n in sieve} == {
-        "user.alice.#sieve": 2, "user.bob.#sieve": 1}
+        "user.alice.#sieve": 2,
+        "user.bob.#sieve": 1,
+    }
     r = _verify(b, base_dir)
     print("\n" + r.stdout)
     assert "RESULT: OK" in r.stdout, r.stdout
-    assert ("checked 16 mailboxes, 25 message files" in r.stdout
-            and "22 messages served over IMAP; 2 mailbox(es) IMAP cannot open checked on disk (sieve: 2)"
-            in r.stdout), r.stdout
+    assert (
+        "checked 16 mailboxes, 25 message files" in r.stdout
+        and "22 messages served over IMAP; 2 mailbox(es) IMAP cannot open checked on disk (sieve: 2)" in r.stdout
+    ), r.stdout
     rep = json.loads(_verify(b, base_dir, "--deep", "--json").stdout)
     assert rep["ok"], rep["failures"]
     assert rep["on_disk"] == {"user/alice/#sieve": "sieve", "user/bob/#sieve": "sieve"}

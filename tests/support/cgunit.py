@@ -38,6 +38,7 @@ class Unit:
         def enter():
             with open(procs, "w") as f:
                 f.write("0\n")
+
         return subprocess.Popen(argv, preexec_fn=enter, **kw)
 
     def pids(self):

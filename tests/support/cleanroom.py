@@ -43,6 +43,7 @@ def run(argv, **kw):
 
 # ------------------------------------------------------------ host facts
 
+
 def host_mirror():
     """(URI, keyring or None) of the host's first enabled `deb` source for SUITE."""
     if os.path.exists(DEB822):
@@ -53,8 +54,12 @@ def host_mirror():
                     continue
                 key, _, val = line.partition(":")
                 fields[key.strip().lower()] = val.strip()
-            if (fields.get("enabled", "yes").lower() != "no" and "deb" in fields.get("types", "").split()
-                    and SUITE in fields.get("suites", "").split() and fields.get("uris")):
+            if (
+                fields.get("enabled", "yes").lower() != "no"
+                and "deb" in fields.get("types", "").split()
+                and SUITE in fields.get("suites", "").split()
+                and fields.get("uris")
+            ):
                 return fields["uris"].split()[0], fields.get("signed-by")
     if os.path.exists(ONE_LINE):
         for line in open(ONE_LINE):
@@ -71,16 +76,26 @@ def host_mirror():
 def host_apt_access():
     """apt settings the host needs to reach its mirror (proxies, snapshot dates)."""
     r = run(["apt-config", "dump"], capture_output=True, text=True, check=False)
-    keep = ("Acquire::Check-Valid-Until", "Acquire::Check-Date", "Acquire::Max-ValidTime",
-            "Acquire::http::Proxy", "Acquire::https::Proxy", "Acquire::ftp::Proxy")
-    return [l for l in r.stdout.splitlines() if l.split(" ", 1)[0] in keep]
+    keep = (
+        "Acquire::Check-Valid-Until",
+        "Acquire::Check-Date",
+        "Acquire::Max-ValidTime",
+        "Acquire::http::Proxy",
+        "Acquire::https::Proxy",
+        "Acquire::ftp::Proxy",
+    )
+    return [ln for ln in r.stdout.splitlines() if ln.split(" ", 1)[0] in keep]
 
 
 def host_pip_access():
     """The host's pip settings that say how PyPI is reached (not local paths)."""
     keep = {"index-url", "extra-index-url", "trusted-host", "cert", "proxy", "timeout", "default-timeout"}
-    files = ["/etc/xdg/pip/pip.conf", "/etc/pip.conf", os.path.expanduser("~/.pip/pip.conf"),
-             os.path.expanduser("~/.config/pip/pip.conf")]
+    files = [
+        "/etc/xdg/pip/pip.conf",
+        "/etc/pip.conf",
+        os.path.expanduser("~/.pip/pip.conf"),
+        os.path.expanduser("~/.config/pip/pip.conf"),
+    ]
     if os.environ.get("PIP_CONFIG_FILE"):
         files.append(os.environ["PIP_CONFIG_FILE"])
     merged = {}
@@ -90,7 +105,7 @@ def host_pip_access():
             cp.read(path)
         except configparser.Error:
             continue
-        for key, val in (cp.items("global") if cp.has_section("global") else []):
+        for key, val in cp.items("global") if cp.has_section("global") else []:
             merged[key.replace("_", "-")] = " ".join(val.split())
     for name, val in os.environ.items():
         if name.startswith("PIP_") and name != "PIP_CONFIG_FILE":
@@ -107,6 +122,7 @@ def host_pip_access():
 
 
 # ------------------------------------------------- processes and mounts
+
 
 def _unescape(path):
     return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
@@ -188,6 +204,7 @@ def teardown(root):
 def mount_api(root):
     def mnt(*args):
         run(["mount", *args])
+
     mnt("-t", "proc", "proc", f"{root}/proc")
     mnt("--rbind", "/sys", f"{root}/sys")
     mnt("--make-rslave", f"{root}/sys")
@@ -202,8 +219,15 @@ def mount_api(root):
 
 
 def chroot_argv(root, argv, env=None):
-    e = {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",
-         "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash"}
+    e = {
+        "PATH": CHROOT_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "USER": "root",
+        "LOGNAME": "root",
+        "SHELL": "/bin/bash",
+    }
     for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         if os.environ.get(name):
             e[name] = os.environ[name]
@@ -225,10 +249,11 @@ def write_host_files(root):
 
 # ---------------------------------------------------------------- build
 
+
 def stale_cleanup():
     """Tear down run directories whose owning process is gone."""
     for owner in glob.glob(os.path.join(CACHE, "*.owner")):
-        root = owner[:-len(".owner")]
+        root = owner[: -len(".owner")]
         try:
             pid = int(open(owner).read())
             os.kill(pid, 0)
@@ -284,8 +309,11 @@ def build_base():
                 write_host_files(stage)
                 mount_api(stage)
                 env = {"DEBIAN_FRONTEND": "noninteractive"}
-                for argv in (["apt-get", "update"], ["apt-get", "-y", "dist-upgrade"],
-                             ["apt-get", "-y", "--no-install-recommends", "install", *BASE_PACKAGES]):
+                for argv in (
+                    ["apt-get", "update"],
+                    ["apt-get", "-y", "dist-upgrade"],
+                    ["apt-get", "-y", "--no-install-recommends", "install", *BASE_PACKAGES],
+                ):
                     run(chroot_argv(stage, argv, env), stdout=out, stderr=subprocess.STDOUT)
                 # CAs the host's admin added (egress proxy, internal mirror)
                 local_cas = glob.glob("/usr/local/share/ca-certificates/*")
@@ -296,8 +324,9 @@ def build_base():
                 pip = host_pip_access()
                 if pip:
                     with open(f"{stage}/etc/pip.conf", "w") as f:
-                        f.write("# how the host reaches PyPI\n[global]\n"
-                                + "".join(f"{k} = {v}\n" for k, v in pip.items()))
+                        f.write(
+                            "# how the host reaches PyPI\n[global]\n" + "".join(f"{k} = {v}\n" for k, v in pip.items())
+                        )
                 run(chroot_argv(stage, ["apt-get", "clean"]), stdout=out, stderr=subprocess.STDOUT)
             kill_all_in(stage)
             unmount_all(stage)
@@ -305,8 +334,20 @@ def build_base():
                 if os.path.isfile(path):
                     os.unlink(path)
             open(f"{stage}/etc/resolv.conf", "w").close()
-            run(["tar", "-C", stage, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                 "--one-file-system", "-cpf", BASE_TAR + ".tmp", "."])
+            run(
+                [
+                    "tar",
+                    "-C",
+                    stage,
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "--one-file-system",
+                    "-cpf",
+                    BASE_TAR + ".tmp",
+                    ".",
+                ]
+            )
             os.rename(BASE_TAR + ".tmp", BASE_TAR)
         finally:
             teardown(stage)
@@ -316,17 +357,18 @@ def build_base():
 
 # ------------------------------------------------------------------ run
 
+
 def copy_project(src, dest):
     """The committed project (`git archive HEAD`), else the tree without .git/.venv."""
     os.makedirs(dest)
-    archive = subprocess.run(["git", "-c", "safe.directory=*", "-C", src, "archive", "HEAD"],
-                             capture_output=True)
+    archive = subprocess.run(["git", "-c", "safe.directory=*", "-C", src, "archive", "HEAD"], capture_output=True)
     if archive.returncode == 0:
         run(["tar", "-x", "-C", dest], input=archive.stdout)
     else:
         shutil.rmtree(dest)
-        shutil.copytree(src, dest, symlinks=True,
-                        ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache"))
+        shutil.copytree(
+            src, dest, symlinks=True, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache")
+        )
 
 
 class CleanRoot:
@@ -342,8 +384,7 @@ class CleanRoot:
         self.root = _new_dir("run-")
         try:
             t0 = time.monotonic()
-            run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                 "-xpf", BASE_TAR])
+            run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", BASE_TAR])
             if self.project:
                 copy_project(self.project, self.root + PROJECT)
             write_host_files(self.root)
@@ -365,8 +406,14 @@ class CleanRoot:
         """Run argv in the root (as root, clean environment); prefix runs on the host around chroot."""
         shown = " ".join(argv)
         argv = [*prefix, *chroot_argv(self.root, ["/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv], env)]
-        p = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             out, _ = p.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -30,8 +30,10 @@ def cli(*args, config=None, check=None, extra_env=None, input=None):
     argv += list(args)
     r = subprocess.run(argv, capture_output=True, text=True, env=env(extra_env), input=input)
     if check is not None and r.returncode != check:
-        raise AssertionError(f"borg-cyrus {' '.join(args)} exited {r.returncode}, expected {check}\n"
-                             f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+        raise AssertionError(
+            f"borg-cyrus {' '.join(args)} exited {r.returncode}, expected {check}\n"
+            f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+        )
     return r
 
 
@@ -43,7 +45,11 @@ def write_config(path, data):
 
 
 def sandbox_config(sb, base, **extra):
-    cfg = {"imapd_conf": sb.imapd_conf, "cyrus_conf": sb.cyrus_conf,
-           "work_directory": os.path.join(base, "work"), "service": sb.borg_cyrus_service()}
+    cfg = {
+        "imapd_conf": sb.imapd_conf,
+        "cyrus_conf": sb.cyrus_conf,
+        "work_directory": os.path.join(base, "work"),
+        "service": sb.borg_cyrus_service(),
+    }
     cfg.update(extra)
     return write_config(os.path.join(base, "borg-cyrus.yaml"), cfg)

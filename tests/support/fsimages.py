@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-IMAGES = "/var/tmp/bct-images"   # not /tmp: keep images off tmpfs
+IMAGES = "/var/tmp/bct-images"  # not /tmp: keep images off tmpfs
 
 
 def sh(*argv, **kw):
@@ -49,6 +49,7 @@ class LoopFs:
 def unmount_below(path):
     """Unmount everything mounted at or below path (deepest first)."""
     from borg_cyrus.providers import mounts
+
     for mp in mounts.mounted_under(path):
         subprocess.run(["umount", "-l", mp], capture_output=True)
 
@@ -60,4 +61,4 @@ def is_frozen(mountpoint, timeout=1.0):
         probe.wait(timeout)
         return False
     except subprocess.TimeoutExpired:
-        return True   # left to finish after the thaw
+        return True  # left to finish after the thaw

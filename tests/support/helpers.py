@@ -40,15 +40,25 @@ def latest_archive(repo):
 
 def archive_paths(repo, archive=None):
     archive = archive or latest_archive(repo)
-    out = subprocess.run(["borg", "list", "--format", "{path}{NL}", f"{repo}::{archive}"],
-                         capture_output=True, text=True, env=env(), check=True).stdout
+    out = subprocess.run(
+        ["borg", "list", "--format", "{path}{NL}", f"{repo}::{archive}"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=True,
+    ).stdout
     return {"/" + p for p in out.splitlines()}
 
 
 def extract(repo, archive=None, cwd="/", paths=()):
     archive = archive or latest_archive(repo)
-    subprocess.run(["borg", "extract", f"{repo}::{archive}", *[p.lstrip("/") for p in paths]],
-                   cwd=cwd, env=env(), check=True, capture_output=True)
+    subprocess.run(
+        ["borg", "extract", f"{repo}::{archive}", *[p.lstrip("/") for p in paths]],
+        cwd=cwd,
+        env=env(),
+        check=True,
+        capture_output=True,
+    )
 
 
 def wipe(sb):

@@ -112,8 +112,10 @@ def without_new_mail(after, before, user, mailbox="INBOX"):
 def tree(path, skip=("run", "master.log", "conf/db.backup1", "conf/db.backup2", "conf/db")):
     """{relative path: (mode, uid, gid, size, mtime_ns, link)} of everything below path
     (minus runtime files and the periodic checkpoint's database copies)."""
+
     def skipped(rel):
         return any(rel == s or rel.startswith(s + "/") for s in skip)
+
     out = {}
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = [d for d in dirnames if not skipped(os.path.relpath(os.path.join(dirpath, d), path))]
@@ -124,13 +126,21 @@ def tree(path, skip=("run", "master.log", "conf/db.backup1", "conf/db.backup2", 
                 continue
             st = os.lstat(p)
             isdir = os.path.isdir(p) and not os.path.islink(p)
-            out[rel] = (st.st_mode, st.st_uid, st.st_gid, 0 if isdir else st.st_size,
-                        0 if isdir else st.st_mtime_ns, os.readlink(p) if os.path.islink(p) else None)
+            out[rel] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                0 if isdir else st.st_size,
+                0 if isdir else st.st_mtime_ns,
+                os.readlink(p) if os.path.islink(p) else None,
+            )
     return out
 
 
 def _boxes_by_name(sb):
     """{intname: Mailbox} of a running sandbox (from ctl_mboxlist -d)."""
     from borg_cyrus.cyrus.mboxlist import iter_dump
-    return {mb.intname: mb for mb in iter_dump(sb.tool("ctl_mboxlist", "-d").stdout.decode().splitlines())
-            if mb.has_spool}
+
+    return {
+        mb.intname: mb for mb in iter_dump(sb.tool("ctl_mboxlist", "-d").stdout.decode().splitlines()) if mb.has_spool
+    }

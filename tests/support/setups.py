@@ -37,14 +37,27 @@ class Setup:
             os.makedirs(snaps)
             data = mnt
             self.snaps = snaps
-            self.mode = {"mode": "command", "command_snapshot": {
-                "create": ["cp", "--reflink=always", xfs.image, f"{snaps}/{{name}}"],
-                # a writable loop device lets XFS replay its log into the copy; the filesystem is mounted ro
-                "mount": ["sh", "-c", 'mount -t xfs -o ro,nosuid,nodev,noexec,nouuid "$(losetup --find --show "$0")" "$1"',
-                          f"{snaps}/{{name}}", "{target}"],
-                "remove": ["sh", "-c", 'for l in $(losetup -j "$0" -O NAME -n); do losetup -d "$l"; done; rm -f "$0"',
-                           f"{snaps}/{{name}}"],
-                "list": ["ls", snaps]}}
+            self.mode = {
+                "mode": "command",
+                "command_snapshot": {
+                    "create": ["cp", "--reflink=always", xfs.image, f"{snaps}/{{name}}"],
+                    # a writable loop device lets XFS replay its log into the copy; the filesystem is mounted ro
+                    "mount": [
+                        "sh",
+                        "-c",
+                        'mount -t xfs -o ro,nosuid,nodev,noexec,nouuid "$(losetup --find --show "$0")" "$1"',
+                        f"{snaps}/{{name}}",
+                        "{target}",
+                    ],
+                    "remove": [
+                        "sh",
+                        "-c",
+                        'for l in $(losetup -j "$0" -O NAME -n); do losetup -d "$l"; done; rm -f "$0"',
+                        f"{snaps}/{{name}}",
+                    ],
+                    "list": ["ls", snaps],
+                },
+            }
         elif provider == "lvm-xfs":
             self.disk = os.environ["VMH_DISKS"].split()[0]
             sh("wipefs", "-a", self.disk)
@@ -79,8 +92,12 @@ class Setup:
         os.chmod(data, 0o755)
         self.data = data
         self.mnt = mnt
-        self.layout = {"configdirectory": f"{data}/conf", "partition-default": f"{data}/spool-default",
-                       "partition-second": f"{data}/spool-second", "sievedir": f"{data}/sieve"}
+        self.layout = {
+            "configdirectory": f"{data}/conf",
+            "partition-default": f"{data}/spool-default",
+            "partition-second": f"{data}/spool-second",
+            "sievedir": f"{data}/sieve",
+        }
         if provider == "btrfs-2fs":
             # the second partition on another btrfs: two snapshots in one window
             mnt2 = os.path.join(base, "mnt2")
@@ -90,8 +107,13 @@ class Setup:
         self.sb = Sandbox(os.path.join(base, "cyrus"), partitions=("default", "second"), layout=self.layout)
 
     def config(self, **extra):
-        cfg = {"imapd_conf": self.sb.imapd_conf, "cyrus_conf": self.sb.cyrus_conf, "work_directory": self.work,
-               "service": self.sb.borg_cyrus_service(), "exclude": {"mailboxes": ["user/*/Junk"]}}
+        cfg = {
+            "imapd_conf": self.sb.imapd_conf,
+            "cyrus_conf": self.sb.cyrus_conf,
+            "work_directory": self.work,
+            "service": self.sb.borg_cyrus_service(),
+            "exclude": {"mailboxes": ["user/*/Junk"]},
+        }
         cfg.update(self.mode)
         for k, v in extra.items():
             if isinstance(v, dict) and isinstance(cfg.get(k), dict):
@@ -118,7 +140,9 @@ class Setup:
         if self.provider == "lvm-xfs":
             out += [ln for ln in sh("lvs", "--noheadings", "-o", "lv_name").split() if ln.startswith("borg-cyrus-")]
         if self.provider == "zfs":
-            out += [ln for ln in sh("zfs", "list", "-H", "-t", "snapshot", "-o", "name").split() if "@borg-cyrus-" in ln]
+            out += [
+                ln for ln in sh("zfs", "list", "-H", "-t", "snapshot", "-o", "name").split() if "@borg-cyrus-" in ln
+            ]
         if any(is_frozen(fs.mountpoint) for fs in self.fs):
             out.append("a frozen filesystem")
         return out

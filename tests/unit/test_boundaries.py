@@ -23,6 +23,7 @@ from borg_cyrus.safety import pathpolicy, safeio, trust
 
 # -- safeio ---------------------------------------------------------------------
 
+
 def test_open_regular_refuses_symlinks_and_never_blocks_on_a_fifo(tmp_path):
     target = tmp_path / "secret"
     target.write_text("x")
@@ -87,10 +88,18 @@ def test_blocking_parent(tmp_path):
 
 # -- locations --------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, why", [
-    ("/", "system directory /"), ("/var/spool", "system directory /var/spool"), ("/tmp/../etc", "'..'"),
-    ("relative", "not an absolute path"), ("/proc/1/root", "inside /proc"), ("/srv/mail", None),
-])
+
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("/", "system directory /"),
+        ("/var/spool", "system directory /var/spool"),
+        ("/tmp/../etc", "'..'"),
+        ("relative", "not an absolute path"),
+        ("/proc/1/root", "inside /proc"),
+        ("/srv/mail", None),
+    ],
+)
 def test_system_directories(path, why):
     got = pathpolicy.system_reason(path)
     assert (why is None and got is None) or (why and why in got)
@@ -100,21 +109,27 @@ def test_database_files_and_overlaps():
     assert pathpolicy.file_reason("/etc/passwd") and pathpolicy.file_reason("/var/lib/cyrus/../x.db")
     assert pathpolicy.file_reason("/var/lib/cyrus/mailboxes.db") is None
     assert pathpolicy.check_apart([("work_directory", "/var/lib/cyrus/bc")], [("configdirectory", "/var/lib/cyrus")])
-    assert pathpolicy.check_apart([("work_directory", "/var/lib/borg-cyrus")],
-                                  [("configdirectory", "/var/lib/cyrus")]) is None
+    assert (
+        pathpolicy.check_apart([("work_directory", "/var/lib/borg-cyrus")], [("configdirectory", "/var/lib/cyrus")])
+        is None
+    )
 
 
 # -- names and entries from Cyrus and archives ----------------------------------------
 
-@pytest.mark.parametrize("mb, why", [
-    (Mailbox("user.bob", "/etc/x", "default"), "uniqueid"),
-    (Mailbox("user.bob", "ab\ncd", "default"), "uniqueid"),
-    (Mailbox("user.bob", "abc", "../x"), "partition"),
-    (Mailbox("user.bob.^^", "abc", "default", "el"), "component '..'"),
-    (Mailbox("user.bob..x", "abc", "default"), "component ''"),
-    (Mailbox("user.b\x01b", "abc", "default"), "control character"),
-    (Mailbox("user.bob", "q0gm2xb7nqbdlh3c9a4ulu8w", "default"), None),
-])
+
+@pytest.mark.parametrize(
+    "mb, why",
+    [
+        (Mailbox("user.bob", "/etc/x", "default"), "uniqueid"),
+        (Mailbox("user.bob", "ab\ncd", "default"), "uniqueid"),
+        (Mailbox("user.bob", "abc", "../x"), "partition"),
+        (Mailbox("user.bob.^^", "abc", "default", "el"), "component '..'"),
+        (Mailbox("user.bob..x", "abc", "default"), "component ''"),
+        (Mailbox("user.b\x01b", "abc", "default"), "control character"),
+        (Mailbox("user.bob", "q0gm2xb7nqbdlh3c9a4ulu8w", "default"), None),
+    ],
+)
 def test_mailbox_entries(mb, why):
     got = trust.mailbox_problem(mb)
     assert (why is None and got is None) or (why and why in got)
@@ -147,6 +162,7 @@ def test_names_round_trip():
 
 # -- run state and deadline -----------------------------------------------------------
 
+
 def test_deadline_fails_the_run():
     with pytest.raises(DeadlineError, match="did not finish within 0.1 s"):
         with busy.Deadline(0.1, "before"):
@@ -163,6 +179,7 @@ def test_state_file_that_is_a_symlink_is_not_trusted(tmp_path):
 
 
 # -- the plugin facade ------------------------------------------------------------------
+
 
 class _A:
     @staticmethod
@@ -181,6 +198,7 @@ class _B:
     @hookimpl
     def modes():
         from borg_cyrus.providers.live import Live
+
         return [Live]
 
 

@@ -24,8 +24,11 @@ def test_imapd_conf_parser_never_crashes(text):
 
 
 KEYS = st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True)
-VALUES = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"), min_size=1,
-                 max_size=40).map(str.strip).filter(bool)
+VALUES = (
+    st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"), min_size=1, max_size=40)
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 @given(st.dictionaries(KEYS, VALUES, max_size=15))
@@ -73,9 +76,11 @@ def test_truncated_mailbox_dump_always_detected(n, data):
 
 def test_huge_inputs_are_fast():
     import time
+
     n = 100_000
-    show = b"".join(dbbatch.literal(b"N\x1fuser\x1fu%d" % i) + b" " + dbbatch.literal(b"%(I x)") + b"\n"
-                    for i in range(n))
+    show = b"".join(
+        dbbatch.literal(b"N\x1fuser\x1fu%d" % i) + b" " + dbbatch.literal(b"%(I x)") + b"\n" for i in range(n)
+    )
     t = time.monotonic()
     assert len(dbbatch.parse(show)) == n
     lines = ["{"] + [f'"user.u{i}": {{"uniqueid": "abcd{i}", "partition": "default"}},' for i in range(n)] + ["}"]

@@ -1,4 +1,3 @@
-
 import pytest
 
 from borg_cyrus.cyrus import imapdconf, layout
@@ -10,19 +9,27 @@ def parse(text):
 
 
 def test_rules_match_libconfig():
-    v = parse("# comment\n   \n  ConfigDirectory:   /var/lib/cyrus  \n"
-              "partition-Default: /var/spool/a\\\nb\n"
-              "sasl_pwcheck_method: saslauthd\n")
-    assert v == {"configdirectory": "/var/lib/cyrus", "partition-default": "/var/spool/ab",
-                 "sasl_pwcheck_method": "saslauthd"}
+    v = parse(
+        "# comment\n   \n  ConfigDirectory:   /var/lib/cyrus  \n"
+        "partition-Default: /var/spool/a\\\nb\n"
+        "sasl_pwcheck_method: saslauthd\n"
+    )
+    assert v == {
+        "configdirectory": "/var/lib/cyrus",
+        "partition-default": "/var/spool/ab",
+        "sasl_pwcheck_method": "saslauthd",
+    }
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("configdirectory /x\n", "invalid option name"),
-    ("configdirectory:\n", "empty value"),
-    ("a: 1\na: 2\n", "given twice"),
-    ("@frobnicate: x\n", "unknown directive"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("configdirectory /x\n", "invalid option name"),
+        ("configdirectory:\n", "empty value"),
+        ("a: 1\na: 2\n", "given twice"),
+        ("@frobnicate: x\n", "unknown directive"),
+    ],
+)
 def test_bad_lines_name_file_and_line(text, needle):
     with pytest.raises(ConfigError) as e:
         imapdconf.parse_text(text, "/etc/imapd.conf")
@@ -57,11 +64,13 @@ def test_missing_file():
 
 def test_layout_of_a_rich_config(tmp_path):
     p = tmp_path / "imapd.conf"
-    p.write_text("configdirectory: /var/lib/cyrus\npartition-default: /var/spool/cyrus/mail\n"
-                 "partition-news: /var/spool/cyrus/news\nmetapartition-default: /var/spool/meta\n"
-                 "archivepartition-default: /var/spool/archive\nsievedir: /var/spool/sieve\n"
-                 "mboxlist_db_path: /srv/db/mailboxes.db\nduplicate_db: skiplist\n"
-                 "defaultsearchpartition-default: /var/lib/cyrus/search\nhashimapspool: true\n")
+    p.write_text(
+        "configdirectory: /var/lib/cyrus\npartition-default: /var/spool/cyrus/mail\n"
+        "partition-news: /var/spool/cyrus/news\nmetapartition-default: /var/spool/meta\n"
+        "archivepartition-default: /var/spool/archive\nsievedir: /var/spool/sieve\n"
+        "mboxlist_db_path: /srv/db/mailboxes.db\nduplicate_db: skiplist\n"
+        "defaultsearchpartition-default: /var/lib/cyrus/search\nhashimapspool: true\n"
+    )
     lay = layout.discover(str(p))
     assert lay.metapartitions == {"default": "/var/spool/meta"}
     assert lay.archivepartitions == {"default": "/var/spool/archive"}

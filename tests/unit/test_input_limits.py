@@ -12,8 +12,10 @@ from borg_cyrus.cyrus import layout
 from borg_cyrus.errors import ConfigError
 from support.common import cli, write_config
 
-BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
-               for p, c in zip([None, "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi"))
+BOMB = "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+    for p, c in zip([None, "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi")
+)
 
 
 def _file(tmp_path, name, data, mode=0o600):
@@ -31,6 +33,7 @@ def one_error(r):
 
 
 # -- config files ------------------------------------------------------------------
+
 
 def test_yaml_bomb_refused_fast(tmp_path):
     path = _file(tmp_path, "bomb.yaml", BOMB)
@@ -73,10 +76,16 @@ def test_huge_config_refused(tmp_path):
         config.load(path)
 
 
-@pytest.mark.parametrize("value, why", [
-    ("/", "system directory /"), ("/tmp", "system directory /tmp"), ("/etc", "system directory /etc"),
-    ("/var/tmp", "system directory /var/tmp"), ("/proc/self", "inside /proc"),
-])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("/", "system directory /"),
+        ("/tmp", "system directory /tmp"),
+        ("/etc", "system directory /etc"),
+        ("/var/tmp", "system directory /var/tmp"),
+        ("/proc/self", "inside /proc"),
+    ],
+)
 def test_work_directory_system_dirs_refused(tmp_path, value, why):
     path = write_config(str(tmp_path / "c.yaml"), {"work_directory": value})
     with pytest.raises(ConfigError, match=why) as e:
@@ -86,9 +95,11 @@ def test_work_directory_system_dirs_refused(tmp_path, value, why):
 
 def test_mount_directory_symlink_to_system_dir_refused(tmp_path):
     os.symlink("/etc", tmp_path / "looks-harmless")
-    path = write_config(str(tmp_path / "c.yaml"), {"mode": "btrfs",
-                                                   "snapshot": {"mount_directory": str(tmp_path / "looks-harmless")}})
+    path = write_config(
+        str(tmp_path / "c.yaml"), {"mode": "btrfs", "snapshot": {"mount_directory": str(tmp_path / "looks-harmless")}}
+    )
     from borg_cyrus.plugins import Plugins
+
     plugins = Plugins()
     schema = config.full_schema(plugins.config_schema_fragments(), plugins.modes())
     with pytest.raises(ConfigError, match=r"snapshot.mount_directory: .* resolves to the system directory /etc"):
@@ -97,6 +108,7 @@ def test_mount_directory_symlink_to_system_dir_refused(tmp_path):
 
 # -- imapd.conf ----------------------------------------------------------------------
 
+
 def _imapd(tmp_path, extra):
     base = tmp_path / "cyrus"
     base.mkdir(exist_ok=True)
@@ -104,15 +116,18 @@ def _imapd(tmp_path, extra):
     return _file(tmp_path, "imapd.conf", text, 0o644)
 
 
-@pytest.mark.parametrize("line, why", [
-    ("partition-x: /\n", "partition-x: '/' is the system directory /"),
-    ("partition-x: /var/spool/../../etc\n", "has a '..' component"),
-    ("metapartition-default: /usr\n", "system directory /usr"),
-    ("archivepartition-default: /sys/kernel\n", "inside /sys"),
-    ("mboxlist_db_path: /etc/passwd\n", "in the system directory /etc"),
-    ("mboxlist_db_path: /var/lib/cyrus/../../../etc/shadow\n", "has a '..' component"),
-    ("proc_path: /tmp\n", "system directory /tmp"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("partition-x: /\n", "partition-x: '/' is the system directory /"),
+        ("partition-x: /var/spool/../../etc\n", "has a '..' component"),
+        ("metapartition-default: /usr\n", "system directory /usr"),
+        ("archivepartition-default: /sys/kernel\n", "inside /sys"),
+        ("mboxlist_db_path: /etc/passwd\n", "in the system directory /etc"),
+        ("mboxlist_db_path: /var/lib/cyrus/../../../etc/shadow\n", "has a '..' component"),
+        ("proc_path: /tmp\n", "system directory /tmp"),
+    ],
+)
 def test_dangerous_cyrus_locations_refused(tmp_path, line, why):
     conf = _imapd(tmp_path, line)
     with pytest.raises(ConfigError) as e:
@@ -139,8 +154,10 @@ def test_include_of_dev_zero_refused_fast(tmp_path):
 
 
 def test_borg_crash_is_reported_by_its_last_line():
-    tb = (b"Traceback (most recent call last):\n  File \"/x/borg/archiver.py\", line 5, in main\n"
-          b"    raise PermissionError\nPermissionError: [Errno 13] Permission denied: '/root/.config/borg/security'\n")
+    tb = (
+        b"Traceback (most recent call last):\n  File \"/x/borg/archiver.py\", line 5, in main\n"
+        b"    raise PermissionError\nPermissionError: [Errno 13] Permission denied: '/root/.config/borg/security'\n"
+    )
     assert archive._last_line(tb) == "PermissionError: [Errno 13] Permission denied: '/root/.config/borg/security'"
     words = " ".join(f"word{i}" for i in range(400))
     clipped = archive._clip(words, 100)

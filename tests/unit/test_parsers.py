@@ -16,8 +16,13 @@ DUMP = (
 
 def test_dump_parses_and_names():
     boxes = list(mboxlist.iter_dump(DUMP.splitlines()))
-    assert [b.name for b in boxes] == ["user/alice", "user/alice/Junk", "user/dave/Old.Stuff",
-                                       "user/bob/Junk@example.com", "user/gone"]
+    assert [b.name for b in boxes] == [
+        "user/alice",
+        "user/alice/Junk",
+        "user/dave/Old.Stuff",
+        "user/bob/Junk@example.com",
+        "user/gone",
+    ]
     assert boxes[2].legacy and not boxes[0].legacy
     assert not boxes[4].has_spool
     assert boxes[3].userid == "bob@example.com"
@@ -26,12 +31,15 @@ def test_dump_parses_and_names():
     assert mboxlist.internal_name("user/bob/Junk@example.com") == "example.com!user.bob.Junk"
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("", "truncated"),
-    ('{\n"user.a": {"uniqueid": "x"},\n', "truncated"),
-    ('{\n"user.a": {"uniqueid": "x"\n}\n', "not valid JSON"),
-    ("hello\n", "does not start"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("", "truncated"),
+        ('{\n"user.a": {"uniqueid": "x"},\n', "truncated"),
+        ('{\n"user.a": {"uniqueid": "x"\n}\n', "not valid JSON"),
+        ("hello\n", "does not start"),
+    ],
+)
 def test_bad_dumps_fail(text, needle):
     with pytest.raises(DumpError, match=needle):
         list(mboxlist.iter_dump(text.splitlines()))

@@ -44,7 +44,8 @@ def test_exit_code_output_host_files_and_share(tmp_path):
     token = "tok 'quoted' $x \"and\" spaces"
     (tmp_path / "hostfile").write_text("written on the host\n")
     share = tmp_path / "share"
-    r = bash(r'''
+    r = bash(
+        r'''
         cat hostfile                                   # cwd is the caller's
         printf 'token=%s\n' "$TOKEN"                   # environment is the caller's
         echo "guest=$VMH_GUEST uid=$(id -u) kernel=$(uname -r)"
@@ -54,16 +55,21 @@ def test_exit_code_output_host_files_and_share(tmp_path):
         echo scratch > hostfile.guest-copy             # elsewhere: a tmpfs overlay, discarded
         echo to-stderr >&2
         exit 42
-    ''', cwd=tmp_path, share=share, disks=0, env=dict(os.environ, TOKEN=token))
+    ''',
+        cwd=tmp_path,
+        share=share,
+        disks=0,
+        env=dict(os.environ, TOKEN=token),
+    )
     assert r.returncode == 42
     assert "written on the host" in r.stdout
     assert f"token={token}\n" in r.stdout
     assert "guest=1 uid=0 kernel=" in r.stdout
-    assert f"python {sys.prefix} borg_cyrus" in r.stdout      # the venv works in the guest
-    assert "pyenv/shims" not in r.stdout                       # shims replaced in PATH
+    assert f"python {sys.prefix} borg_cyrus" in r.stdout  # the venv works in the guest
+    assert "pyenv/shims" not in r.stdout  # shims replaced in PATH
     assert "to-stderr" in r.stderr and "to-stderr" not in r.stdout
     assert (share / "result.txt").read_text() == "from-guest\n"
-    assert not (tmp_path / "hostfile.guest-copy").exists()     # host is untouched
+    assert not (tmp_path / "hostfile.guest-copy").exists()  # host is untouched
 
 
 def test_timeout_and_harness_failure(tmp_path):
@@ -106,7 +112,7 @@ def test_lvm_snapshot_in_vm():
     assert "snapshot big intact" in out
     assert "snapshot has no later file" in out
     assert "snapshot is read-only" in out
-    assert " snap data" in out                  # lvs: snap's origin is data
+    assert " snap data" in out  # lvs: snap's origin is data
     assert "lvs after lvremove: data\n" in out
     assert out.rstrip().endswith("LVM-OK")
 
@@ -155,8 +161,14 @@ def test_cyrus_on_lvm_in_vm(tmp_path):
     inside the VM, run as a pytest file there (the pattern the project uses)."""
     share = tmp_path / "share"
     t = time.monotonic()
-    r = run([sys.executable, "-m", "pytest", "-x", "-q", "-s", "-p", "no:cacheprovider",
-             "tests/vm/guest_cyrus_lvm.py"], cwd=ROOT, disks=1, disk_size="2G", share=share, timeout=900)
+    r = run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-s", "-p", "no:cacheprovider", "tests/vm/guest_cyrus_lvm.py"],
+        cwd=ROOT,
+        disks=1,
+        disk_size="2G",
+        share=share,
+        timeout=900,
+    )
     wall = time.monotonic() - t
     assert r.returncode == 0
     assert "1 passed" in r.stdout

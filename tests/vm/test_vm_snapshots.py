@@ -18,10 +18,27 @@ def _run(selector, zfs=False):
     reason = vm_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    r = run_in_vm([sys.executable, "-m", "pytest", "-x", "-q", "-rs", "-p", "no:cacheprovider",
-                   "tests/integration/test_snapshots.py", "-k", selector], disks=1, disk_size="2G", zfs=zfs, timeout=3000)
+    r = run_in_vm(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-x",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "tests/integration/test_snapshots.py",
+            "-k",
+            selector,
+        ],
+        disks=1,
+        disk_size="2G",
+        zfs=zfs,
+        timeout=3000,
+    )
     print(r.stdout[-6000:])
-    assert r.returncode == 0, (r.stdout[-8000:] + r.stderr[-4000:])
+    assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-4000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout.split("passed")[0][-30:]
 
 

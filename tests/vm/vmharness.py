@@ -47,7 +47,7 @@ def _tail(text, lines=15):
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def vm_unavailable_reason():
     """None if the VM can run here, else why not (for pytest.skip).
 
@@ -64,8 +64,9 @@ def vm_unavailable_reason():
     if not shutil.which("qemu-system-x86_64") and not shutil.which("apt-get"):
         return "qemu-system-x86_64 is not installed and there is no apt-get to install it"
     try:
-        r = subprocess.run([RUN_IN_VM, "--prepare", "--quiet"], capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL, timeout=1200)
+        r = subprocess.run(
+            [RUN_IN_VM, "--prepare", "--quiet"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1200
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"run-in-vm.sh --prepare failed: {e}"
     if r.returncode:
@@ -97,8 +98,22 @@ def guest_env(env=None):
     return env
 
 
-def run_in_vm(argv, *, disks=1, disk_size="2G", zfs=False, timeout=1800, env=None, cwd=None,
-              share=None, mem=None, smp=None, quiet=True, capture=True, extra_args=()):
+def run_in_vm(
+    argv,
+    *,
+    disks=1,
+    disk_size="2G",
+    zfs=False,
+    timeout=1800,
+    env=None,
+    cwd=None,
+    share=None,
+    mem=None,
+    smp=None,
+    quiet=True,
+    capture=True,
+    extra_args=(),
+):
     """Run `argv` as root inside a fresh VM; return a subprocess.CompletedProcess.
 
     argv runs in `cwd` (default: the repository root) with `env` (default: this
@@ -124,8 +139,16 @@ def run_in_vm(argv, *, disks=1, disk_size="2G", zfs=False, timeout=1800, env=Non
     cmd += [*extra_args, "--", *map(os.fspath, argv)]
     out = subprocess.PIPE if capture else None
     # own process group: a pytest timeout/interrupt takes qemu down with the harness
-    p = subprocess.Popen(cmd, cwd=os.fspath(cwd or ROOT), env=guest_env(env), stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=out, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        cmd,
+        cwd=os.fspath(cwd or ROOT),
+        env=guest_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        text=True,
+        start_new_session=True,
+    )
     try:
         # generous: the harness enforces `timeout` itself; a first --zfs run builds OpenZFS (~3 min)
         stdout, stderr = p.communicate(timeout=timeout + (900 if zfs else 120))
@@ -151,5 +174,6 @@ def _kill_group(p):
 def guest_only(obj=None):
     """pytest mark for tests that must only run inside the VM."""
     import pytest
+
     mark = pytest.mark.skipif(not in_guest(), reason="runs only inside the VM (tests/vm/run-in-vm.sh)")
     return mark if obj is None else mark(obj)
