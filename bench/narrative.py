@@ -112,7 +112,7 @@ def _spools(res):
     )
     out.extend(mix)
     out.append("""
-**How they get into Cyrus.** Every spool is built by a throwaway Cyrus 3.6 (`borg_cyrus/sandbox.py`) whose
+**How they get into Cyrus.** Every spool is built by a throwaway Cyrus 3.6 (`borg_cyrus/cyrus/sandbox.py`) whose
 data directory is on a tmpfs (fsyncs are free there), then copied with `cp -a` onto the filesystem under test:
 
 - *LMTP/IMAP* (the small spools): mailboxes are created with IMAP `CREATE`, INBOX mail is delivered by
@@ -613,8 +613,8 @@ def _bounds(res):
             + ". What would raise it: ship `unsafe_skip_path_validation_before_create: true` in "
             "`sample-borgmatic.yaml` (one cold walk instead of two for borg-cyrus, section 2); run the two "
             "`cyr_dbtool … batch` dumps and `quota` concurrently with `ctl_mboxlist -d` in "
-            "`borg_cyrus/builtin/dumps.py` `dump()`; call `lvs` once per run rather than in both "
-            "`Lvm.health()` (`borg_cyrus/builtin/lvm.py`, from `SnapshotMode.freeze()`) and `after`'s `check()`. "
+            "`borg_cyrus/backup/dumps.py` `dump()`; call `lvs` once per run rather than in both "
+            "`Lvm.health()` (`borg_cyrus/providers/lvm.py`, from `SnapshotMode.freeze()`) and `after`'s `check()`. "
             "None of this changes the cold walk, which any snapshot-based backup pays."
         )
     sc = sec.get("scaling") or {}

@@ -195,9 +195,7 @@ class DatabaseRestore:
         self.report = []
 
     def note(self, msg, *args):
-        text = msg % args if args else msg
-        log.info("%s", text)
-        self.report.append(text)
+        self.report.append(msg % args if args else msg)  # restore full logs what restore_dump returns
 
     def db_health(self, name, expected_names=None):
         """None if healthy, else why not."""

@@ -196,7 +196,8 @@ class FullRestore:
         self.ensure_dirs()
         self.fix_ownership()
         for _plugin, lines in self.ctx.plugins.restore_dump(self.ctx, self.dump):
-            self.report.extend(lines)
+            for line in lines:
+                self.note("%s", line)
         self.ctx.cyrus("ctl_cyrusdb", "-r")
         self.register_newer_mailboxes()
         self.empty_excluded()

@@ -21,8 +21,8 @@ def borgmatic_config(base, repo, patterns_file=None):
     return write_config(os.path.join(base, "borgmatic.yaml"), demo.sample_borgmatic_config(repo, patterns_file))
 
 
-def borgmatic(cfg, *args, bc_config=None, check=True):
-    e = env({"BORG_CYRUS_CONFIG": bc_config} if bc_config else None)
+def borgmatic(cfg, *args, bc_config=None, check=True, extra_env=None):
+    e = env({**({"BORG_CYRUS_CONFIG": bc_config} if bc_config else {}), **(extra_env or {})})
     r = subprocess.run(["borgmatic", "-c", cfg, *args], capture_output=True, text=True, env=e)
     if check and r.returncode:
         raise AssertionError(f"borgmatic {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
