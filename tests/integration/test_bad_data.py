@@ -12,7 +12,7 @@ import pytest
 
 from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.layout import discover
-from support.common import cli, env, sandbox_config, write_config
+from support.common import cli, env, sandbox_config, tools_with, write_config
 from support.helpers import borgmatic, borgmatic_config, init_repo, latest_archive, load_manifest, read_yaml
 from support.restore_helpers import _boxes_by_name
 
@@ -106,14 +106,7 @@ def test_run_timeout_ends_a_hung_before_and_starts_cyrus(populated, base_dir):
     made to hang on demand) with a generous tool_timeout: run_timeout ends
     `before`, Cyrus runs again."""
     sb = populated
-    tools = os.path.join(base_dir, "tools")
-    os.makedirs(tools)
-    for name in os.listdir("/usr/lib/cyrus/bin"):
-        os.symlink(f"/usr/lib/cyrus/bin/{name}", os.path.join(tools, name))
-    os.unlink(os.path.join(tools, "cyr_dbtool"))
-    with open(os.path.join(tools, "cyr_dbtool"), "w") as f:
-        f.write("#!/bin/sh\nsleep 600\n")
-    os.chmod(os.path.join(tools, "cyr_dbtool"), 0o755)
+    tools = tools_with(os.path.join(base_dir, "tools"), "cyr_dbtool", "sleep 600")
     cfg = sandbox_config(sb, base_dir, mode="stop-master", cyrus_tools_directory=tools, run_timeout=3)
     t0 = time.monotonic()
     r = cli("before", config=cfg)
@@ -167,14 +160,9 @@ def test_hung_before_in_stop_master_cyrus_started_at_run_timeout(populated, base
     import sys
 
     sb = populated
-    tools = os.path.join(base_dir, "tools")
-    os.makedirs(tools)
-    for name in os.listdir("/usr/lib/cyrus/bin"):
-        os.symlink(f"/usr/lib/cyrus/bin/{name}", os.path.join(tools, name))
-    os.unlink(os.path.join(tools, "ctl_mboxlist"))
-    with open(os.path.join(tools, "ctl_mboxlist"), "w") as f:
-        f.write("#!/bin/sh\nsleep 30\nexec /usr/lib/cyrus/bin/ctl_mboxlist \"$@\"\n")
-    os.chmod(os.path.join(tools, "ctl_mboxlist"), 0o755)
+    tools = tools_with(
+        os.path.join(base_dir, "tools"), "ctl_mboxlist", 'sleep 30\nexec /usr/lib/cyrus/bin/ctl_mboxlist "$@"'
+    )
     cfg = sandbox_config(sb, base_dir, mode="stop-master", cyrus_tools_directory=tools, run_timeout=4)
     p = subprocess.Popen(
         [sys.executable, "-m", "borg_cyrus", "-c", cfg, "before"],

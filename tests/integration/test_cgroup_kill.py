@@ -16,7 +16,7 @@ import pytest
 
 from borg_cyrus.tools.demo import msg, populate
 from support.cgunit import Unit, hierarchy
-from support.common import cli, env, sandbox_config, write_config
+from support.common import cli, env, sandbox_config, wait_for, write_config
 from support.fsimages import is_frozen
 from support.helpers import borgmatic_config, init_repo, read_yaml
 from support.setups import Setup
@@ -29,15 +29,6 @@ pytestmark = [
 ]
 
 DEADLINE = 10
-
-
-def _wait(cond, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _steps(work):
@@ -59,7 +50,7 @@ def takes_mail(sb, timeout=DEADLINE):
         except OSError:
             return False
 
-    return _wait(ok, timeout)
+    return wait_for(ok, timeout)
 
 
 @pytest.fixture
@@ -107,7 +98,7 @@ def stopmaster(populated, base_dir):
 def test_stop_master_survives_the_unit_being_killed(stopmaster, unit, how):
     sb, bc, cfg, work = stopmaster
     p = start(unit, cfg, bc)
-    assert _wait(lambda: not sb.running() and "service-stopped" in _steps(work), 60), _steps(work)
+    assert wait_for(lambda: not sb.running() and "service-stopped" in _steps(work), 60), _steps(work)
     watchdog = json.load(open(os.path.join(work, "state.json")))["steps"][0]["process"]["pid"]
     assert not unit.contains(watchdog), "the dead-man switch must not be in the backup's control group"
     t0 = time.monotonic()
@@ -120,7 +111,7 @@ def test_stop_master_survives_the_unit_being_killed(stopmaster, unit, how):
     assert takes_mail(sb), "Cyrus is not running / not taking mail after the unit was killed"
     assert time.monotonic() - t0 < DEADLINE
     assert master_outside(sb, unit), "the restarted Cyrus is in the dead unit's control group"
-    assert _wait(lambda: not unit.pids(), 10)
+    assert wait_for(lambda: not unit.pids(), 10)
     time.sleep(1)
     assert sb.running(), "Cyrus died with the unit"
     # whatever the run left is reported until it is cleaned up; then everything is clean
@@ -138,7 +129,7 @@ def test_everything_killed_including_the_watchdog_is_reported(stopmaster, unit):
     `doctor` says so and names the fix; the fix works."""
     sb, bc, cfg, work = stopmaster
     p = start(unit, cfg, bc)
-    assert _wait(lambda: not sb.running() and "service-stopped" in _steps(work), 60)
+    assert wait_for(lambda: not sb.running() and "service-stopped" in _steps(work), 60)
     watchdog = json.load(open(os.path.join(work, "state.json")))["steps"][0]["process"]["pid"]
     os.kill(watchdog, signal.SIGKILL)
     unit.signal_all(signal.SIGKILL)
@@ -168,7 +159,7 @@ def test_quiesce_stop_master_window_killed(base_dir, unit, how):
         init_repo(cfg)
         mark = os.path.join(base_dir, "paused")
         p = start(unit, cfg, bc, {"BORG_CYRUS_FAULT": "quiesced:PAUSE", "BORG_CYRUS_FAULT_MARK": mark})
-        assert _wait(lambda: os.path.exists(mark), 60)
+        assert wait_for(lambda: os.path.exists(mark), 60)
         assert not sb.running()
         t0 = time.monotonic()
         if how == "systemctl-stop":

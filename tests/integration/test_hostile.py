@@ -11,7 +11,7 @@ import pytest
 
 from borg_cyrus.cyrus import imapview, mboxlist
 from borg_cyrus.cyrus.imapview import quote
-from support.common import cli, sandbox_config, write_config
+from support.common import cli, sandbox_config, tools_with, write_config
 from support.helpers import extract, wipe
 
 # -- odd mailbox names end to end --------------------------------------------------
@@ -187,15 +187,8 @@ def test_cyrus_tool_hang_times_out(populated, base_dir):
     """A Cyrus tool that hangs is killed after tool_timeout, with a clear line,
     and Cyrus (stopped by stop-master) is started again. The hang is a fake
     (a wrapper that sleeps): a real Cyrus tool cannot be made to hang on demand."""
-    tools = os.path.join(base_dir, "tools")
-    os.makedirs(tools)
-    for name in os.listdir("/usr/lib/cyrus/bin"):
-        os.symlink(f"/usr/lib/cyrus/bin/{name}", os.path.join(tools, name))
-    os.unlink(os.path.join(tools, "ctl_mboxlist"))
     pidfile = os.path.join(base_dir, "hung.pid")
-    with open(os.path.join(tools, "ctl_mboxlist"), "w") as f:
-        f.write(f"#!/bin/sh\necho $$ > {pidfile}\nsleep 600\n")
-    os.chmod(os.path.join(tools, "ctl_mboxlist"), 0o755)
+    tools = tools_with(os.path.join(base_dir, "tools"), "ctl_mboxlist", f"echo $$ > {pidfile}\nsleep 600")
     cfg = sandbox_config(populated, base_dir, mode="stop-master", tool_timeout=2, cyrus_tools_directory=tools)
     r = cli("before", config=cfg)
     assert r.returncode == 1

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from support.common import cli, sandbox_config
+from support.common import cli, sandbox_config, tools_with
 
 pytestmark = pytest.mark.needs_root
 
@@ -146,14 +146,11 @@ def test_sigterm_during_before_undoes_everything(setup):
     sb, cfg, work = setup
     # make the dump slow enough to be hit: a ctl_mboxlist wrapper that sleeps
     # (a fake, because a real dump of 14 mailboxes takes milliseconds)
-    tools = os.path.join(os.path.dirname(cfg), "slowtools")
-    os.makedirs(tools)
-    for name in os.listdir("/usr/lib/cyrus/bin"):
-        os.symlink(f"/usr/lib/cyrus/bin/{name}", os.path.join(tools, name))
-    os.unlink(os.path.join(tools, "ctl_mboxlist"))
-    with open(os.path.join(tools, "ctl_mboxlist"), "w") as f:
-        f.write("#!/bin/sh\nsleep 30\nexec /usr/lib/cyrus/bin/ctl_mboxlist \"$@\"\n")
-    os.chmod(os.path.join(tools, "ctl_mboxlist"), 0o755)
+    tools = tools_with(
+        os.path.join(os.path.dirname(cfg), "slowtools"),
+        "ctl_mboxlist",
+        'sleep 30\nexec /usr/lib/cyrus/bin/ctl_mboxlist "$@"',
+    )
     with open(cfg, "a") as f:
         f.write(f"cyrus_tools_directory: {tools}\n")
     import sys

@@ -18,7 +18,7 @@ from borg_cyrus.providers import mounts
 from borg_cyrus.tools.demo import populate
 from borg_cyrus.cyrus.imapview import quote
 from borg_cyrus.cyrus.sandbox import Sandbox
-from support.common import cli, write_config
+from support.common import cli, wait_for, write_config
 from support.setups import Setup
 from support.fsimages import is_frozen, sh
 from support.helpers import (
@@ -225,15 +225,6 @@ def test_message_moved_during_backup(provider, base_dir):
         s.destroy()
 
 
-def _wait(cond, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def _steps(work):
     try:
         return [st["kind"] for st in json.load(open(os.path.join(work, "state.json")))["steps"]]
@@ -264,7 +255,7 @@ def test_dead_man_switch(base_dir, quiesce, how):
             stderr=subprocess.DEVNULL,
         )
         marker = "fs-frozen" if quiesce == "fsfreeze" else "service-stopped"
-        assert _wait(lambda: marker in _steps(s.work) and "snapshot" in _steps(s.work), 30), _steps(s.work)
+        assert wait_for(lambda: marker in _steps(s.work) and "snapshot" in _steps(s.work), 30), _steps(s.work)
         if quiesce == "fsfreeze":
             assert is_frozen(s.mnt)
         else:
@@ -272,9 +263,9 @@ def test_dead_man_switch(base_dir, quiesce, how):
         t0 = time.time()
         p.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGSTOP)
         if quiesce == "fsfreeze":
-            ok = _wait(lambda: not is_frozen(s.mnt, 0.2), deadline + 5)
+            ok = wait_for(lambda: not is_frozen(s.mnt, 0.2), deadline + 5)
         else:
-            ok = _wait(sb.running, deadline + 10)
+            ok = wait_for(sb.running, deadline + 10)
         took = time.time() - t0
         assert ok, "the watchdog did not undo the quiesce"
         if how == "sigkill":

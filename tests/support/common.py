@@ -53,3 +53,29 @@ def sandbox_config(sb, base, **extra):
     }
     cfg.update(extra)
     return write_config(os.path.join(base, "borg-cyrus.yaml"), cfg)
+
+
+def wait_for(cond, timeout, step=0.05):
+    """True as soon as cond() holds, False after timeout seconds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+def tools_with(directory, name, script, source="/usr/lib/cyrus/bin"):
+    """A Cyrus tools directory where `name` is a shell script and every other
+    tool the real one: a tool that hangs or is slow on demand (fault injection,
+    a real tool cannot be made to). Returns the directory."""
+    os.makedirs(directory)
+    for tool in os.listdir(source):
+        if tool != name:
+            os.symlink(os.path.join(source, tool), os.path.join(directory, tool))
+    with open(os.path.join(directory, name), "w") as f:
+        f.write("#!/bin/sh\n" + script + "\n")
+    os.chmod(os.path.join(directory, name), 0o755)
+    return directory
