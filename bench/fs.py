@@ -10,13 +10,18 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 from borg_cyrus.providers import mounts
 from borg_cyrus.cyrus.sandbox import Sandbox
 
 from bench import spool
-from bench.common import CLEANUP, RUN_DIR, SHORT_DIR, log, sh
+from bench.common import CLEANUP, ROOT, RUN_DIR, SHORT_DIR, log, sh
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from support import fsimages as support_fsimages  # noqa: E402  (one LoopFs for tests and benchmarks)
+from support.fsimages import mounts_of_source, unmount, unmount_below  # noqa: E402, F401
 
 IMAGES = os.path.join(RUN_DIR, "images")
 CACHE = os.path.join(RUN_DIR, "spool-cache")
@@ -25,22 +30,6 @@ GENERATOR_VERSION = 3  # bump when spool.py changes what it generates
 
 def mounted_below(path):
     return mounts.mounted_under(path)
-
-
-def mounts_of_source(source):
-    return sorted({m.mountpoint for m in mounts.mounts() if m.source == source}, key=len, reverse=True)
-
-
-def unmount(mps):
-    for mp in mps:
-        subprocess.run(["fsfreeze", "--unfreeze", mp], capture_output=True)
-        r = subprocess.run(["umount", mp], capture_output=True)
-        if r.returncode:
-            subprocess.run(["umount", "-l", mp], capture_output=True)
-
-
-def unmount_below(path):
-    unmount(mounted_below(path))
 
 
 def safe_rmtree(path):
@@ -68,42 +57,15 @@ def final_sweep(*roots):
             subprocess.run(["losetup", "-d", parts[0]], capture_output=True)
 
 
-class LoopFs:
+class LoopFs(support_fsimages.LoopFs):
+    """tests/support/fsimages.LoopFs, its teardown registered in CLEANUP."""
+
     def __init__(self, name, fstype, size, image_dir=IMAGES):
-        os.makedirs(image_dir, exist_ok=True)
-        self.image = os.path.join(image_dir, f"{name}.img")
-        self.fstype, self.size = fstype, size
-        self.loop = self.mountpoint = None
+        super().__init__(name, fstype, size, image_dir)
 
     def make(self, mountpoint):
         CLEANUP.push(self.destroy, what=f"loop fs {self.image}")
-        if os.path.exists(self.image):
-            os.unlink(self.image)
-        sh("truncate", "-s", self.size, self.image)
-        self.loop = sh("losetup", "--find", "--show", self.image).stdout.strip()
-        mkfs = {
-            "btrfs": ["mkfs.btrfs", "-q", "-f"],
-            "xfs": ["mkfs.xfs", "-q", "-f"],
-            "ext4": ["mkfs.ext4", "-q", "-F"],
-        }[self.fstype]
-        sh(*mkfs, self.loop)
-        os.makedirs(mountpoint, exist_ok=True)
-        sh("mount", self.loop, mountpoint)
-        os.chmod(mountpoint, 0o755)
-        self.mountpoint = mountpoint
-        return self
-
-    def destroy(self):
-        if self.loop:
-            unmount(mounts_of_source(self.loop))
-        if self.mountpoint:
-            unmount_below(self.mountpoint)
-        if self.loop:
-            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
-            self.loop = None
-        # reflink snapshots made by mode `command` may still hold loop devices on files next to the image
-        if os.path.exists(self.image):
-            os.unlink(self.image)
+        return super().make(mountpoint)
 
 
 class Tmpfs:
