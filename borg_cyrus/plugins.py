@@ -27,6 +27,9 @@ def _entry_points():
 def make_manager(load_entry_points=True):
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
+    if os.environ.get("BORG_CYRUS_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: log.info("trace: %s", msg.rstrip()))
+        pm.enable_tracing()
     if not load_entry_points:
         return pm
     only = os.environ.get("BORG_CYRUS_PLUGINS")
@@ -47,9 +50,6 @@ def make_manager(load_entry_points=True):
         if not pm.is_registered(plugin):
             pm.register(plugin, name=name)
     pm.check_pending()
-    if os.environ.get("BORG_CYRUS_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(lambda msg: log.info("trace: %s", msg.rstrip()))
-        pm.enable_tracing()
     return pm
 
 

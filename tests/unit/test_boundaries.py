@@ -214,3 +214,20 @@ def test_records_are_attributed_and_modes_unique():
     pm2.register(_B, name="bbb")
     with pytest.raises(BorgCyrusError, match="mode 'live' is provided twice"):
         Plugins(pm2).modes()
+
+
+def test_tracing_covers_hooks_called_per_plugin(monkeypatch, caplog):
+    """BORG_CYRUS_TRACE_PLUGINS=1 logs every hook call, including those the
+    facade makes one plugin at a time (modes, dump, restore_dump)."""
+    import logging
+
+    monkeypatch.setenv("BORG_CYRUS_TRACE_PLUGINS", "1")
+    pm = make_manager(load_entry_points=False)
+    pm.register(_A, name="aaa")
+    pm.register(_B, name="bbb")
+    caplog.set_level(logging.INFO, logger="borg_cyrus.plugins")
+    plugins = Plugins(pm)
+    plugins.modes()
+    plugins.dump(None, None, "/d", [])
+    traced = " ".join(r.getMessage() for r in caplog.records)
+    assert "modes" in traced and "dump" in traced

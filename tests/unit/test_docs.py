@@ -1,0 +1,47 @@
+"""The docs match the code: every module of borg_cyrus/ is named in the
+architecture page and in README's module map, every hook in both."""
+
+import os
+import re
+
+from borg_cyrus import hookspecs
+from support.common import ROOT
+
+
+def _modules():
+    pkg = os.path.join(ROOT, "borg_cyrus")
+    for dirpath, _dirs, files in os.walk(pkg):
+        for f in files:
+            if f.endswith(".py") and f != "__init__.py" and "__pycache__" not in dirpath:
+                yield os.path.relpath(os.path.join(dirpath, f), pkg)
+
+
+def _read(*parts):
+    with open(os.path.join(ROOT, *parts)) as f:
+        return f.read()
+
+
+def test_every_module_is_on_the_map():
+    arch, readme = _read("docs", "architecture.md"), _read("README.md")
+    for rel in _modules():
+        name = os.path.splitext(os.path.basename(rel))[0]
+        assert re.search(rf"\b{name}\b", arch), f"docs/architecture.md does not name {rel}"
+        assert re.search(rf"\b{name}\b", readme), f"README.md's module map does not name {rel}"
+
+
+def test_every_hook_is_documented():
+    arch, readme = _read("docs", "architecture.md"), _read("README.md")
+    hooks = [
+        n
+        for n in dir(hookspecs)
+        if callable(getattr(hookspecs, n)) and getattr(getattr(hookspecs, n), "borg_cyrus_spec", None) is not None
+    ]
+    assert len(hooks) == 8
+    for h in hooks:
+        assert f"`{h}(" in arch and f"`{h}(" in readme, h
+
+
+def test_no_module_over_400_lines():
+    for rel in _modules():
+        with open(os.path.join(ROOT, "borg_cyrus", rel)) as f:
+            assert sum(1 for _ in f) <= 400, rel
