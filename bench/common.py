@@ -15,7 +15,10 @@ import time
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_BIN = os.path.dirname(sys.executable)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from support import common as support_common  # noqa: E402  (one environment for tests and benchmarks)
+
+VENV_BIN = support_common.VENV_BIN
 RUN_DIR = "/var/tmp/bench-run"  # repositories, loop images, borg caches (kept off /tmp's neighbours)
 SHORT_DIR = "/tmp/bench"  # Cyrus bases (unix socket paths must stay short)
 
@@ -25,16 +28,12 @@ def log(msg=""):
 
 
 def env(extra=None):
-    """Environment for borg, borgmatic and borg-cyrus: the venv first in PATH,
-    borg's caches and borgmatic's state in the run directory."""
-    e = dict(os.environ)
-    e["PATH"] = VENV_BIN + os.pathsep + e.get("PATH", "")
-    e["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
-    e["BORG_RELOCATED_REPO_ACCESS_IS_OK"] = "yes"
+    """The tests' environment (tests/support/common.py), with borg's caches and
+    borgmatic's state in the run directory."""
+    e = support_common.env()
     e["BORG_PASSPHRASE"] = ""
     e["BORG_BASE_DIR"] = os.path.join(RUN_DIR, "borg-base")
     e["XDG_STATE_HOME"] = os.path.join(RUN_DIR, "state")
-    e.pop("BORG_CYRUS_CONFIG", None)
     e.pop("XDG_RUNTIME_DIR", None)
     e.update(extra or {})
     return e
