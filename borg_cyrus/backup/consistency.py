@@ -83,6 +83,9 @@ def report(ctx, view, mailboxes, counts=True):
         entry = {"uniqueid": mb.uniqueid, "partition": mb.partition}
         if mb.legacy:
             entry.update(layout="legacy", path=d)
+        if hdr is not None:
+            iv = totals.setdefault("index_versions", {})
+            iv[hdr.minor_version] = iv.get(hdr.minor_version, 0) + 1
         if hdr is None:
             totals["unreadable"] += 1
         else:

@@ -57,12 +57,19 @@ def archive_summary(session):
         "created": m.get("created"),
         "hostname": m.get("hostname"),
         "cyrus_version": m.get("cyrus_version"),
+        "backends": backends(m.get("layout") or {}),
+        "index_versions": (m.get("counts") or {}).get("index_versions"),
         "mode": m.get("mode"),
         "counts": m.get("counts"),
         "consistency": (m.get("consistency") or {}).get("counts"),
         "users": users,
         "mailboxes": boxes,
     }
+
+
+def backends(layout_json):
+    """{database: backend} of an archived (or live) layout."""
+    return {k: (v or {}).get("backend") for k, v in (layout_json.get("databases") or {}).items() if isinstance(v, dict)}
 
 
 def format_list(summary, user=None):
@@ -72,6 +79,13 @@ def format_list(summary, user=None):
         f"  made {s.get('created') or '?'} on {s.get('hostname') or '?'}, {s.get('cyrus_version') or 'Cyrus ?'}, "
         f"mode {s.get('mode') or '?'}",
     ]
+    if s.get("backends"):
+        out.append("  databases: " + ", ".join(f"{k} {v}" for k, v in sorted(s["backends"].items())))
+    if s.get("index_versions"):
+        out.append(
+            "  cyrus.index versions: "
+            + ", ".join(f"{v} ({n} mailboxes)" for v, n in sorted(s["index_versions"].items()))
+        )
     boxes = [b for b in s["mailboxes"] if user is None or b["user"] == user]
     users = {k: v for k, v in s["users"].items() if user is None or k == user}
     if user is not None and not boxes:

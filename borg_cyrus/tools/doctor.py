@@ -10,6 +10,7 @@ from borg_cyrus.cyrus import layout as layout_mod
 from borg_cyrus.backup import patterns
 from borg_cyrus.backup import busy
 from borg_cyrus.backup.run import plan_locations
+from borg_cyrus.restore.dump import live_cyrus_version
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.model import View, nest_free
 from borg_cyrus.cyrus.service import Service
@@ -41,6 +42,7 @@ def gather(ctx):
         problems.append(f"required Cyrus tool {name} not found (set cyrus_tools_directory)")
     for name in ctx.tools.missing(layout_mod.RESTORE_TOOLS):
         problems.append(f"restore tool {name} not found: restores will fail")
+    info["cyrus_version"] = live_cyrus_version(ctx)
     info["borg_version"], p = borg_version(ctx)
     if p:
         problems.append(p)
@@ -94,6 +96,8 @@ def doctor(ctx, as_json=False):
             print(f"{kind[:-1]:13} {name}: {path}")
     print(f"sievedir      {lay['sievedir']}")
     print(f"tools         {info['tools']['directory'] or 'NOT FOUND'}")
+    print(f"cyrus         {info['cyrus_version'] or 'version unknown (no cyr_info)'}")
+    print("databases     " + ", ".join(f"{k} {v['backend']}" for k, v in sorted(lay["databases"].items())))
     print(f"borg          {info['borg_version'] or 'NOT FOUND'}")
     svc = info["service"]
     print(f"service       {svc['how']} ({'running' if svc['running'] else 'not running'})")

@@ -130,6 +130,9 @@ def test_restore_list_shows_users_mailboxes_counts_sizes(populated, base_dir):
     assert re.search(r"^user/dave/Old Stuff\s+0\s+0 B\s+default\s+legacy", out, re.M)
     assert re.search(r"^user/alice/Junk\s+3\s+.*messages excluded from backups$", out, re.M)
     assert "14 mailboxes, 3 users, 25 messages" in out
+    # the software the archive comes from: what a restore onto another server needs to know
+    assert re.search(r"^  databases: .*annotations twoskip.*mailboxes twoskip.*quota quotalegacy", out, re.M), out
+    assert re.search(r"^  cyrus\.index versions: 17 \(14 mailboxes\)$", out, re.M), out
     # one user, and JSON
     r = restore(b, "list", "--user", "dave")
     assert "user/alice" not in r.stdout and "user/dave/Junk" in r.stdout

@@ -3,6 +3,7 @@
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -193,6 +194,7 @@ def test_doctor(setup):
     assert f"partition     second: {sb.partitions['second']}" in out
     assert "mailboxes     14 (2 with messages excluded)" in out
     assert "deliver.db" in out and "no problems found" in out
+    assert re.search(r"^cyrus         cyrus-imapd 3\.6", out, re.M) and "mailboxes twoskip" in out
     assert not os.path.exists(os.path.join(work, "patterns"))
     data = json.loads(cli("doctor", "--json", config=cfg, check=0).stdout)
     assert data["excluded_mailboxes"] == ["user.alice.Junk", "user.dave.Junk"]
