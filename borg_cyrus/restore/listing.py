@@ -58,6 +58,7 @@ def archive_summary(session):
         "hostname": m.get("hostname"),
         "cyrus_version": m.get("cyrus_version"),
         "backends": backends(m.get("layout") or {}),
+        "installed": m.get("installed"),
         "index_versions": (m.get("counts") or {}).get("index_versions"),
         "mode": m.get("mode"),
         "counts": m.get("counts"),
@@ -81,6 +82,19 @@ def format_list(summary, user=None):
     ]
     if s.get("backends"):
         out.append("  databases: " + ", ".join(f"{k} {v}" for k, v in sorted(s["backends"].items())))
+    inst = s.get("installed")
+    if isinstance(inst, dict):
+        pkgs = ", ".join(
+            f"{p.get('name')} {p.get('version')}" for p in inst.get("packages") or [] if isinstance(p, dict)
+        )
+        out.append(
+            f"  installed Cyrus: {pkgs or 'no package found'}; {inst.get('files', 0)} files"
+            + (
+                " (archived: `borg extract` them on a binary-compatible host)"
+                if inst.get("files_archived")
+                else " (listed in installed/files.txt, not archived)"
+            )
+        )
     if s.get("index_versions"):
         out.append(
             "  cyrus.index versions: "
