@@ -46,6 +46,12 @@ def build_parser():
 
     s = sub.add_parser("before", help="borgmatic `before` hook: freeze, dump, write the patterns file")
     s.add_argument("--force", action="store_true", help="take over a run whose owner still seems alive")
+    s.add_argument(
+        "--dumps-only",
+        action="store_true",
+        help="a database-only backup: dumps and configs, nothing stopped or frozen "
+        "(patterns in <work_directory>/patterns-dumps; see sample-borgmatic-hourly.yaml)",
+    )
     s = sub.add_parser("after", help="borgmatic `after` hook: undo what `before` did (idempotent)")
     s.add_argument("--force", action="store_true", help="tear down even if the owning backup still runs")
 
@@ -105,6 +111,19 @@ def build_parser():
     rf.add_argument("--dump-dir", help="dump directory (default: <work_directory>/dump)")
     rf.add_argument("--start", action="store_true", help="start Cyrus when done")
     rf.add_argument(
+        "--dumps-from",
+        metavar="ARCHIVE",
+        help="take the databases from this later (database-only) archive: its mailbox list, seen, subscriptions, "
+        "ACLs, METADATA; the messages stay those extracted",
+    )
+    rf.add_argument(
+        "--borgmatic-config",
+        action="append",
+        metavar="FILE",
+        help="with --dumps-from: borgmatic configuration to read that archive through",
+    )
+    rf.add_argument("--repository", help="with --dumps-from: repository path or label")
+    rf.add_argument(
         "--force", action="store_true", help="restore raw files even if the archive was made by another Cyrus version"
     )
 
@@ -147,7 +166,7 @@ def cmd_before(args):
     from borg_cyrus.backup import run as backup
 
     _, _, ctx = load(args)
-    summary = backup.before(ctx, force=args.force)
+    summary = backup.before(ctx, force=args.force, dumps_only=args.dumps_only)
     if args.dry_run:
         sys.stdout.write(summary["patterns"])
     return 0
@@ -204,7 +223,14 @@ def cmd_restore(args):
     if args.restore_command == "full":
         from borg_cyrus.restore.full import FullRestore
 
-        FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start)
+        if not args.dumps_from:
+            FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start)
+            return 0
+        from borg_cyrus.restore.session import ArchiveSession
+
+        with ArchiveSession(ctx, args.borgmatic_config, args.repository, args.dumps_from) as session:
+            newer = session.load_dump()
+            FullRestore(ctx, args.dump_dir, force=args.force, newer=newer).run(start=args.start)
         return 0
     from borg_cyrus.restore import listing
     from borg_cyrus.restore.mailbox import MailboxRestore

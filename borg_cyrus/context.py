@@ -38,6 +38,11 @@ class Context:
         return os.path.join(self.work_dir, "patterns")
 
     @property
+    def dumps_patterns_file(self):
+        """The patterns file of database-only backups (`before --dumps-only`)."""
+        return os.path.join(self.work_dir, "patterns-dumps")
+
+    @property
     def state_file(self):
         return os.path.join(self.work_dir, "state.json")
 

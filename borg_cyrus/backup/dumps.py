@@ -232,7 +232,7 @@ class DatabaseRestore:
                 self.note("would move %s to %s", path, aside)
             else:
                 os.rename(path, aside)
-                self.note("moved the damaged %s to %s", path, aside)
+                self.note("moved the %s %s to %s", "old" if self.dump.replace else "damaged", path, aside)
         empty = os.path.join(self.lay.configdirectory, ".borg-cyrus-empty-(dry-run)")
         if not self.ctx.dry_run:
             # a fresh name, O_EXCL: never through something planted in the configdirectory
@@ -256,7 +256,7 @@ class DatabaseRestore:
 
     def restore_mailboxes_db(self):
         want = sum(1 for mb in self.dump.mailboxes)
-        why = self.db_health("mailboxes", want)
+        why = "replaced by a newer dump" if self.dump.replace else self.db_health("mailboxes", want)
         if why is None:
             self.note("mailboxes.db is healthy")
             return
@@ -279,7 +279,7 @@ class DatabaseRestore:
                 raise BorgCyrusError(f"mailboxes.db is still {why} after the rebuild; see the log")
 
     def restore_annotations_db(self):
-        why = self.db_health("annotations")
+        why = "replaced by a newer dump" if self.dump.replace else self.db_health("annotations")
         if why is None:
             self.note("annotations.db is healthy")
             return

@@ -53,15 +53,16 @@ def _name(lookup, num):
         return None
 
 
-def build(ctx, view, mailbox_list, records, consistency, excludes, problems, timings):
-    """The manifest dict. consistency: backup.consistency.Report."""
+def build(ctx, view, mailbox_list, records, consistency, excludes, problems, timings, dumps_only=False):
+    """The manifest dict. consistency: backup.consistency.Report. dumps_only:
+    a database-only backup (no spool in the archive)."""
     boxes = mailbox_list.mailboxes
     m = {
         "format": 1,
         "borg_cyrus_version": __version__,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),
-        "mode": ctx.config["mode"],
+        "mode": "dumps-only" if dumps_only else ctx.config["mode"],
         "view": view.description,
         "blocked_seconds": view.blocked_seconds,
         "imapd_conf": ctx.layout.imapd_conf,

@@ -20,7 +20,7 @@ from borg_cyrus import faults, state as state_mod
 from borg_cyrus.backup import busy, consistency, manifest, patterns
 from borg_cyrus.cyrus import layout as layout_mod
 from borg_cyrus.errors import BorgCyrusError, BusyError, SkipError
-from borg_cyrus.model import nest_free
+from borg_cyrus.model import View, nest_free
 from borg_cyrus.providers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,15 @@ def run_dumps(ctx, view, dump_dir):
         raise
 
 
-def before(ctx, force=False):
+def before(ctx, force=False, dumps_only=False):
     """Prepare a backup. Returns a summary dict."""
     check_tools(ctx)
     modes = ctx.plugins.modes()
     mode = modes[ctx.config["mode"]](ctx)
     owner = state_mod.find_owner()
     state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
+    if dumps_only:
+        return before_dumps_only(ctx, owner)
     if ctx.dry_run:
         return _before_dry_run(ctx, mode, time.monotonic())
     cfg = ctx.config["busy"]
@@ -259,9 +261,40 @@ def _before_locked(ctx, modes, mode, owner, force, deadline):
     return summary
 
 
-def prepare(ctx, view, locs, timings):
+def before_dumps_only(ctx, owner):
+    """The frequent database-only run: the dumps and the configs, read live
+    (the dump tools block no delivery); nothing is stopped, frozen or
+    snapshotted, so nothing is recorded for `after`. While a full backup runs
+    its dumps are newer than these would be: skipped (exit 75)."""
+    t0 = time.monotonic()
+    with (
+        busy.Deadline(ctx.config["run_timeout"], "before --dumps-only"),
+        state_mod.lock(ctx.lock_file, wait=ctx.config["busy"]["wait"]),
+    ):
+        data = busy.other_run(ctx, owner)
+        if data is not None:
+            raise SkipError(
+                f"a backup started {data.get('started')} is running and dumps the databases itself; "
+                "skipping this database-only run"
+            )
+        locs = [loc for loc in plan_locations(ctx) if loc.kind != "data"]
+        view = View(imapd_conf=ctx.layout.imapd_conf, layout=ctx.layout)
+        summary = prepare(ctx, view, locs, {}, dumps_only=True)
+    summary["seconds"] = time.monotonic() - t0
+    log.info(
+        "before --dumps-only: ready in %.2f s — %d mailboxes, %d dump(s), %d roots",
+        summary["seconds"],
+        summary["mailboxes"],
+        len(summary["dumps"]),
+        summary["roots"],
+    )
+    return summary
+
+
+def prepare(ctx, view, locs, timings, dumps_only=False):
     """Dumps, consistency and counts, excludes, manifest, patterns file: each
-    step's result is passed to the next, the manifest is built from all."""
+    step's result is passed to the next, the manifest is built from all.
+    dumps_only: no spool is archived, so no counts and no spool excludes."""
     dump_dir = _fresh_dump_dir(ctx)
     try:
         t = time.monotonic()
@@ -270,13 +303,16 @@ def prepare(ctx, view, locs, timings):
         faults.point("dumped")
         problems = cross_check(mlist, records, view)
         t = time.monotonic()
-        cons = consistency.report(ctx, view, mlist.mailboxes, counts=ctx.config["dumps"]["message_counts"])
+        if dumps_only:
+            cons = consistency.Report({"skipped": "database-only backup"}, None, {})
+        else:
+            cons = consistency.report(ctx, view, mlist.mailboxes, counts=ctx.config["dumps"]["message_counts"])
         problems += cons.problems
         timings["counts"] = time.monotonic() - t
         t = time.monotonic()
         excludes = ctx.plugins.excludes(ctx, view, mlist.mailboxes)
         timings["excludes"] = time.monotonic() - t
-        m = manifest.build(ctx, view, mlist, records, cons, excludes, problems, timings)
+        m = manifest.build(ctx, view, mlist, records, cons, excludes, problems, timings, dumps_only=dumps_only)
         manifest.write(dump_dir, m)
     except BaseException:
         shutil.rmtree(dump_dir, ignore_errors=True)
@@ -284,15 +320,16 @@ def prepare(ctx, view, locs, timings):
     roots = nest_free([loc.path for loc in locs])
     text = patterns.render(
         roots,
-        excludes,
+        [] if dumps_only else excludes,
         view,
-        comment=f"mode {ctx.config['mode']}, {datetime.datetime.now().isoformat(timespec='seconds')}",
+        comment=f"{'database-only' if dumps_only else 'mode ' + ctx.config['mode']}, "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}",
     )
     if ctx.dry_run:
         shutil.rmtree(dump_dir, ignore_errors=True)
     else:
         _publish_dump_dir(ctx, dump_dir)
-        state_mod.write_atomic(ctx.patterns_file, text, mode=0o600)
+        state_mod.write_atomic(ctx.dumps_patterns_file if dumps_only else ctx.patterns_file, text, mode=0o600)
         faults.point("patterns-written")
     return {
         "mailboxes": len(mlist.mailboxes),

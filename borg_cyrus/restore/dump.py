@@ -18,6 +18,8 @@ class Dump:
     """A dump directory as written by `before` (and extracted from an archive).
     Its contents are untrusted: every mailbox entry is checked (trust.py)."""
 
+    replace = False  # newer than the databases in place: restore_dump replaces them
+
     def __init__(self, path, where=None):
         self.path = path
         mpath = os.path.join(path, "manifest.json")

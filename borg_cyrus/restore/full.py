@@ -16,6 +16,7 @@ import stat
 import time
 
 from borg_cyrus.cyrus import mboxlist
+from borg_cyrus.cyrus.names import display
 from borg_cyrus.restore.dump import Dump, check_cyrus_version
 from borg_cyrus.safety import safeio
 from borg_cyrus.errors import BorgCyrusError
@@ -32,10 +33,16 @@ def _int(value, default):
 
 
 class FullRestore:
-    def __init__(self, ctx, dump_dir=None, force=False):
+    """newer: the Dump of a later database-only backup (`--dumps-from`): its
+    databases replace those of the extracted archive, mailboxes it lists
+    that the spool lacks come back empty."""
+
+    def __init__(self, ctx, dump_dir=None, force=False, newer=None):
         self.ctx = ctx
         self.lay = ctx.layout
-        self.dump = Dump(dump_dir or ctx.dump_dir)
+        self.base = Dump(dump_dir or ctx.dump_dir)
+        self.dump = newer or self.base
+        self.dump.replace = newer is not None
         self.force = force
         self.uid, self.gid = ctx.cyrus_ids()
         self.report = []
@@ -136,9 +143,52 @@ class FullRestore:
         os.lchown(path, self.uid, self.gid)
         self.note("created %s", path)
 
+    def check_newer(self):
+        """A --dumps-from dump must be newer than the archive extracted in place."""
+        if not self.dump.replace:
+            return
+        new, old = self.dump.manifest.get("created") or "", self.base.manifest.get("created") or ""
+        if new <= old and not self.force:
+            raise BorgCyrusError(
+                f"the dump of --dumps-from (made {new or '?'}) is not newer than the extracted "
+                f"archive's (made {old or '?'}); pick a later archive or add --force"
+            )
+        self.note("databases from the dump made %s; messages from the archive made %s", new, old)
+
+    def create_missing(self):
+        """Mailboxes of a newer dump that the spool does not hold (created after
+        the spool's backup) come back empty: `reconstruct` makes them."""
+        if not self.dump.replace:
+            return
+        from borg_cyrus.cyrus import storage
+
+        lay = storage.PathLayout.from_layout(self.lay)
+        missing = []
+        for mb in self.dump.mailboxes:
+            try:
+                if mb.has_spool and not os.path.isdir(storage.index_dir(lay, mb)):
+                    missing.append(mb)
+            except KeyError:
+                continue
+        for i in range(0, len(missing), 200):
+            self.ctx.cyrus(
+                "reconstruct",
+                "--",
+                *[mboxlist.admin_name(mb.intname, self.lay.unixhierarchysep) for mb in missing[i : i + 200]],
+            )
+        if missing:
+            shown = ", ".join(display(mb.intname) for mb in missing[:20])
+            self.note(
+                "%d mailbox(es) created after the archive came back empty: %s%s",
+                len(missing),
+                shown,
+                " …" if len(missing) > 20 else "",
+            )
+
     def register_newer_mailboxes(self):
         """Mailboxes whose directory is in the spool but not in the dump
-        (created while a live backup ran): add them from their cyrus.header."""
+        (created while a live backup ran): add them from their cyrus.header.
+        With a newer dump they were deleted since: named, not registered."""
         known = {mb.uniqueid for mb in self.dump.mailboxes}
         headers = []
         for root in self.lay.partitions.values():
@@ -150,6 +200,14 @@ class FullRestore:
                     for c in os.scandir(b.path) if b.is_dir() else ():
                         if c.name not in known and os.path.exists(os.path.join(c.path, "cyrus.header")):
                             headers.append(os.path.join(c.path, "cyrus.header"))
+        if headers and self.dump.replace:
+            self.note(
+                "%d mailbox director(ies) of the archive are not in the newer mailbox list (deleted since); "
+                "not registered, e.g. %s",
+                len(headers),
+                os.path.dirname(headers[0]),
+            )
+            return
         if headers:
             for i in range(0, len(headers), 500):
                 self.ctx.cyrus("reconstruct", "-P", *headers[i : i + 500])
@@ -189,7 +247,10 @@ class FullRestore:
     def run(self, start=False):
         t0 = time.monotonic()
         self.check_stopped()
-        check_cyrus_version(self.ctx, self.dump, self.force, f"the dump in {self.dump.path}")
+        check_cyrus_version(self.ctx, self.base, self.force, f"the dump in {self.base.path}")
+        if self.dump.replace:
+            check_cyrus_version(self.ctx, self.dump, self.force, "the dump of --dumps-from")
+        self.check_newer()
         self.fix_parents()
         if not self.ctx.dry_run:
             self.check_reachable()
@@ -199,6 +260,7 @@ class FullRestore:
             for line in lines:
                 self.note("%s", line)
         self.ctx.cyrus("ctl_cyrusdb", "-r")
+        self.create_missing()
         self.register_newer_mailboxes()
         self.empty_excluded()
         self.ctx.cyrus("quota", "-f")
