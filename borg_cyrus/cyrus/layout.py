@@ -39,6 +39,17 @@ DB_DEFAULT_BACKEND = {
     "sync_cache": "twoskip",
     "newsrc": "skiplist",
 }
+# Per-user databases (imap/user.c, mboxname.c): name -> (backend key or None, default backend, suffix).
+# <configdirectory>/user/uuid/<u0>/<u1>/<INBOX uniqueid>/<suffix>.db, legacy .../user/<h>/<user>.<suffix>;
+# dav is SQLite, counters Cyrus's own fixed-size binary file.
+USER_DATABASES = {
+    "seen": ("seenstate_db", "twoskip", "seen"),
+    "sub": ("subscription_db", "flat", "sub"),
+    "mboxkey": ("mboxkey_db", "twoskip", "mboxkey"),
+    "dav": (None, "sqlite", "dav"),
+    "conversations": ("conversations_db", "skiplist", "conversations"),
+    "counters": (None, "counters", "counters"),
+}
 
 # Where distributions put the Cyrus tools (first match wins).
 TOOL_DIRS = (

@@ -1,0 +1,376 @@
+"""Built-in plugin: every Cyrus database that holds state, dumped as text,
+so a restore can rebuild it in any backend (or a Cyrus that cannot read the
+archived binary files). mailboxes.db and annotations.db stay with the
+`dumps` plugin (backup/dumps.py); caches and what Cyrus regenerates
+(deliver.db, tls_sessions, ptscache, statuscache, zoneinfo, sync cache,
+xapianactive) are not dumped.
+
+What is dumped (read through the frozen view, so it describes the same
+instant as the spool; original paths from imapd.conf):
+
+| kind | where (original path) | backend key (default) |
+|---|---|---|
+| quota | quota_db_path or <configdirectory>/quota (a directory) | quota_db (quotalegacy) |
+| userdeny | userdeny_db_path or <configdirectory>/user_deny.db | userdeny_db (flat) |
+| backups, newsrc | backup_db_path, newsrc_db_path ... (if present) | backup_db, newsrc_db |
+| caldav_alarm | <configdirectory>/caldav_alarm.sqlite3 (if present) | SQLite |
+| seen, sub, mboxkey | per user: <configdirectory>/user/uuid/<u0>/<u1>/<INBOX uniqueid>/<kind>.db, legacy <configdirectory>/user/<h>/<user>.<kind> | seenstate_db (twoskip), subscription_db (flat), mboxkey_db (twoskip) |
+| dav | per user, as above: dav.db (DAV objects; on 3.6 also the ManageSieve scripts and the active one) | SQLite |
+| conversations, counters | per user, opt-in (`databases.conversations`, `databases.counters`) | conversations_db (skiplist); counters: Cyrus's own binary file |
+
+Format of <dump_dir>/databases/ (self-describing; `index.jsonl` first):
+
+- `index.jsonl`: line 1 a header `{"format": "borg-cyrus databases", "version": 1,
+  "batch": ..., "sql": ...}`; then one JSON object per dumped database file:
+  `kind`, `user` and `inbox` (the INBOX uniqueid; per-user kinds only), `path`
+  (original absolute path), `backend` (as configured when archived), `via`
+  (`reader`: the pure-Python reader of cyrus/dbformats.py, `cyr_dbtool`,
+  `sqlite`, `counters`), `records`, `bytes`, `file` (relative to databases/).
+  An entry with `error` instead of `file` names a database that was not
+  dumped (see below). One index instead of a manifest list keeps
+  manifest.json small at 100k users.
+- `global/<kind>.batch`, `user/<u0>/<inbox uniqueid>.<kind>.batch`: binary-safe
+  records in cyr_dbtool batch SHOW format, every key and value a literal:
+  `{n+}CRLF<key> {n+}CRLF<value>LF`, in the order cyr_dbtool lists them.
+  dbbatch.parse() reads them; `cyr_dbtool DB BACKEND batch < load_script(records)`
+  rebuilds the database in any backend (counters: (field, decimal) records).
+- `....sql` (dav, caldav_alarm): SQL text, `PRAGMA user_version = N;` then
+  SQLite's iterdump() (BEGIN ... COMMIT); `sqlite3 NEW.db < FILE` rebuilds it.
+
+manifest.json gets a `databases` section: format, index, entries, kinds
+({kind: files, records, bytes, backend}), problems (the first 50) and
+problem_count; `dumps` gets one record per kind and one for the index.
+
+A database that cannot be dumped is a warning, never followed or waited
+for, and the backup goes on (its raw file is archived anyway): a symlink, FIFO
+or device where a file belongs, a file not owned by the cyrus user, a damaged
+or truncated file (the reader's one-line error), an SQLite file with a hot
+journal or held by a writer for more than 2 s, a failing cyr_dbtool. A
+database that changes while it is read (mode live) is read again twice
+before it counts as damaged. Each problem is logged (the first 20) and listed
+in the manifest and the index.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from borg_cyrus.cyrus import dbbatch, dbfiles, storage
+from borg_cyrus.cyrus.dbformats import DbError
+from borg_cyrus.cyrus.layout import USER_DATABASES
+from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.hookspecs import hookimpl
+from borg_cyrus.model import DumpRecord
+from borg_cyrus.safety import safeio
+
+log = logging.getLogger(__name__)
+PLUGIN = "databases"
+DIR = "databases"
+INDEX = "index.jsonl"
+SCRATCH_PREFIX = "dbcopy-"
+GLOBAL = ("quota", "userdeny", "backups", "newsrc")
+MAX_LOGGED = 20
+
+SCHEMA = {
+    "databases": {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "description": "Text dumps of every Cyrus database that holds state (quota, deny list, per-user "
+        "seen, subscriptions, mboxkey, dav.db) into dump/databases/.",
+        "properties": {
+            "enabled": {"type": "boolean", "default": True, "description": "Write these dumps."},
+            "conversations": {
+                "type": "boolean",
+                "default": False,
+                "description": "Also dump each user's conversations database (regenerable with "
+                "ctl_conversationsdb -b; a cyr_dbtool run per user with the default skiplist backend).",
+            },
+            "counters": {
+                "type": "boolean",
+                "default": False,
+                "description": "Also dump each user's modseq counters file.",
+            },
+        },
+    }
+}
+
+
+def _batch(records):
+    return b"".join(dbbatch.literal(k) + b" " + dbbatch.literal(v) + b"\n" for k, v in records)
+
+
+class Job:
+    """One run of the plugin: reads every database, writes the dumps and the index."""
+
+    def __init__(self, ctx, view, dump_dir):
+        self.ctx, self.view = ctx, view
+        self.top = os.path.join(dump_dir, DIR)
+        self.uid = ctx.cyrus_ids()[0]
+        self.live = not view.prefixes
+        self.entries = []
+        self.problems = []
+        self.kinds = {}
+        self._dirs = set()
+        self._scratch = None
+        self.timing = {}
+
+    # -- output ----------------------------------------------------------------
+    def write(self, rel, data):
+        d = os.path.dirname(rel)
+        if d and d not in self._dirs:
+            os.makedirs(os.path.join(self.top, d), 0o700, exist_ok=True)
+            self._dirs.add(d)
+        safeio.create_file(os.path.join(self.top, rel), data)
+
+    def problem(self, entry, why):
+        entry["error"] = why
+        self.entries.append(entry)
+        self.problems.append(why)
+        if len(self.problems) <= MAX_LOGGED:
+            log.warning("database not dumped: %s", why)
+
+    def add(self, entry, rel, data, records, via):
+        self.write(rel, data)
+        entry.update(via=via, records=records, bytes=len(data), file=rel)
+        self.entries.append(entry)
+        k = self.kinds.setdefault(entry["kind"], {"files": 0, "records": 0, "bytes": 0, "backend": entry["backend"]})
+        k["files"] += 1
+        k["records"] += records
+        k["bytes"] += len(data)
+
+    # -- reading -----------------------------------------------------------------
+    def records(self, orig, read, backend):
+        """(records, via) of a key-value database; raises DbError/BorgCyrusError/OSError."""
+        tries = 1 if not self.live else 3
+        for attempt in range(tries):
+            try:
+                return dbfiles.read_records(read, backend, self.uid), "reader"
+            except dbfiles.NeedsTool:
+                return self.tool_records(orig, read, backend), "cyr_dbtool"
+            except DbError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.05)  # live: a writer may have been between two writes
+        raise AssertionError("unreachable")
+
+    def tool_records(self, orig, read, backend, directory=False):
+        """`cyr_dbtool ... batch` SHOW, on the file itself when reading live, else on a private copy
+        (a snapshot is read-only and Cyrus's tools open databases for writing)."""
+        if not directory:
+            dbfiles.check_file(read, self.uid)
+        path = read
+        if not self.live and not directory:
+            path = self.private_copy(read)
+        try:
+            r = self.ctx.cyrus(
+                "cyr_dbtool",
+                path,
+                backend,
+                "batch",
+                conf=self.view.imapd_conf,
+                input=b'SHOW ""\n',  # an explicit empty prefix: quotalegacy crashes on a missing one
+                changes=False,
+                check=False,
+            )
+        finally:
+            if path != read:
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        err = r.stderr.decode("utf-8", "replace").strip().splitlines()
+        if r.returncode or any("FAILED" in ln or "fatal" in ln for ln in err):
+            raise DbError(f"{orig}: cyr_dbtool {backend} batch failed (exit {r.returncode}: {' '.join(err)[:200]})")
+        try:
+            return dbbatch.parse(r.stdout)
+        except dbbatch.BatchFormatError as e:
+            raise DbError(f"{orig}: cyr_dbtool {backend} batch gave an unusable dump ({e})") from None
+
+    def private_copy(self, src):
+        """A copy of src the cyrus user may open read-write, in a root-owned 0711 directory below the
+        work directory (built by root, handed to cyrus when complete; root only removes it later)."""
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=self.ctx.work_dir)
+            os.chmod(self._scratch, 0o711)
+        d = tempfile.mkdtemp(dir=self._scratch)
+        dst = os.path.join(d, os.path.basename(src))
+        uid, gid = self.ctx.cyrus_ids()
+        safeio.copy_regular(src, dst, uid, gid)
+        os.chown(d, uid, gid)
+        return dst
+
+    def cleanup(self):
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    # -- one database ------------------------------------------------------------
+    def one(self, entry, orig, read, backend, rel):
+        """Dump one database file (absent: nothing); problems are recorded, not raised."""
+        entry.update(path=orig, backend=backend)
+        try:
+            if backend == "sqlite":
+                data, n = dbfiles.dump_sqlite(read, self.uid)
+                self.add(entry, rel + ".sql", data, n, "sqlite")
+            elif backend == "counters":
+                recs = dbfiles.read_counters(read, self.uid)
+                self.add(entry, rel + ".batch", _batch(recs), len(recs), "counters")
+            else:
+                recs, via = self.records(orig, read, backend)
+                self.add(entry, rel + ".batch", _batch(recs), len(recs), via)
+        except FileNotFoundError:
+            pass
+        except (BorgCyrusError, OSError) as e:
+            why = str(e) if isinstance(e, BorgCyrusError) else f"{read}: {e.strerror}"
+            if read != orig:
+                why += f" (original path {orig})"
+            self.problem(entry, why)
+
+    # -- what to dump --------------------------------------------------------------
+    def global_dbs(self):
+        live = self.ctx.layout
+        for name in GLOBAL:
+            backend, orig = live.database(name)
+            entry = {"kind": name}
+            if name == "quota":
+                read = self.view.layout.database("quota")[1]  # the point-in-time copy in snapshot modes
+                if backend == "quotalegacy":
+                    if os.path.isdir(read) and not os.path.islink(read):
+                        self.quota_dir(entry, orig, read, backend)
+                    continue
+            else:
+                read = self.view.read_path(orig)
+            self.one(entry, orig, read, backend, f"global/{name}")
+        orig = os.path.join(live.configdirectory, "caldav_alarm.sqlite3")
+        self.one({"kind": "caldav_alarm"}, orig, self.view.read_path(orig), "sqlite", "global/caldav_alarm")
+
+    def quota_dir(self, entry, orig, read, backend):
+        entry.update(path=orig, backend=backend)
+        try:
+            recs = self.tool_records(orig, read, backend, directory=True)
+        except BorgCyrusError as e:
+            self.problem(entry, str(e))
+            return
+        self.add(entry, "global/quota.batch", _batch(recs), len(recs), "cyr_dbtool")
+
+    def user_kinds(self):
+        opts = self.ctx.config.get("databases") or {}
+        conf = self.ctx.layout.conf
+        out = []
+        for kind, (key, default, suffix) in USER_DATABASES.items():
+            if kind in ("conversations", "counters") and not opts.get(kind):
+                continue
+            out.append((kind, conf.get(key, default) if key else default, suffix))
+        return out
+
+    def users(self, mailboxes):
+        lay = storage.PathLayout.from_layout(self.ctx.layout)
+        kinds = self.user_kinds()
+        for mb in mailboxes:
+            if not (mb.is_inbox and mb.has_spool):
+                continue
+            user, u = mb.userid, mb.uniqueid
+            if mb.legacy:
+                base = storage.user_paths(lay, user, mb)["user"][0].rsplit(".", 1)[0]
+                paths = {kind: f"{base}.{suffix}" for kind, _b, suffix in kinds}
+                present = None
+            else:
+                d = storage.user_paths(lay, user, mb)["user"][0]
+                paths = {kind: os.path.join(d, f"{suffix}.db") for kind, _b, suffix in kinds}
+                present = self.listing(d)
+            for kind, backend, _suffix in kinds:
+                orig = paths[kind]
+                if present is not None and os.path.basename(orig) not in present:
+                    continue
+                entry = {"kind": kind, "user": user, "inbox": u}
+                self.one(entry, orig, self.view.read_path(orig), backend, f"user/{u[0]}/{u}.{kind}")
+
+    def listing(self, d):
+        """Names in a uuid-layout user directory (one syscall instead of a failed open per kind)."""
+        try:
+            return set(os.listdir(self.view.read_path(d)))
+        except FileNotFoundError:
+            return set()
+        except OSError:
+            return None  # not a directory, unreadable: let each open say why
+
+    # -- results ---------------------------------------------------------------------
+    def finish(self):
+        header = {
+            "format": "borg-cyrus databases",
+            "version": 1,
+            "batch": "cyr_dbtool batch SHOW records, every key and value a {n+} literal; "
+            "load with cyr_dbtool DB BACKEND batch (BEGIN, SET, COMMIT)",
+            "sql": "PRAGMA user_version, then sqlite3 iterdump(); load with sqlite3 DB < FILE",
+            "view": self.view.description,
+        }
+        lines = [json.dumps(header, separators=(",", ":"))]
+        lines += [json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in self.entries]
+        index = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+        self.write(INDEX, index)
+        if len(self.problems) > MAX_LOGGED:
+            log.warning("%d databases in all were not dumped; see %s/%s", len(self.problems), DIR, INDEX)
+        section = {
+            "format": 1,
+            "index": f"{DIR}/{INDEX}",
+            "entries": len(self.entries),
+            "kinds": self.kinds,
+            "problems": self.problems[:50],
+            "problem_count": len(self.problems),
+        }
+        recs = [
+            DumpRecord(
+                f"{DIR}/{INDEX}",
+                [f"{DIR}/{INDEX}"],
+                len(self.entries),
+                len(index),
+                self.timing.get("all", 0.0),
+                PLUGIN,
+                {"format": "JSON lines: a header, then one entry per database file"},
+                {"databases": section},
+            )
+        ]
+        for kind, k in sorted(self.kinds.items()):
+            files = [e["file"] for e in self.entries if e["kind"] == kind and "file" in e and "user" not in e]
+            recs.append(
+                DumpRecord(
+                    f"{DIR}/{kind}",
+                    [f"{DIR}/{f}" for f in files] or [f"{DIR}/{INDEX}"],
+                    k["records"],
+                    k["bytes"],
+                    0.0,
+                    PLUGIN,
+                    {"backend": k["backend"], "databases": k["files"]},
+                )
+            )
+        return recs
+
+
+@hookimpl
+def config_schema():
+    return SCHEMA
+
+
+def remove_stale_scratch(work_dir):
+    """Private copies a killed run left below the work directory."""
+    for name in os.listdir(work_dir) if os.path.isdir(work_dir) else ():
+        p = os.path.join(work_dir, name)
+        if name.startswith(SCRATCH_PREFIX) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@hookimpl
+def dump(ctx, view, dump_dir, mailboxes):
+    if not (ctx.config.get("databases") or {}).get("enabled", True):
+        return []
+    t0 = time.monotonic()
+    remove_stale_scratch(ctx.work_dir)
+    job = Job(ctx, view, dump_dir)
+    os.mkdir(job.top, 0o700)
+    try:
+        job.global_dbs()
+        job.users(mailboxes)
+    finally:
+        job.cleanup()
+    job.timing["all"] = time.monotonic() - t0
+    return job.finish()
