@@ -16,7 +16,7 @@ import traceback
 from bench.scales import LARGE, MEDIUM, SMALL, VM_BIG, VM_SMALL, sweep
 from bench.common import CLEANUP, ROOT, RUN_DIR, SHORT_DIR, log, machine, write_json
 
-SECTIONS = ("nightly", "blocked", "scaling", "restore", "lvm")
+SECTIONS = ("nightly", "blocked", "scaling", "userdbs", "restore", "lvm")
 
 
 def plan_for(quick):
@@ -26,6 +26,7 @@ def plan_for(quick):
             "blocked": (SMALL, 2),
             "restore": (SMALL, 3),
             "scaling": ([sweep(1000), sweep(10_000), sweep(10_000, 10)], 3),
+            "userdbs": 2,
             "lvm": ([VM_SMALL], 2),
         }
     return {
@@ -33,6 +34,7 @@ def plan_for(quick):
         "blocked": (MEDIUM, 3),
         "restore": (MEDIUM, 3),
         "scaling": ([sweep(1000), sweep(10_000), sweep(100_000), sweep(10_000, 10)], 3),
+        "userdbs": 3,
         "lvm": ([VM_SMALL, VM_BIG], 2),
     }
 
@@ -174,6 +176,10 @@ def run_section(name, b, plan, quick, a):
         scales, reps = plan["scaling"]
         profile = a.profile if a.profile is not None else not quick
         return scaling.run(b, scales, reps, profile_largest=profile)
+    if name == "userdbs":
+        from bench import userdbs
+
+        return userdbs.run(b, plan["userdbs"])
     if name == "restore":
         from bench import restore
 

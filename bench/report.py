@@ -160,6 +160,10 @@ def headline(results):
                 verdict(p10["before_s"] <= TARGETS["before_10k"]),
             )
         )
+    if sec.get("userdbs"):
+        from bench import userdbs
+
+        rows.append(userdbs.headline_row(sec["userdbs"], s, TARGETS["before_10k"]))
     rs = sec.get("restore") or {}
     if rs.get("raw_median"):
         rows.append(
@@ -463,6 +467,12 @@ def tables(results):
             out.append(f"LVM WRITE-BLOCKED WINDOW (VM), {name}\n" + blocked_table(v["blocked"]))
     if sec.get("scaling"):
         out.append("BEFORE SCALING\n" + scaling_table(sec["scaling"]))
+    if sec.get("userdbs"):
+        u = sec["userdbs"]
+        out.append(
+            f"BEFORE AT 10K USERS ({u['mailboxes']} mailboxes): with the database dumps {s(u['with']['before_s'])}, "
+            f"without {s(u['without']['before_s'])}, added {s(u['added_s'])}"
+        )
     if sec.get("restore"):
         r = sec["restore"]
         out.append(

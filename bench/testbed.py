@@ -41,10 +41,11 @@ class Bench:
             self._btrfs = fs.LoopFs("bench-btrfs", "btrfs", BTRFS_SIZE).make(os.path.join(SHORT_DIR, "btrfs"))
         return self._btrfs
 
-    def testbed(self, scale, kind="btrfs"):
+    def testbed(self, scale, kind="btrfs", build=None):
+        """build: what puts the spool of scale into a directory (default fs.build_spool)."""
         key = (scale.name, kind)
         if key not in self._beds:
-            self._beds[key] = Testbed(self, scale, kind)
+            self._beds[key] = Testbed(self, scale, kind, build=build)
         return self._beds[key]
 
     def drop_testbed(self, scale, kind="btrfs"):
@@ -55,7 +56,7 @@ class Bench:
 
 
 class Testbed:
-    def __init__(self, bench, scale, kind="btrfs", source=None):
+    def __init__(self, bench, scale, kind="btrfs", source=None, build=None):
         self.bench, self.scale, self.kind = bench, scale, kind
         self.name = scale.name if kind == "btrfs" else f"{scale.name}-{kind}"
         self.dir = os.path.join(RUN_DIR, "beds", self.name)  # configs, repos, work directories
@@ -66,7 +67,7 @@ class Testbed:
         if kind == "btrfs":
             self.fs = bench.btrfs()
             self.data = fs.btrfs_subvolume(os.path.join(self.fs.mountpoint, scale.name))
-            self.info = fs.build_spool(scale, self.data, use_cache=bench.use_cache)
+            self.info = (build or fs.build_spool)(scale, self.data, use_cache=bench.use_cache)
         elif kind == "xfs":
             store = fs.LoopFs(f"bench-store-{scale.name}", "btrfs", STORE_SIZE).make(
                 os.path.join(SHORT_DIR, f"store-{scale.name}")

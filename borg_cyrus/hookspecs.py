@@ -70,3 +70,12 @@ def restore_dump(ctx, dump):
     a stopped server whose files `borg extract` put in place. Return report
     lines. The built-in dumper rebuilds mailboxes.db and annotations.db
     first (tryfirst); a plugin's hook runs after it."""
+
+
+@hookspec
+def restore_user_dump(ctx, dump, userid, user_dir):
+    """`restore user`: bring back this plugin's per-user state of userid into
+    the running server, after the user's mailboxes and archived per-user
+    files are in place. user_dir: where this server keeps the user's files,
+    (directory, True) in the uuid layout or (legacy file prefix
+    `.../user/h/name.`, False). Return report lines."""

@@ -122,6 +122,11 @@ class Plugins:
         """[(plugin name, report lines)] of every dumper's restore."""
         return [(name, flatten(lines)) for name, lines in self.each("restore_dump", ctx=ctx, dump=dump)]
 
+    def restore_user_dump(self, ctx, dump, userid, user_dir):
+        """[(plugin name, report lines)] of every dumper's per-user restore."""
+        kw = dict(ctx=ctx, dump=dump, userid=userid, user_dir=user_dir)
+        return [(name, flatten(lines)) for name, lines in self.each("restore_user_dump", **kw)]
+
     def describe(self):
         """[(plugin name, module/dist, [hooks])] for `borg-cyrus plugins`."""
         out = []

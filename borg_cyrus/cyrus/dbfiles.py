@@ -58,17 +58,18 @@ def open_checked(path, uid=None):
 def _read_fd(fd, size, path, limit):
     if size > limit:
         raise DbError(f"{path}: {size} bytes, larger than {limit}; not read")
-    chunks = []
-    off = 0
-    while True:
+    first = os.pread(fd, size + 1, 0)  # one read for the usual small file
+    if len(first) <= size:
+        return first
+    chunks = [first]  # it grew while read: read on, up to the limit
+    off = len(first)
+    while off <= limit:
         b = os.pread(fd, min(1 << 24, limit + 1 - off), off)
         if not b:
-            break
+            return b"".join(chunks)
         chunks.append(b)
         off += len(b)
-        if off > limit:
-            raise DbError(f"{path}: grew past {limit} bytes while read; not read")
-    return b"".join(chunks)
+    raise DbError(f"{path}: grew past {limit} bytes while read; not read")
 
 
 def read_file(path, uid=None, limit=LIMIT):

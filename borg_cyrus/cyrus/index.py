@@ -1,14 +1,22 @@
-"""cyrus.index: the header (message count and bytes, cheap: ~100 bytes per
+"""cyrus.index: the header (message count and bytes, cheap: ~160 bytes per
 mailbox, so per-mailbox counts stay O(mailboxes)) and the records (UID, size,
 flags and GUID of every message).
 
-Each record of index minor version 17 (Cyrus 3.2-3.6) is 112 bytes and ends
-with a CRC32 of the rest; the GUID is the SHA-1 of the message file. So the
-archived index is itself the checksum list of the archived messages: a
+Index minor versions by Cyrus release: 13 (3.0), 16 (3.2), 17 (3.4-3.8),
+19 (3.10; 18 only in 3.9 development). From imap/mailbox.c of 3.10.2
+(mailbox_buf_to_index_header, mailbox_buf_to_index_record) and mailbox.h:
+- header: last_uid 28, quota_used 32 (64 bit), uidvalidity 44 in every
+  version; `exists` at 84 up to v18, at 60 in v19 ("v19 rearranged fields so
+  modseq_t & quota_t fall on 8-byte boundaries"); the header is 160 bytes
+  from v14 on (128 in v13) and ends with its CRC32.
+- records of v13-v19 keep size 12, system flags 32 and the GUID (SHA-1 of the
+  message file, MESSAGE_GUID_SIZE 20) at 60, and end with a CRC32 of the rest
+  (112 bytes from v16 on, createdmodseq added; 104 before).
+So the archived index is itself the checksum list of the archived messages: a
 restore drill can prove every message file present, of the right size and
 (--deep) byte-identical without anything recorded at backup time.
 Other versions: the UIDs are still read (offset 0, CRC checked), sizes and
-GUIDs are not.
+GUIDs are not, and the header is not interpreted.
 """
 
 import struct
@@ -19,8 +27,11 @@ FLAG_EXPUNGED = 1 << 31
 FLAG_UNLINKED = 1 << 30
 FLAG_ARCHIVED = 1 << 29
 
-# minor version -> {field: offset}
-LAYOUTS = {17: {"size": 12, "system_flags": 32, "guid": 60}}
+# record fields: minor version -> {field: offset}
+LAYOUTS = {v: {"size": 12, "system_flags": 32, "guid": 60} for v in range(13, 20)}
+# header fields: minor version -> {field: offset}
+_PRE19 = {"last_uid": 28, "quota_used": 32, "uidvalidity": 44, "exists": 84}
+HEADER_LAYOUTS = {**{v: _PRE19 for v in range(13, 19)}, 19: {**_PRE19, "exists": 60}}
 
 
 class IndexError_(ValueError):
@@ -89,11 +100,12 @@ def parse(data, path="cyrus.index"):
             )
         else:
             recs.append(Record(uid, None, None, None))
+    hl = HEADER_LAYOUTS.get(minor, _PRE19)
     return Index(
         minor,
-        struct.unpack_from(">I", data, 44)[0],
-        struct.unpack_from(">I", data, 28)[0],
-        struct.unpack_from(">I", data, 84)[0],
+        struct.unpack_from(">I", data, hl["uidvalidity"])[0],
+        struct.unpack_from(">I", data, hl["last_uid"])[0],
+        struct.unpack_from(">I", data, hl["exists"])[0],
         tuple(recs),
     )
 
@@ -105,7 +117,7 @@ def read(path):
 
 
 HEADER_BYTES = 96
-HEADER_VERSIONS = range(13, 20)  # header offsets shared by index minor versions 13-19 (Cyrus 3.0-3.6)
+HEADER_VERSIONS = tuple(HEADER_LAYOUTS)  # 13-19: Cyrus 3.0-3.10
 
 
 @dataclass(frozen=True)
@@ -138,15 +150,16 @@ def inspect(path):
     if len(data) < HEADER_BYTES:
         return None, f"cyrus.index is truncated ({size} bytes, shorter than its header)"
     minor, start, rsize, nrec = struct.unpack_from(">IIII", data, 8)
-    if minor not in HEADER_VERSIONS:
+    hl = HEADER_LAYOUTS.get(minor)
+    if hl is None:
         return None, None
     hdr = IndexHeader(
         minor_version=minor,
         num_records=nrec,
-        last_uid=struct.unpack_from(">I", data, 28)[0],
-        quota_used=struct.unpack_from(">Q", data, 32)[0],
-        uidvalidity=struct.unpack_from(">I", data, 44)[0],
-        exists=struct.unpack_from(">I", data, 84)[0],
+        last_uid=struct.unpack_from(">I", data, hl["last_uid"])[0],
+        quota_used=struct.unpack_from(">Q", data, hl["quota_used"])[0],
+        uidvalidity=struct.unpack_from(">I", data, hl["uidvalidity"])[0],
+        exists=struct.unpack_from(">I", data, hl["exists"])[0],
     )
     if (
         HEADER_BYTES <= start <= len(data)

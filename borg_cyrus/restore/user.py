@@ -73,6 +73,13 @@ class UserRestore(PartialRestore):
         missing = self.extract(required + optional + [x[0] for x in extras], required)
         extras = [(s, d, label, lo) for s, d, label, lo in extras if s not in missing]
         headers, merged = self.apply(plans, extras)
+        # per-user databases the archive could not give in this server's backend: from the text dumps
+        where = dst_user["user"][0]
+        user_dir = (where, True) if not live_inbox.legacy else (where[: -len(where.rsplit(".", 1)[1])], False)
+        if not self.ctx.dry_run:
+            for _plugin, lines in self.ctx.plugins.restore_user_dump(self.ctx, self.s.dump, userid, user_dir):
+                for line in lines:
+                    self.say("%s", line)
         self.tool("reconstruct", "-r", "-u", "--", userid)
         for p in merged:
             self.tool("reconstruct", "--", self.admin(p.target))

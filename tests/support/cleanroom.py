@@ -1,12 +1,15 @@
-"""A clean Debian 12 root for install tests.
+"""A clean Debian root (12 by default, or 13) for install tests.
 
-`debootstrap --variant=minbase bookworm` from the host's own mirror, once,
-cached as a tarball in CACHE; every `CleanRoot` unpacks it into a new
-directory, mounts /proc /sys /dev /dev/pts /dev/shm /run /tmp, copies in the
-committed project and runs commands there with `chroot ... env -i`. Leaving
-the `with` block (or a crash of an earlier run, found by the next one) kills
-every process whose root is in the directory, unmounts everything under it
-and deletes it.
+`debootstrap --variant=minbase SUITE` from the host's own mirror, once per
+suite, cached as a tarball in CACHE; every `CleanRoot` unpacks it (or a
+tarball made from it, tests/support/trixieroot.py) into a new directory,
+mounts /proc /sys /dev /dev/pts /dev/shm /run /tmp, copies in the committed
+project and runs commands there with `chroot ... env -i`. Another suite than
+the host's gets the host's apt sources with the suite renamed (bookworm,
+bookworm-updates, bookworm-security -> trixie, ...). Leaving the `with` block
+(or a crash of an earlier run, found by the next one) kills every process
+whose root is in the directory, unmounts everything under it and deletes it
+(tests/support/rootfs.py).
 
 Not a sandbox: the chroot shares the host's kernel, network and /dev.
 """
@@ -15,37 +18,60 @@ import configparser
 import fcntl
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 
+from support.rootfs import (  # noqa: F401 - the harness's names, as before the split
+    CHROOT_PATH,
+    chroot_argv,
+    kill_all_in,
+    log,
+    mount_api,
+    mounts_under,
+    pids_in,
+    run,
+    teardown,
+    unmount_all,
+    write_host_files,
+)
+
 CACHE = os.environ.get("BORG_CYRUS_CLEANROOM_CACHE", "/var/cache/borg-cyrus-tests")
-SUITE = "bookworm"
-BASE_TAR = os.path.join(CACHE, f"{SUITE}-minbase.tar")
+SUITE = "bookworm"  # the default suite of a CleanRoot
 # what a Debian server has besides minbase (https to PyPI needs the CAs)
 BASE_PACKAGES = ["ca-certificates"]
-CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEB822 = "/etc/apt/sources.list.d/debian.sources"
 ONE_LINE = "/etc/apt/sources.list"
 PROJECT = "/root/borg-cyrus"
 
 
-def log(msg):
-    print(f"cleanroom: {msg}", flush=True)
+def base_tar(suite=SUITE):
+    return os.path.join(CACHE, f"{suite}-minbase.tar")
 
 
-def run(argv, **kw):
-    kw.setdefault("check", True)
-    return subprocess.run(argv, **kw)
+BASE_TAR = base_tar()
 
 
 # ------------------------------------------------------------ host facts
 
 
+def host_suite():
+    """The host's Debian codename (/etc/os-release), bookworm if it says none."""
+    try:
+        for line in open("/etc/os-release"):
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"') or SUITE
+    except OSError:
+        pass
+    return SUITE
+
+
 def host_mirror():
-    """(URI, keyring or None) of the host's first enabled `deb` source for SUITE."""
+    """(URI, keyring or None) of the host's first enabled `deb` source for its own suite."""
+    suite = host_suite()
     if os.path.exists(DEB822):
         for stanza in open(DEB822).read().split("\n\n"):
             fields = {}
@@ -57,7 +83,7 @@ def host_mirror():
             if (
                 fields.get("enabled", "yes").lower() != "no"
                 and "deb" in fields.get("types", "").split()
-                and SUITE in fields.get("suites", "").split()
+                and suite in fields.get("suites", "").split()
                 and fields.get("uris")
             ):
                 return fields["uris"].split()[0], fields.get("signed-by")
@@ -68,9 +94,20 @@ def host_mirror():
                 head, _, rest = line.partition("]")
                 line = head.split("[")[0] + rest
             words = line.split()
-            if words[:1] == ["deb"] and len(words) >= 3 and words[2] == SUITE:
+            if words[:1] == ["deb"] and len(words) >= 3 and words[2] == suite:
                 return words[1], None
-    raise RuntimeError(f"no enabled 'deb {SUITE}' source in {DEB822} or {ONE_LINE}")
+    raise RuntimeError(f"no enabled 'deb {suite}' source in {DEB822} or {ONE_LINE}")
+
+
+def guest_sources(suite):
+    """(path, text) of the root's apt sources: the host's own (main, updates,
+    security), with the host's suite renamed when the root's is another."""
+    path = DEB822 if os.path.exists(DEB822) else ONE_LINE
+    text = open(path).read()
+    if suite != host_suite():
+        # whole words only: bookworm-security -> trixie-security
+        text = re.sub(rf"(?<![\w.-]){re.escape(host_suite())}(?=$|[\s-])", suite, text, flags=re.M)
+    return path, text
 
 
 def host_apt_access():
@@ -121,132 +158,6 @@ def host_pip_access():
     return out
 
 
-# ------------------------------------------------- processes and mounts
-
-
-def _unescape(path):
-    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def mounts_under(root):
-    """Mount points at or below root, deepest and most recent first."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for n, line in enumerate(f):
-            mp = _unescape(line.split()[4])
-            if mp == root or mp.startswith(root + "/"):
-                found.append((mp.count("/"), n, mp))
-    return [mp for _, _, mp in sorted(found, reverse=True)]
-
-
-def pids_in(root):
-    pids = []
-    for d in glob.glob("/proc/[0-9]*"):
-        try:
-            link = os.readlink(d + "/root")
-        except OSError:
-            continue
-        if link == root or link.startswith(root + "/"):
-            pids.append(int(d[6:]))
-    return pids
-
-
-def kill_all_in(root):
-    for round_ in range(6):
-        pids = pids_in(root)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM if round_ == 0 else signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for _ in range(25):
-            time.sleep(0.2)
-            if not pids_in(root):
-                return
-    raise RuntimeError(f"processes still running in {root}: {pids_in(root)}")
-
-
-def unmount_all(root):
-    for _ in range(5):
-        for mp in mounts_under(root):
-            run(["umount", mp], check=False, stderr=subprocess.DEVNULL)
-        if not mounts_under(root):
-            return
-        time.sleep(0.5)
-    for mp in mounts_under(root):
-        run(["umount", "-l", mp], check=False)
-    if mounts_under(root):
-        raise RuntimeError(f"still mounted under {root}: {mounts_under(root)}")
-
-
-def teardown(root):
-    """Kill, unmount, delete; every step is tried even if one fails."""
-    errors = []
-    for step in (kill_all_in, unmount_all):
-        try:
-            step(root)
-        except Exception as e:  # noqa: BLE001 - collect, go on, report
-            errors.append(str(e))
-    if not mounts_under(root):
-        shutil.rmtree(root, ignore_errors=True)
-        try:
-            os.unlink(root + ".owner")
-        except FileNotFoundError:
-            pass
-    else:
-        errors.append(f"not deleting {root}: still mounted")
-    if errors:
-        raise RuntimeError("; ".join(errors))
-
-
-def mount_api(root):
-    def mnt(*args):
-        run(["mount", *args])
-
-    mnt("-t", "proc", "proc", f"{root}/proc")
-    mnt("--rbind", "/sys", f"{root}/sys")
-    mnt("--make-rslave", f"{root}/sys")
-    for d in ("dev", "dev/pts"):
-        mnt("--bind", f"/{d}", f"{root}/{d}")
-        mnt("--make-private", f"{root}/{d}")
-    mnt("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "shm", f"{root}/dev/shm")
-    mnt("-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", f"{root}/run")
-    os.mkdir(f"{root}/run/lock", 0o1777)
-    os.chmod(f"{root}/run/lock", 0o1777)
-    mnt("-t", "tmpfs", "-o", "mode=1777", "tmpfs", f"{root}/tmp")
-
-
-def chroot_argv(root, argv, env=None):
-    e = {
-        "PATH": CHROOT_PATH,
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "TERM": "dumb",
-        "USER": "root",
-        "LOGNAME": "root",
-        "SHELL": "/bin/bash",
-    }
-    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
-        if os.environ.get(name):
-            e[name] = os.environ[name]
-    e.update(env or {})
-    return ["chroot", root, "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in e.items()], *argv]
-
-
-def write_host_files(root):
-    os.makedirs(f"{root}/etc", exist_ok=True)
-    if os.path.lexists(f"{root}/etc/resolv.conf"):
-        os.unlink(f"{root}/etc/resolv.conf")
-    shutil.copyfile("/etc/resolv.conf", f"{root}/etc/resolv.conf")
-    host = os.uname().nodename
-    with open(f"{root}/etc/hostname", "w") as f:
-        f.write(host + "\n")
-    with open(f"{root}/etc/hosts", "w") as f:
-        f.write(f"127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-
-
 # ---------------------------------------------------------------- build
 
 
@@ -275,33 +186,63 @@ def _new_dir(prefix):
     return root
 
 
-def build_base():
-    """BASE_TAR, made once (debootstrap + apt upgrade + BASE_PACKAGES)."""
+def pack(stage, tarball):
+    """Tar a stopped, unmounted root (without apt lists and resolv.conf) into tarball."""
+    for path in glob.glob(f"{stage}/var/lib/apt/lists/*"):
+        if os.path.isfile(path):
+            os.unlink(path)
+    open(f"{stage}/etc/resolv.conf", "w").close()
+    tar = ["tar", "-C", stage, "--numeric-owner", "--xattrs", "--xattrs-include=*", "--one-file-system"]
+    run([*tar, "-cpf", tarball + ".tmp", "."])
+    os.rename(tarball + ".tmp", tarball)
+
+
+def unpack(tarball, root):
+    run(["tar", "-C", root, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", tarball])
+
+
+def host_trust(stage, out):
+    """The CAs the host's admin added (egress proxy, internal mirror) and how pip reaches PyPI."""
+    os.makedirs(f"{stage}/usr/local/share/ca-certificates", exist_ok=True)
+    local_cas = glob.glob("/usr/local/share/ca-certificates/*")
+    for ca in local_cas:
+        shutil.copy(ca, f"{stage}/usr/local/share/ca-certificates/")
+    if local_cas:
+        run(chroot_argv(stage, ["update-ca-certificates"]), stdout=out, stderr=subprocess.STDOUT)
+    pip = host_pip_access()
+    if pip:
+        with open(f"{stage}/etc/pip.conf", "w") as f:
+            f.write("# how the host reaches PyPI\n[global]\n" + "".join(f"{k} = {v}\n" for k, v in pip.items()))
+
+
+def build_base(suite=SUITE):
+    """base_tar(suite), made once (debootstrap + apt upgrade + BASE_PACKAGES)."""
+    tarball = base_tar(suite)
     os.makedirs(CACHE, 0o700, exist_ok=True)
     with open(os.path.join(CACHE, ".build.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(BASE_TAR):
-            return BASE_TAR
+        if os.path.exists(tarball):
+            return tarball
         if not shutil.which("debootstrap"):
             raise RuntimeError("debootstrap is not installed (./dev setup installs it)")
         stale_cleanup()
         t0 = time.monotonic()
         mirror, keyring = host_mirror()
         stage = _new_dir("stage-")
-        logfile = os.path.join(CACHE, "build.log")
-        log(f"debootstrap --variant=minbase {SUITE} from {mirror} (log: {logfile})")
+        logfile = os.path.join(CACHE, f"build-{suite}.log")
+        log(f"debootstrap --variant=minbase {suite} from {mirror} (log: {logfile})")
         try:
             with open(logfile, "w") as out:
                 argv = ["debootstrap", "--variant=minbase"]
                 if keyring and os.path.exists(keyring):
                     argv.append(f"--keyring={keyring}")
-                run(argv + [SUITE, stage, mirror], stdout=out, stderr=subprocess.STDOUT)
-                # apt: the host's own sources (main, updates, security)
-                if os.path.exists(DEB822):
+                run(argv + [suite, stage, mirror], stdout=out, stderr=subprocess.STDOUT)
+                # apt: the host's own sources (main, updates, security), suite renamed
+                path, text = guest_sources(suite)
+                if path == DEB822:
                     os.unlink(f"{stage}/etc/apt/sources.list")
-                    shutil.copyfile(DEB822, f"{stage}{DEB822}")
-                else:
-                    shutil.copyfile(ONE_LINE, f"{stage}{ONE_LINE}")
+                with open(f"{stage}{path}", "w") as f:
+                    f.write(text)
                 access = host_apt_access()
                 if access:
                     with open(f"{stage}/etc/apt/apt.conf.d/99host-access", "w") as f:
@@ -313,46 +254,17 @@ def build_base():
                     ["apt-get", "update"],
                     ["apt-get", "-y", "dist-upgrade"],
                     ["apt-get", "-y", "--no-install-recommends", "install", *BASE_PACKAGES],
+                    ["apt-get", "clean"],
                 ):
                     run(chroot_argv(stage, argv, env), stdout=out, stderr=subprocess.STDOUT)
-                # CAs the host's admin added (egress proxy, internal mirror)
-                local_cas = glob.glob("/usr/local/share/ca-certificates/*")
-                for ca in local_cas:
-                    shutil.copy(ca, f"{stage}/usr/local/share/ca-certificates/")
-                if local_cas:
-                    run(chroot_argv(stage, ["update-ca-certificates"]), stdout=out, stderr=subprocess.STDOUT)
-                pip = host_pip_access()
-                if pip:
-                    with open(f"{stage}/etc/pip.conf", "w") as f:
-                        f.write(
-                            "# how the host reaches PyPI\n[global]\n" + "".join(f"{k} = {v}\n" for k, v in pip.items())
-                        )
-                run(chroot_argv(stage, ["apt-get", "clean"]), stdout=out, stderr=subprocess.STDOUT)
+                host_trust(stage, out)
             kill_all_in(stage)
             unmount_all(stage)
-            for path in glob.glob(f"{stage}/var/lib/apt/lists/*"):
-                if os.path.isfile(path):
-                    os.unlink(path)
-            open(f"{stage}/etc/resolv.conf", "w").close()
-            run(
-                [
-                    "tar",
-                    "-C",
-                    stage,
-                    "--numeric-owner",
-                    "--xattrs",
-                    "--xattrs-include=*",
-                    "--one-file-system",
-                    "-cpf",
-                    BASE_TAR + ".tmp",
-                    ".",
-                ]
-            )
-            os.rename(BASE_TAR + ".tmp", BASE_TAR)
+            pack(stage, tarball)
         finally:
             teardown(stage)
-        log(f"built {BASE_TAR} in {time.monotonic() - t0:.0f} s")
-        return BASE_TAR
+        log(f"built {tarball} in {time.monotonic() - t0:.0f} s")
+        return tarball
 
 
 # ------------------------------------------------------------------ run
@@ -374,17 +286,21 @@ def copy_project(src, dest):
 class CleanRoot:
     """`with CleanRoot(project_dir) as root: root.run([...])`."""
 
-    def __init__(self, project=None):
+    def __init__(self, project=None, suite=SUITE, tarball=None):
+        """suite: a Debian codename (bookworm, trixie); tarball: a root made
+        from that suite's base (tests/support/trixieroot.py) instead of it."""
         self.project = project
+        self.suite = suite
+        self.tarball = tarball
         self.root = None
 
     def __enter__(self):
-        build_base()
+        tarball = self.tarball or build_base(self.suite)
         stale_cleanup()
         self.root = _new_dir("run-")
         try:
             t0 = time.monotonic()
-            run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", BASE_TAR])
+            unpack(tarball, self.root)
             if self.project:
                 copy_project(self.project, self.root + PROJECT)
             write_host_files(self.root)

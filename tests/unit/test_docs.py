@@ -36,7 +36,7 @@ def test_every_hook_is_documented():
         for n in dir(hookspecs)
         if callable(getattr(hookspecs, n)) and getattr(getattr(hookspecs, n), "borg_cyrus_spec", None) is not None
     ]
-    assert len(hooks) == 8
+    assert len(hooks) == 9
     for h in hooks:
         assert f"`{h}(" in arch and f"`{h}(" in readme, h
 
