@@ -24,7 +24,7 @@ import sqlite3
 import tempfile
 import time
 
-from borg_cyrus.cyrus import dbbatch
+from borg_cyrus.cyrus import dbbatch, storage
 from borg_cyrus.cyrus.layout import DATABASES, USER_DATABASES
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.safety import privdrop, trust
@@ -129,9 +129,10 @@ class Rebuild:
             if e["kind"] not in SQL_KINDS:
                 self.rebuild_kv(e, path, backend)
             counts[(e["kind"], why, backend)] = counts.get((e["kind"], why, backend), 0) + 1
-        sql = [(os.path.join(self.top, e["file"]), path) for e, path, _b, _w in todo if e["kind"] in SQL_KINDS]
+        # read here (the dump is root-only), written by a child running as the cyrus user
+        sql = [(_read_text(os.path.join(self.top, e["file"])), p) for e, p, _b, _w in todo if e["kind"] in SQL_KINDS]
         if sql:
-            privdrop.run_as(self.uid, self.gid, lambda: [_load_sql(f, p) for f, p in sql])
+            privdrop.run_as(self.uid, self.gid, lambda: [_load_sql(t, p) for t, p in sql])
         for (kind, why, backend), n in sorted(counts.items()):
             self.report.append(f"rebuilt {n} {kind} database(s) from the text dumps ({why}; now {backend})")
         return self.report
@@ -181,10 +182,13 @@ class Rebuild:
                 os.unlink(empty)
 
 
-def _load_sql(sql_file, path):
+def _read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _load_sql(script, path):
     """Runs as the cyrus user: a new SQLite database from its SQL text."""
-    with open(sql_file, encoding="utf-8") as f:
-        script = f.read()
     con = sqlite3.connect(path)
     try:
         con.executescript(script)
@@ -193,8 +197,32 @@ def _load_sql(sql_file, path):
     return path
 
 
+def user_quota(ctx, dump, userid, backends):
+    """`restore user`: the user's quota limits (the records of its quota
+    roots) set in this server's quota database from the dump, whatever
+    backend either side uses; `quota -f` fixes the usage afterwards."""
+    inbox = next((mb for mb in dump.mailboxes if mb.userid == userid and mb.is_inbox), None)
+    _hdr, entries = load_index(dump)
+    entry = next((e for e in entries if e["kind"] == "quota" and not e.get("user")), None)
+    if inbox is None or entry is None:
+        return []
+    root = storage.user_root(inbox).encode()
+    with open(os.path.join(dump.path, "databases", entry["file"]), "rb") as f:
+        records = [(k, v) for k, v in dbbatch.parse(f.read()) if k == root or k.startswith(root + b".")]
+    if not records:
+        return []
+    backend, path = ctx.layout.database("quota")
+    backend = backends.get("quota", backend)
+    ctx.cyrus("cyr_dbtool", path, backend, "batch", input=dbbatch.load_script(records))
+    return [f"set the limits of {len(records)} quota root(s) of {userid} from the dump ({backend})"]
+
+
 def restore(ctx, dump, only_user=None, user_dir=None):
     """Report lines: what was rebuilt, and how. only_user: that user's
     databases only (`restore user`), placed at user_dir = (the live per-user
     directory, True) or (the legacy file prefix `.../user/h/name.`, False)."""
-    return Rebuild(ctx, dump).run(live_backends(ctx), only_user=only_user, user_dir=user_dir)
+    backends = live_backends(ctx)
+    report = Rebuild(ctx, dump).run(backends, only_user=only_user, user_dir=user_dir)
+    if only_user is not None and not ctx.dry_run:
+        report += user_quota(ctx, dump, only_user, backends)
+    return report

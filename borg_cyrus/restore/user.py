@@ -66,7 +66,7 @@ class UserRestore(PartialRestore):
         if qsrc and qdst:
             extras.append((qsrc, qdst, "quota limits", False))
         elif qsrc or qdst:
-            log.warning("quota limits are not restored (quota_db is not quotalegacy); see quota.txt in the dump")
+            log.info("quota limits come from the databases dump (quota_db is not quotalegacy on both sides)")
 
         required = [self.box_sources(p)["data"] for p in plans]
         optional = [d for p in plans for k, d in self.box_sources(p).items() if k != "data"]

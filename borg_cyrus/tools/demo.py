@@ -173,10 +173,20 @@ def expected_after_restore(snap, excluded):
     return out
 
 
+def sample_path(name):
+    """A shipped sample: in the checkout, else where pip put it (<prefix>/share/borg-cyrus)."""
+    for d in (REPO_ROOT, os.path.join(sys.prefix, "share", "borg-cyrus")):
+        if os.path.exists(os.path.join(d, name)):
+            return os.path.join(d, name)
+    raise FileNotFoundError(
+        f"{name} is neither in {REPO_ROOT} nor in {sys.prefix}/share/borg-cyrus; reinstall borg-cyrus"
+    )
+
+
 def sample_borgmatic_config(repo, patterns_file):
     """The shipped sample with the repository (and, for the demo's own work
     directory, the patterns path) changed — nothing else."""
-    with open(os.path.join(REPO_ROOT, "sample-borgmatic.yaml")) as f:
+    with open(sample_path("sample-borgmatic.yaml")) as f:
         cfg = yaml.safe_load(f)
     cfg["repositories"] = [{"path": repo, "label": "demo"}]
     if patterns_file:

@@ -12,6 +12,7 @@ import pytest
 from borg_cyrus.cyrus.sandbox import Sandbox
 from borg_cyrus.tools.demo import populate
 from support.common import cli, sandbox_config
+from support.restore_helpers import delete_user
 from support.helpers import borgmatic, borgmatic_config, expected, extract, init_repo, load_manifest, snapshot, wipe
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
@@ -81,5 +82,13 @@ def test_restore_onto_other_backends_from_text_alone(base_dir, archived, restore
             check=True,
         ).stdout
         assert "dave" in deny
+
+        # one user, into the server on the other backends: alice's archived
+        # seen.db is of the archived backend, so it is rebuilt from its dump
+        delete_user(sb, "alice")
+        r = cli("restore", "user", "alice", "--borgmatic-config", bm, config=bc, check=0)
+        if archived.get("seenstate_db") != restored.get("seenstate_db"):
+            assert "seen database(s) from the text dumps" in r.stdout, r.stdout
+        assert snapshot(sb) == after
     finally:
         sb.stop()
