@@ -6,6 +6,7 @@ of another Cyrus series are refused unless forced."""
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 from borg_cyrus.cyrus import mboxlist
 from borg_cyrus.errors import BorgCyrusError
@@ -71,8 +72,12 @@ def live_cyrus_version(ctx):
 
 
 def check_cyrus_version(ctx, dump, force, where):
-    """Refuse raw files of another Cyrus series (3.6 vs 3.10) unless force;
-    a manifest that does not agree with the dump's cyrus-version.txt is named."""
+    """The archive's Cyrus series against this server's. Same series: None.
+    A newer series here: an Upgrade (the restore then runs what Cyrus's
+    upgrade notes ask). An older series here: refused, --force or not (its
+    files are of formats the older Cyrus cannot read). Unknown versions, or
+    a manifest that does not agree with the dump's cyrus-version.txt:
+    refused unless force."""
     claimed = dump.manifest.get("cyrus_version")
     recorded = None
     vfile = dump.file("cyrus-version.txt")
@@ -89,25 +94,42 @@ def check_cyrus_version(ctx, dump, force, where):
         if not force:
             raise BorgCyrusError(msg + ". Add --force to restore it anyway")
         log.warning("%s; restoring it anyway (--force)", msg)
-    archived = trust.cyrus_series(recorded or (claimed if isinstance(claimed, str) else None))
+    archived_text = recorded or (claimed if isinstance(claimed, str) else None)
+    archived = trust.cyrus_series(archived_text)
     live_text = live_cyrus_version(ctx)
     live = trust.cyrus_series(live_text)
     if archived is not None and archived == live:
-        return
+        return None
+    if archived is not None and live is not None:
+        if archived > live:
+            raise BorgCyrusError(
+                f"{where} was made by Cyrus {archived[0]}.{archived[1]} ({archived_text}), this server runs the "
+                f"older {live[0]}.{live[1]} ({live_text}): Cyrus cannot read newer formats; restore it onto "
+                f"Cyrus {archived[0]}.{archived[1]} or later"
+            )
+        return Upgrade(archived, live, archived_text, live_text)
     if archived is None:
         why = "does not say which Cyrus version made it"
-    elif live is None:
-        why = f"was made by Cyrus {archived[0]}.{archived[1]} and this server's version cannot be read (cyr_info)"
     else:
-        why = (
-            f"was made by Cyrus {archived[0]}.{archived[1]} ({recorded or claimed}), this server runs "
-            f"{live[0]}.{live[1]} ({live_text})"
-        )
+        why = f"was made by Cyrus {archived[0]}.{archived[1]} and this server's version cannot be read (cyr_info)"
     if force:
         log.warning("%s %s; restoring its raw mailbox files anyway (--force)", where, why)
-        return
+        return None
     raise BorgCyrusError(
-        f"{where} {why}: its raw mailbox and database files are not restored onto another Cyrus "
-        "version (formats change between releases; read Cyrus's upgrade notes). Add --force to "
-        "restore them anyway"
+        f"{where} {why}: its raw mailbox and database files are not restored onto a Cyrus of unknown "
+        "version. Add --force to restore them anyway"
     )
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """An archive of an older Cyrus series restored onto a newer one."""
+
+    archived: tuple
+    live: tuple
+    archived_text: str
+    live_text: str
+
+    def __str__(self):
+        a, b = self.archived, self.live
+        return f"Cyrus {a[0]}.{a[1]} ({self.archived_text}) -> {b[0]}.{b[1]} ({self.live_text})"

@@ -7,7 +7,8 @@ the built-in one rebuilds mailboxes.db and annotations.db from the
 binary-safe dumps when they are missing or damaged), re-registers mailboxes created after
 the dump (`reconstruct -P`), recovers the databases (`ctl_cyrusdb -r`),
 empties the folders whose messages were excluded on purpose (`reconstruct`),
-recomputes quota usage (`quota -f`) and fixes ownership.
+recomputes quota usage (`quota -f`) and fixes ownership. Onto a newer
+Cyrus, the upgrade steps of restore/upgrade.py run before `quota -f`.
 """
 
 import logging
@@ -18,6 +19,7 @@ import time
 from borg_cyrus.cyrus import mboxlist
 from borg_cyrus.cyrus.names import display
 from borg_cyrus.restore.dump import Dump, check_cyrus_version
+from borg_cyrus.restore.upgrade import upgrade_mailboxes
 from borg_cyrus.safety import safeio
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.cyrus.service import Service
@@ -247,7 +249,7 @@ class FullRestore:
     def run(self, start=False):
         t0 = time.monotonic()
         self.check_stopped()
-        check_cyrus_version(self.ctx, self.base, self.force, f"the dump in {self.base.path}")
+        upgrade = check_cyrus_version(self.ctx, self.base, self.force, f"the dump in {self.base.path}")
         if self.dump.replace:
             check_cyrus_version(self.ctx, self.dump, self.force, "the dump of --dumps-from")
         self.check_newer()
@@ -263,6 +265,11 @@ class FullRestore:
         self.create_missing()
         self.register_newer_mailboxes()
         self.empty_excluded()
+        if upgrade:
+            boxes = self.dump.mailboxes
+            users = {mb.userid for mb in boxes if mb.userid}
+            for line in upgrade_mailboxes(self.ctx, upgrade, boxes, self.ctx.cyrus, users):
+                self.note("%s", line)
         self.ctx.cyrus("quota", "-f")
         self.fix_ownership()
         if start:

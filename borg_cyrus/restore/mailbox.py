@@ -64,6 +64,7 @@ class MailboxRestore(PartialRestore):
         self.extract(required + optional, required)
         headers, merged = self.apply(plans, [])
         self.tool("reconstruct", "--", *[self.admin(p.target) for p in sorted(plans, key=lambda p: p.target)])
+        self.upgrade_restored(plans)
         for root in quota_roots(plans):
             self.tool("quota", "-f", "--", self.admin(root))
         self.finish_log(t0, f"restore mailbox {display(src_name)}")

@@ -102,7 +102,18 @@ class PartialRestore(Placement):
         """Raw mailbox files go only onto the Cyrus series that wrote them."""
         from borg_cyrus.restore.dump import check_cyrus_version
 
-        check_cyrus_version(self.ctx, self.s.dump, self.force, f"archive {self.s.archive}")
+        self.upgrade = check_cyrus_version(self.ctx, self.s.dump, self.force, f"archive {self.s.archive}")
+
+    def upgrade_restored(self, plans):
+        """Onto a newer Cyrus: the restored mailboxes' indexes upgraded (restore/upgrade.py)."""
+        if not getattr(self, "upgrade", None):
+            return
+        from borg_cyrus.restore.upgrade import upgrade_mailboxes
+
+        boxes = [p.dst_mailbox() for p in plans]
+        users = {mb.userid for mb in boxes if mb.userid}
+        for line in upgrade_mailboxes(self.ctx, self.upgrade, boxes, self.tool, users):
+            self.say("%s", line)
 
     def admin(self, intname):
         """A mailbox name as the live server's tools take it."""

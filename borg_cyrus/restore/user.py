@@ -83,6 +83,7 @@ class UserRestore(PartialRestore):
         self.tool("reconstruct", "-r", "-u", "--", userid)
         for p in merged:
             self.tool("reconstruct", "--", self.admin(p.target))
+        self.upgrade_restored(plans)
         for root in quota_roots(plans):
             self.tool("quota", "-f", "--", self.admin(root))
         self.finish_log(t0, f"restore user {userid}")

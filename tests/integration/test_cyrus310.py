@@ -1,0 +1,158 @@
+"""Cyrus 3.10 (Debian 13): a 3.6 archive restored onto Debian's cyrus-imapd
+3.10 in a Debian 13 root (tests/support/trixieroot.py, built once and
+cached), full server, one user, one folder; the root's own test suite run
+on 3.10 (backup and restore through borgmatic); and a 3.10 archive refused
+by a 3.6 server.
+
+The root shares this host's kernel and loopback network: the host's test
+reads the root's Cyrus over IMAP and ManageSieve with the same client code
+that read the 3.6 server before the backup.
+"""
+
+import json
+import os
+import shutil
+import types
+
+import pytest
+
+from borg_cyrus.cyrus.sandbox import Sandbox, free_port
+from borg_cyrus.tools.demo import populate
+from support.common import ROOT, cli
+from support.helpers import expected, latest_archive, snapshot
+from support.restore_helpers import backup
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
+
+# run inside the root: the same tests as on 3.6 (backup and restore through borgmatic, one user, one
+# folder, other backends)
+SUITE_ON_310 = [
+    "tests/integration/test_e2e.py",
+    "tests/integration/test_restore_user.py",
+    "tests/integration/test_restore_mailbox.py",
+    "tests/integration/test_backends.py",
+]
+
+
+@pytest.fixture(scope="module")
+def trixie():
+    from support.trixieroot import TrixieRoot
+
+    with TrixieRoot(ROOT) as root:
+        yield root
+
+
+def inroot(root, spec_path, action, arg=None, timeout=900):
+    from support.cleanroom import PROJECT
+    from support.trixieroot import VENV
+
+    argv = [f"{VENV}/bin/python", "tests/support/inroot.py", spec_path, action] + ([arg] if arg else [])
+    r = root.run(argv, cwd=PROJECT, timeout=timeout)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def copy_in(root, path):
+    dest = root.path(path)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if os.path.isdir(path):
+        shutil.copytree(path, dest, symlinks=True)
+    else:
+        shutil.copy2(path, dest)
+
+
+def test_36_archive_restored_onto_310(base_dir, trixie):
+    sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second")).create().start()
+    try:
+        populate(sb, managesieve=True)
+        before = snapshot(sb)
+        b = backup(sb, base_dir, mode="stop-master", exclude={"mailboxes": ["user/*/Junk"]})
+    finally:
+        sb.stop()
+    assert "3.6" in b["manifest"]["cyrus_version"], b["manifest"]["cyrus_version"]
+
+    # the new host: only the configs and the repository (as if on its own disk)
+    for p in (b["bc"], b["bm"], b["repo"]):
+        copy_in(trixie, p)
+    os.makedirs(trixie.path(b["work"]), exist_ok=True)
+    spec = {
+        "base": sb.base,
+        "partitions": ["default", "second"],
+        "port": free_port(),
+        "sieve_port": free_port(),
+        "repo": b["repo"],
+        "bc": b["bc"],
+        "bm": b["bm"],
+    }
+    spec_path = os.path.join(base_dir, "spec.json")
+    with open(trixie.path(spec_path), "w") as f:
+        json.dump(spec, f)
+    view = types.SimpleNamespace(port=spec["port"], sieve_port=spec["sieve_port"])
+    try:
+        r = inroot(trixie, spec_path, "restore-full", latest_archive(b["repo"]))
+        report = r["stderr"]
+        print(report)
+        assert r["rc"] == 0, report
+        assert "Cyrus 3.6" in report and "-> 3.10" in report, report
+        assert "reconstruct -V max" in report, report
+        after = snapshot(view)
+        # what 3.10 changes by design: nothing a client sees (UIDVALIDITY, UIDs, flags, bytes kept)
+        assert after == expected(before, b["manifest"])
+
+        r = inroot(trixie, spec_path, "restore-user", "alice")
+        assert r["rc"] == 0, r["stdout"] + r["stderr"]
+        assert "reconstruct -V max" in r["stdout"], r["stdout"]
+        assert snapshot(view) == after
+
+        r = inroot(trixie, spec_path, "restore-mailbox", "user/bob/Archive 2019")
+        assert r["rc"] == 0, r["stdout"] + r["stderr"]
+        assert snapshot(view) == after
+    finally:
+        inroot(trixie, spec_path, "stop")
+
+
+def test_310_archive_refused_by_36(base_dir, trixie, sandbox):
+    """A backup made on 3.10 (through borgmatic, in the root) is not restored onto 3.6."""
+    base = os.path.join(base_dir, "on310")
+    spec = {
+        "base": os.path.join(base, "cyrus"),
+        "partitions": ["default", "second"],
+        "port": free_port(),
+        "sieve_port": free_port(),
+        "repo": os.path.join(base, "repo"),
+        "work": os.path.join(base, "work"),
+        "bc": os.path.join(base, "borg-cyrus.yaml"),
+    }
+    os.makedirs(trixie.path(base), exist_ok=True)
+    with open(trixie.path(os.path.join(base, "spec.json")), "w") as f:
+        json.dump(spec, f)
+    # the borg-cyrus config of that server, written here as for any sandbox
+    probe = Sandbox(spec["base"], partitions=("default", "second"), port=spec["port"])
+    from support.common import sandbox_config
+
+    host_bc = sandbox_config(probe, base, mode="stop-master")
+    copy_in(trixie, host_bc)
+    try:
+        r = inroot(trixie, os.path.join(base, "spec.json"), "backup")
+        assert r["rc"] == 0, r["stdout"] + r["stderr"]
+    finally:
+        inroot(trixie, os.path.join(base, "spec.json"), "stop")
+    repo = trixie.path(spec["repo"])
+    from support.helpers import borgmatic_config
+
+    bm = borgmatic_config(base_dir, repo, os.path.join(base_dir, "work", "patterns"))
+    from support.common import sandbox_config as sc
+
+    bc = sc(sandbox, base_dir, mode="stop-master")
+    r = cli("restore", "user", "alice", "--borgmatic-config", bm, config=bc, check=1)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "older 3.6" in lines[0] and "Cyrus 3.10" in lines[0], r.stderr
+    r = cli("restore", "user", "alice", "--force", "--borgmatic-config", bm, config=bc, check=1)
+    assert "older 3.6" in r.stderr
+
+
+def test_suite_on_310(trixie):
+    """The backup and restore tests, run inside the root against Cyrus 3.10."""
+    r = trixie.pytest("-q", "-x", "-p", "no:randomly", *SUITE_ON_310, timeout=1800)
+    print(r.stdout[-3000:])
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
