@@ -79,3 +79,15 @@ def tools_with(directory, name, script, source="/usr/lib/cyrus/bin"):
         f.write("#!/bin/sh\n" + script + "\n")
     os.chmod(os.path.join(directory, name), 0o755)
     return directory
+
+
+# cyrus.index minor version a Cyrus series writes (borg_cyrus/cyrus/index.py)
+INDEX_VERSION = {(3, 6): 17, (3, 8): 17, (3, 10): 19}
+
+
+def index_version(sb):
+    """The cyrus.index version the sandbox's Cyrus writes (17 on Debian 12's 3.6, 19 on Debian 13's 3.10)."""
+    from borg_cyrus.safety.trust import cyrus_series
+
+    out = sb.tool("cyr_info", "version").stdout
+    return INDEX_VERSION[cyrus_series(out.decode() if isinstance(out, bytes) else out)]
