@@ -12,6 +12,7 @@ import json
 import logging
 import os
 
+from borg_cyrus.cyrus.imapview import mutf7_decode
 from borg_cyrus.cyrus import mboxlist, storage
 from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.model import Exclude
@@ -76,20 +77,31 @@ def legacy_paths(ctx, view, boxes):
     """{intname: (data dir, meta dir)} for legacy-layout mailboxes, from mbpath."""
     if not boxes:
         return {}
-    names = [mboxlist.admin_name(mb.intname, view.layout.unixhierarchysep) for mb in boxes]
+    sep = view.layout.unixhierarchysep
     out = {}
-    for i in range(0, len(names), 500):
-        chunk = boxes[i : i + 500]
-        r = ctx.cyrus("mbpath", "-j", "--", *names[i : i + 500], conf=view.imapd_conf, changes=False)
-        objs = list(iter_json_objects(r.text))
-        if len(objs) != len(chunk):
-            log.warning(
-                "mbpath returned %d answers for %d legacy mailboxes; excludes may be incomplete", len(objs), len(chunk)
-            )
-        for obj in objs:
-            intname = (obj.get("mbname") or {}).get("intname")
-            if intname and obj.get("data"):
-                out[intname] = (obj["data"], obj.get("meta") or obj["data"])
+    # 3.10 answers a UTF-8 question with a UTF-8 intname: matched decoded
+    by_decoded = {mutf7_decode(mb.intname): mb.intname for mb in boxes}
+
+    def ask(names, check):
+        for i in range(0, len(names), 500):
+            r = ctx.cyrus("mbpath", "-j", "--", *names[i : i + 500], conf=view.imapd_conf, changes=False, check=check)
+            for obj in iter_json_objects(r.text):
+                intname = by_decoded.get(mutf7_decode((obj.get("mbname") or {}).get("intname") or ""))
+                if intname and obj.get("data"):
+                    out[intname] = (obj["data"], obj.get("meta") or obj["data"])
+
+    ask([mboxlist.admin_name(mb.intname, sep) for mb in boxes], True)
+    # Cyrus 3.10's mbpath takes non-ASCII names in UTF-8 only
+    again = [mb for mb in boxes if mb.intname not in out]
+    utf8 = [mboxlist.admin_name(mb.intname, sep, utf8=True) for mb in again]
+    utf8 = [n for mb, n in zip(again, utf8) if n != mboxlist.admin_name(mb.intname, sep)]
+    if utf8:
+        ask(utf8, False)
+    missing = sum(1 for mb in boxes if mb.intname not in out)
+    if missing:
+        log.warning(
+            "mbpath did not answer for %d of %d legacy mailboxes; excludes may be incomplete", missing, len(boxes)
+        )
     return out
 
 

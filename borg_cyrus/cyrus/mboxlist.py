@@ -113,11 +113,16 @@ def external_name(intname):
     return f"{name}@{domain}" if domain else name
 
 
-def admin_name(intname, unixhierarchysep=True):
+def admin_name(intname, unixhierarchysep=True, utf8=False):
     """Name as Cyrus's tools (mbpath, reconstruct) take it: admin namespace,
-    '/' or '.' as separator like the server's unixhierarchysep."""
+    '/' or '.' as separator like the server's unixhierarchysep. utf8: the
+    parts decoded from modified UTF-7 (3.10's mbpath wants that; its
+    reconstruct and quota, like every 3.6 tool, the UTF-7 form)."""
+    from borg_cyrus.cyrus.imapview import mutf7_decode
+
     mb = Mailbox(intname, "", "")
-    parts = mb.parts if unixhierarchysep else [p.replace(".", "^") for p in mb.parts]
+    parts = [mutf7_decode(p) for p in mb.parts] if utf8 else mb.parts
+    parts = parts if unixhierarchysep else [p.replace(".", "^") for p in parts]
     out = ("/" if unixhierarchysep else ".").join(parts)
     return f"{out}@{mb.domain}" if mb.domain else out
 

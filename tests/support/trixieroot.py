@@ -35,7 +35,8 @@ from support import cleanroom
 from support.cleanroom import CHROOT_PATH, PROJECT, CleanRoot, kill_all_in, log, unmount_all
 
 SUITE = "trixie"
-APT_PACKAGES = ["cyrus-imapd", "cyrus-clients", "borgbackup", "python3-venv"]
+# Debian's Cyrus and borg; rsync and btrfs-progs for the rsync-staging and btrfs tests
+APT_PACKAGES = ["cyrus-imapd", "cyrus-clients", "borgbackup", "python3-venv", "rsync", "btrfs-progs"]
 VENV = "/opt/borg-cyrus"
 RECIPE = 1  # bump when build_prepared changes what it installs
 MIN_BORG = (1, 4)  # what borg-cyrus needs (doctor.borg_version, slashdot patterns)
