@@ -112,7 +112,11 @@ def test_twoskip_reader_equals_cyr_dbtool(sandbox, base_dir, txns, tail, tail_op
         sb.tool("cyr_dbtool", path, "twoskip", "batch", input=_script(tail_ops[:1], commit=False), check=False)
     data = open(path, "rb").read()
     committed = int.from_bytes(data[48:56], "big")
-    if tail:
+    # an uncommitted transaction of DELETEs of absent keys writes nothing
+    writes = tail == "damage" or (
+        tail == "no-commit" and any(op == "SET" or k in _model(txns) for op, k, _v in tail_ops[0])
+    )
+    if writes:
         assert len(data) > committed, "the crash left no uncommitted tail"
     n = len(data) if cut > 1 else int(len(data) * cut)
     data = data[:n]
