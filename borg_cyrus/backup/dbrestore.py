@@ -32,6 +32,8 @@ from borg_cyrus.safety import privdrop, trust
 log = logging.getLogger(__name__)
 
 SQL_KINDS = ("dav", "caldav_alarm")
+# what Cyrus regenerates (not dumped): a file of another backend than this server's is moved aside
+CACHES = ("duplicate", "tls_sessions", "ptscache", "statuscache", "zoneinfo", "sync_cache")
 NOT_REBUILT = ("counters",)  # Cyrus's own fixed-size file: Cyrus recreates it
 
 
@@ -102,8 +104,37 @@ class Rebuild:
             return "missing"
         return None
 
+    def caches(self, backends):
+        """Caches whose archived backend is not this server's: moved aside (Cyrus makes new ones)."""
+        archived = {
+            k: (v or {}).get("backend")
+            for k, v in (self.dump.manifest.get("layout") or {}).get("databases", {}).items()
+            if isinstance(v, dict)
+        }
+        stale = []
+        for kind in CACHES:
+            if (
+                kind in self.lay.databases
+                and archived.get(kind)
+                and archived[kind] != backends.get(kind, archived[kind])
+            ):
+                path = self.lay.database(kind)[1]
+                if os.path.isfile(path) and not os.path.islink(path):
+                    stale.append((kind, path, f"{archived[kind]} -> {backends[kind]}"))
+        if stale and not self.ctx.dry_run:
+            stamp = time.strftime("%Y%m%d%H%M%S")
+            privdrop.run_as(
+                self.uid, self.gid, lambda: [os.rename(p, f"{p}.before-restore-{stamp}") for _k, p, _w in stale]
+            )
+        for kind, path, why in stale:
+            self.report.append(
+                f"{'would move' if self.ctx.dry_run else 'moved'} the {kind} cache {path} aside ({why}; Cyrus makes a new one)"
+            )
+
     def run(self, backends, only_user=None, user_dir=None):
         _hdr, entries = load_index(self.dump)
+        if only_user is None:
+            self.caches(backends)
         todo = []
         for e in entries:
             if only_user is not None and e.get("user") != only_user:
