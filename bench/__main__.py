@@ -16,7 +16,7 @@ import traceback
 from bench.scales import LARGE, MEDIUM, SMALL, VM_BIG, VM_SMALL, sweep
 from bench.common import CLEANUP, ROOT, RUN_DIR, SHORT_DIR, log, machine, write_json
 
-SECTIONS = ("nightly", "blocked", "scaling", "userdbs", "restore", "lvm")
+SECTIONS = ("nightly", "blocked", "scaling", "userdbs", "hourly", "restore", "lvm")
 
 
 def plan_for(quick):
@@ -27,6 +27,7 @@ def plan_for(quick):
             "restore": (SMALL, 3),
             "scaling": ([sweep(1000), sweep(10_000), sweep(10_000, 10)], 3),
             "userdbs": 2,
+            "hourly": 2,
             "lvm": ([VM_SMALL], 2),
         }
     return {
@@ -35,6 +36,7 @@ def plan_for(quick):
         "restore": (MEDIUM, 3),
         "scaling": ([sweep(1000), sweep(10_000), sweep(100_000), sweep(10_000, 10)], 3),
         "userdbs": 3,
+        "hourly": 3,
         "lvm": ([VM_SMALL, VM_BIG], 2),
     }
 
@@ -180,6 +182,10 @@ def run_section(name, b, plan, quick, a):
         from bench import userdbs
 
         return userdbs.run(b, plan["userdbs"])
+    if name == "hourly":
+        from bench import hourly
+
+        return hourly.run(b, plan["hourly"])
     if name == "restore":
         from bench import restore
 

@@ -52,6 +52,10 @@ def document(res, pics):
         from bench import userdbs
 
         out.append(userdbs.section(sec["userdbs"], R.s, R.table))
+    if sec.get("hourly"):
+        from bench import hourly
+
+        out.append(hourly.section(sec["hourly"], R.s, R.table))
     if sec.get("restore"):
         out.append(_restore(res))
     out.append(_bounds(res))
@@ -76,7 +80,7 @@ def _how_to_run():
 bench/run                      # everything (about 45 min); rewrites this page and docs/bench-*.png
 bench/run --quick              # small spools only, a few minutes (what CI runs): prints the tables and
                                # writes /var/tmp/bench-run/benchmarks-quick.md, not this page
-bench/run --only blocked       # one section (nightly, blocked, scaling, userdbs, restore, lvm; repeatable)
+bench/run --only blocked       # one section (nightly, blocked, scaling, userdbs, hourly, restore, lvm; repeatable)
 bench/run --report-only bench/results/full.json   # rebuild this page from the saved results
 ```
 

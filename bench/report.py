@@ -164,6 +164,10 @@ def headline(results):
         from bench import userdbs
 
         rows.append(userdbs.headline_row(sec["userdbs"], s, TARGETS["before_10k"]))
+    if sec.get("hourly"):
+        from bench import hourly
+
+        rows.extend(hourly.headline_rows(sec["hourly"], s))
     rs = sec.get("restore") or {}
     if rs.get("raw_median"):
         rows.append(
@@ -472,6 +476,12 @@ def tables(results):
         out.append(
             f"BEFORE AT 10K USERS ({u['mailboxes']} mailboxes): with the database dumps {s(u['with']['before_s'])}, "
             f"without {s(u['without']['before_s'])}, added {s(u['added_s'])}"
+        )
+    if sec.get("hourly"):
+        h = sec["hourly"]
+        out.append(
+            f"HOURLY AT {h['mailboxes']} MAILBOXES: before --dumps-only {s(h['dumps_only_s'])}, borgmatic create "
+            f"{s(h['create_s'])}, repository +{h['growth_bytes'] / 1e3:.0f} kB per run"
         )
     if sec.get("restore"):
         r = sec["restore"]
