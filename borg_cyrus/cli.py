@@ -150,7 +150,19 @@ def build_parser():
     dm.add_argument("--workdir", default="/tmp/borg-cyrus-demo")
     dm.add_argument("--mode", default="stop-master")
     dm.add_argument("--keep", action="store_true", help="keep the demo servers' files")
+    for mod in _command_modules():
+        mod.add_parser(sub)
     return p
+
+
+# commands that live in a module of their own: NAME, NEEDS_ROOT, add_parser(sub), run(args)
+COMMAND_MODULES = ()
+
+
+def _command_modules():
+    import importlib
+
+    return [importlib.import_module(m) for m in COMMAND_MODULES]
 
 
 def load(args, need_layout=True):
@@ -301,7 +313,13 @@ def main(argv=None):
             args.command,
         )
         return 2
+    modules = {m.NAME: m for m in _command_modules()}
+    if args.command in modules and modules[args.command].NEEDS_ROOT and os.geteuid() != 0:
+        log.error("borg-cyrus %s must run as root", args.command)
+        return 2
     try:
+        if args.command in modules:
+            return modules[args.command].run(args)
         return COMMANDS[args.command](args)
     except BorgCyrusError as e:
         log.error("%s", e)
