@@ -66,6 +66,25 @@ def _own_directory(value):
     return True
 
 
+@FORMATS.checks("byte-size", raises=ValueError)
+def _byte_size(value):
+    from borg_cyrus.backup import rules
+
+    rules.parse_size(value)
+    return True
+
+
+@FORMATS.checks("age", raises=ValueError)
+def _age(value):
+    from borg_cyrus.backup import rules
+
+    rules.parse_age(value)
+    return True
+
+
+FORMAT_EXAMPLES = {"byte-size": "500k, 1MB, 2G or a byte count", "age": "12h, 7d, 2w or 1y"}
+
+
 class Config(dict):
     """The validated configuration (defaults filled in); .path is its file,
     .own_directories the (key, path) of every `own-directory` value."""
@@ -148,6 +167,12 @@ def explain(error, source):
             f"{source}: {key}: {error.instance!r} {why}; borg-cyrus creates, chmods and mounts below this "
             "directory: give it one of its own, e.g. /var/lib/borg-cyrus"
         )
+    if v == "format" and error.validator_value in FORMAT_EXAMPLES:
+        return (
+            f"{source}: {key}: {error.instance!r} {error.cause}; write it like {FORMAT_EXAMPLES[error.validator_value]}"
+        )
+    if v in ("required", "minProperties") and error.schema.get("x-hint"):
+        return f"{source}: {key}: {error.schema['x-hint'].strip()}"
     if v in ("minimum", "minLength", "uniqueItems"):
         return f"{source}: {key}: {error.message}; fix the value"
     return f"{source}: {key}: {error.message}"

@@ -6,6 +6,11 @@ directories: Cyrus 3.6 stores new mailboxes by uniqueid
 resolved with `mbpath`). Only message files (<uid>.) and cyrus.cache are
 left out: the folder itself, its index, ACL and annotations stay, so after a
 restore the folder exists and is empty.
+
+Size and age rules (`exclude.rules`, backup/rules.py) leave out single
+messages: decided once per backup (the `dump` hook, which returns the
+manifest section), rendered as one pattern per mailbox directory by the
+`excludes` hook.
 """
 
 import json
@@ -13,9 +18,10 @@ import logging
 import os
 
 from borg_cyrus.cyrus.imapview import mutf7_decode
+from borg_cyrus.backup import rules
 from borg_cyrus.cyrus import mboxlist, storage
 from borg_cyrus.hookspecs import hookimpl
-from borg_cyrus.model import Exclude
+from borg_cyrus.model import DumpRecord, Exclude
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +135,52 @@ def mailbox_excludes(ctx, view, mailboxes, patterns):
     return out
 
 
+_last = {}  # the rule selection of this run's view and mailbox list: dump and excludes agree
+
+
+def rule_selection(ctx, view, mailboxes):
+    if _last.get("view") is view and _last.get("mailboxes") is mailboxes:
+        return _last["selection"]
+    sel = rules.select(ctx, view, mailboxes, ctx.config["exclude"])
+    _last.clear()
+    _last.update(view=view, mailboxes=mailboxes, selection=sel)
+    return sel
+
+
+def rule_excludes(sel):
+    """One pattern per mailbox directory (its UIDs in one regex); no `mailbox`:
+    the folder is not emptied, only these messages are left out."""
+    out = []
+    for ch in sel.chosen:
+        for d, msgs in ch.by_dir.items():
+            reason = f"mailbox {ch.mailbox.name}: {len(msgs)} message(s) (exclude.rules)"
+            out.extend(Exclude(d, rx, reason) for rx in rules.uid_regexes(u for u, _s in msgs))
+    return out
+
+
+@hookimpl
+def dump(ctx, view, dump_dir, mailboxes):
+    if not ctx.config["exclude"].get("rules"):
+        return []
+    sel = rule_selection(ctx, view, mailboxes)
+    sec = rules.manifest_section(sel)
+    t = sec["totals"]
+    if t["messages"]:
+        log.info(
+            "exclude.rules: leaving out %d message(s), %d bytes, in %d mailbox(es)",
+            t["messages"],
+            t["bytes"],
+            t["mailboxes"],
+        )
+    return [DumpRecord(rules.SECTION, [], t["messages"], t["bytes"], manifest={rules.SECTION: sec})]
+
+
 @hookimpl
 def excludes(ctx, view, mailboxes):
     cfg = ctx.config["exclude"]
     out = regenerable(ctx, set(cfg["regenerable"]))
     out.extend(mailbox_excludes(ctx, view, mailboxes, cfg["mailboxes"]))
+    if cfg.get("rules"):
+        out.extend(rule_excludes(rule_selection(ctx, view, mailboxes)))
     out.extend(Exclude(os.path.normpath(p), None, "exclude.paths") for p in cfg["paths"])
     return out

@@ -1,6 +1,6 @@
 """cyrus.index: the header (message count and bytes, cheap: ~160 bytes per
-mailbox, so per-mailbox counts stay O(mailboxes)) and the records (UID, size,
-flags and GUID of every message).
+mailbox, so per-mailbox counts stay O(mailboxes)) and the records (UID,
+INTERNALDATE, size, flags and GUID of every message).
 
 Index minor versions by Cyrus release: 13 (3.0), 16 (3.2), 17 (3.4-3.8),
 19 (3.10; 18 only in 3.9 development). From imap/mailbox.c of 3.10.2
@@ -9,14 +9,17 @@ Index minor versions by Cyrus release: 13 (3.0), 16 (3.2), 17 (3.4-3.8),
   version; `exists` at 84 up to v18, at 60 in v19 ("v19 rearranged fields so
   modseq_t & quota_t fall on 8-byte boundaries"); the header is 160 bytes
   from v14 on (128 in v13) and ends with its CRC32.
-- records of v13-v19 keep size 12, system flags 32 and the GUID (SHA-1 of the
+- records of v13-v19 keep INTERNALDATE 4 (32-bit seconds since the epoch,
+  the date clients show; checked against an IMAP APPEND with an explicit
+  date on 3.6's v17), size 12, system flags 32 and the GUID (SHA-1 of the
   message file, MESSAGE_GUID_SIZE 20) at 60, and end with a CRC32 of the rest
-  (112 bytes from v16 on, createdmodseq added; 104 before).
+  (112 bytes from v16 on, createdmodseq added; 104 before). v20 (after 3.10)
+  moves them (INTERNALDATE 64-bit nanoseconds at 8): not interpreted.
 So the archived index is itself the checksum list of the archived messages: a
 restore drill can prove every message file present, of the right size and
 (--deep) byte-identical without anything recorded at backup time.
-Other versions: the UIDs are still read (offset 0, CRC checked), sizes and
-GUIDs are not, and the header is not interpreted.
+Other versions: the UIDs are still read (offset 0, CRC checked), dates, sizes
+and GUIDs are not, and the header is not interpreted.
 """
 
 import struct
@@ -28,7 +31,7 @@ FLAG_UNLINKED = 1 << 30
 FLAG_ARCHIVED = 1 << 29
 
 # record fields: minor version -> {field: offset}
-LAYOUTS = {v: {"size": 12, "system_flags": 32, "guid": 60} for v in range(13, 20)}
+LAYOUTS = {v: {"internaldate": 4, "size": 12, "system_flags": 32, "guid": 60} for v in range(13, 20)}
 # header fields: minor version -> {field: offset}
 _PRE19 = {"last_uid": 28, "quota_used": 32, "uidvalidity": 44, "exists": 84}
 HEADER_LAYOUTS = {**{v: _PRE19 for v in range(13, 19)}, 19: {**_PRE19, "exists": 60}}
@@ -44,6 +47,7 @@ class Record:
     size: int | None
     system_flags: int | None
     guid: bytes | None
+    internaldate: int | None = None  # seconds since the epoch
 
     @property
     def expunged(self):
@@ -96,6 +100,7 @@ def parse(data, path="cyrus.index"):
                     struct.unpack_from(">I", rec, lay["size"])[0],
                     struct.unpack_from(">I", rec, lay["system_flags"])[0],
                     rec[lay["guid"] : lay["guid"] + 20],
+                    struct.unpack_from(">I", rec, lay["internaldate"])[0],
                 )
             )
         else:

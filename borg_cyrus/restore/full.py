@@ -7,6 +7,7 @@ the built-in one rebuilds mailboxes.db and annotations.db from the
 binary-safe dumps when they are missing or damaged), re-registers mailboxes created after
 the dump (`reconstruct -P`), recovers the databases (`ctl_cyrusdb -r`),
 empties the folders whose messages were excluded on purpose (`reconstruct`),
+reconstructs those that lost single messages to `exclude.rules`,
 recomputes quota usage (`quota -f`) and fixes ownership. Onto a newer
 Cyrus, the upgrade steps of restore/upgrade.py run before `quota -f`.
 """
@@ -227,6 +228,24 @@ class FullRestore:
         if boxes:
             self.note("reconstructed %d mailbox(es) whose messages were excluded (now empty)", len(boxes))
 
+    def reconstruct_rule_excluded(self):
+        """Mailboxes whose messages `exclude.rules` left out (of the archive whose
+        spool was extracted): `reconstruct` drops their records, keeps the
+        other messages' UIDs and flags."""
+        from borg_cyrus.backup import rules
+
+        left = rules.archived(self.base.manifest, self.base.mailboxes)
+        listed = {mb.intname for mb in self.dump.mailboxes if mb.has_spool}  # a newer dump may lack some
+        boxes = [mb for mb in self.base.mailboxes if mb.intname in left and mb.intname in listed]
+        for i in range(0, len(boxes), 200):
+            self.ctx.cyrus(
+                "reconstruct",
+                "--",
+                *[mboxlist.admin_name(mb.intname, self.lay.unixhierarchysep) for mb in boxes[i : i + 200]],
+            )
+        if boxes:
+            self.note("%s", rules.report_line(sum(len(left[mb.intname]) for mb in boxes), len(boxes)))
+
     def fix_ownership(self):
         fixed = 0
         skipped = []
@@ -265,6 +284,7 @@ class FullRestore:
         self.create_missing()
         self.register_newer_mailboxes()
         self.empty_excluded()
+        self.reconstruct_rule_excluded()
         if upgrade:
             boxes = self.dump.mailboxes
             users = {mb.userid for mb in boxes if mb.userid}

@@ -77,9 +77,29 @@ def gather(ctx):
     info["mailboxes"] = len(mailboxes) if mailboxes is not None else None
     info["excluded_mailboxes"] = sorted({e.mailbox for e in excludes if e.mailbox})
     info["excludes"] = [{"path": e.path, "regex": e.regex, "reason": e.reason} for e in excludes]
+    info["rules"] = rule_summary(ctx, view, mailboxes, problems)
     info["patterns"] = patterns.render(nest_free([loc.path for loc in locs]), excludes, view)
     info["problems"] = problems
     return info
+
+
+def rule_summary(ctx, view, mailboxes, problems):
+    """What `exclude.rules` would leave out now: per rule count, bytes, first mailboxes."""
+    if not ctx.config["exclude"].get("rules") or mailboxes is None:
+        return []
+    from borg_cyrus.backup import excludes as excludes_mod, rules
+
+    try:
+        sel = excludes_mod.rule_selection(ctx, view, mailboxes)
+    except BorgCyrusError as e:
+        problems.append(f"exclude.rules: {e}")
+        return []
+    out = []
+    for r in rules.per_rule(sel):
+        out.append(dict(r, mailboxes=r["mailboxes"][:5], mailbox_count=len(r["mailboxes"])))
+    for name, problem in sel.unreadable:
+        problems.append(f"exclude.rules: {name}: {problem}; its messages stay in the backup")
+    return out
 
 
 def doctor(ctx, as_json=False):
@@ -110,7 +130,19 @@ def doctor(ctx, as_json=False):
         print(f"  {loc['path']}  [{loc['what']}]")
     print("\nexcluded:")
     for ex in info["excludes"]:
-        print(f"  {ex['path']}{'/' + ex['regex'] if ex['regex'] else ''}  [{ex['reason']}]")
+        rx = ex["regex"] if not ex["regex"] or len(ex["regex"]) <= 80 else ex["regex"][:77] + "…"
+        print(f"  {ex['path']}{'/' + rx if rx else ''}  [{ex['reason']}]")
+    if info["rules"]:
+        from borg_cyrus.restore.listing import human_size
+
+        print("\nsize/age rules (what a backup now would leave out):")
+        for r in info["rules"]:
+            more = r["mailbox_count"] - len(r["mailboxes"])
+            shown = ", ".join(r["mailboxes"]) + (f" and {more} more" if more > 0 else "")
+            print(
+                f"  {r['rule']}: {r['messages']} message(s), {human_size(r['bytes'])} in "
+                f"{r['mailbox_count']} mailbox(es){': ' + shown if shown else ''}"
+            )
     for note in info["notes"]:
         print(f"\nnote: {note}")
     if info["problems"]:
