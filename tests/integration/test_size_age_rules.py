@@ -2,9 +2,9 @@
 old big, an old small and a new big message (appended over IMAP with
 explicit INTERNALDATEs and flags); the rule {user/*/Sent, larger than 1MB,
 older than 7d} leaves out exactly the old big one (borg list, manifest),
-`doctor` shows it, `verify` passes, and both `restore user` and `restore
-full` bring back the other two with their UIDs, flags, INTERNALDATE and
-bytes. A damaged cyrus.index of a matched mailbox: a warning, and every
+`doctor` shows it, `verify` passes, and `restore user`, `restore mailbox
+--into` and `restore full` bring back the other two with their UIDs, flags,
+INTERNALDATE and bytes. A damaged cyrus.index of a matched mailbox: a warning, and every
 message stays in the backup."""
 
 import os
@@ -51,11 +51,11 @@ def populate(sb):
     c.logout()
 
 
-def served(sb):
-    """{uid: (flags, INTERNALDATE, RFC822.SIZE)} of the Sent folder over IMAP."""
+def served(sb, name=SENT):
+    """{uid: (flags, INTERNALDATE, RFC822.SIZE)} of a folder over IMAP."""
     c = sb.imap()
-    c.setacl(SENT, "cyrus", "lrswipkxtecda")
-    typ, _ = c.select(SENT, readonly=True)
+    c.setacl(name, "cyrus", "lrswipkxtecda")
+    typ, _ = c.select(name, readonly=True)
     assert typ == "OK"
     typ, data = c.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE RFC822.SIZE)")
     c.logout()
@@ -118,6 +118,16 @@ def test_size_age_rule_leaves_out_old_big_messages(sandbox, base_dir):
     )
     assert served(sb) == want
     t_user = time.monotonic() - t0
+
+    # one folder, next to the live one
+    copy = f"user/{USER}/Sent-restored"
+    r = restore(b, "mailbox", SENT, "--into", copy)
+    assert "1 message(s) left out by size/age rules in 1 mailbox(es): reconstructed" in r.stdout + r.stderr, (
+        r.stdout + r.stderr
+    )
+    # a new uniqueid: the admin's own \Seen (seen.db, per uniqueid) does not follow; the rest does
+    unseen = {uid: ([f for f in fl if f != "\\Seen"], d, n) for uid, (fl, d, n) in want.items()}
+    assert {uid: ([f for f in fl if f != "\\Seen"], d, n) for uid, (fl, d, n) in served(sb, copy).items()} == unseen
 
     # the whole server, from scratch
     t0 = time.monotonic()
