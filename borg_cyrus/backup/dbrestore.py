@@ -161,7 +161,7 @@ class Rebuild:
                 self.rebuild_kv(e, path, backend)
             counts[(e["kind"], why, backend)] = counts.get((e["kind"], why, backend), 0) + 1
         # read here (the dump is root-only), written by a child running as the cyrus user
-        sql = [(_read_text(os.path.join(self.top, e["file"])), p) for e, p, _b, _w in todo if e["kind"] in SQL_KINDS]
+        sql = [(read_entry(self.top, e).decode("utf-8"), p) for e, p, _b, _w in todo if e["kind"] in SQL_KINDS]
         if sql:
             privdrop.run_as(self.uid, self.gid, lambda: [_load_sql(t, p) for t, p in sql])
         for (kind, why, backend), n in sorted(counts.items()):
@@ -189,8 +189,7 @@ class Rebuild:
             self.report.append(f"moved {moved} old database file(s) aside (*.before-restore-{stamp})")
 
     def rebuild_kv(self, e, path, backend):
-        with open(os.path.join(self.top, e["file"]), "rb") as f:
-            records = dbbatch.parse(f.read())
+        records = dbbatch.parse(read_entry(self.top, e))
         if backend == "quotalegacy":
             privdrop.run_as(self.uid, self.gid, lambda: os.makedirs(path, 0o750, exist_ok=True))
         else:
@@ -213,9 +212,19 @@ class Rebuild:
                 os.unlink(empty)
 
 
-def _read_text(path):
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+def read_entry(top, entry):
+    """The dump of one index entry: its file, or `bytes` at `offset` of it (index version 2)."""
+    path = os.path.join(top, entry["file"])
+    with open(path, "rb") as f:
+        if "offset" not in entry:
+            return f.read()
+        f.seek(int(entry["offset"]))
+        data = f.read(int(entry["bytes"]))
+    if len(data) != int(entry["bytes"]):
+        raise BorgCyrusError(
+            f"{path}: shorter than its index says ({entry['kind']} of {entry.get('user')}); the dump is damaged"
+        )
+    return data
 
 
 def _load_sql(script, path):
@@ -238,8 +247,11 @@ def user_quota(ctx, dump, userid, backends):
     if inbox is None or entry is None:
         return []
     root = storage.user_root(inbox).encode()
-    with open(os.path.join(dump.path, "databases", entry["file"]), "rb") as f:
-        records = [(k, v) for k, v in dbbatch.parse(f.read()) if k == root or k.startswith(root + b".")]
+    records = [
+        (k, v)
+        for k, v in dbbatch.parse(read_entry(os.path.join(dump.path, "databases"), entry))
+        if k == root or k.startswith(root + b".")
+    ]
     if not records:
         return []
     backend, path = ctx.layout.database("quota")

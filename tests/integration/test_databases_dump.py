@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from borg_cyrus.backup.dbrestore import read_entry
 from borg_cyrus.cyrus import dbbatch
 from borg_cyrus.tools.demo import populate
 from support.common import cli, env
@@ -68,15 +69,19 @@ def test_before_dumps_every_stateful_database(setup):
     try:
         head, entries = index(s.work)
         top = os.path.join(s.work, "dump", "databases")
-        assert head["format"] == "borg-cyrus databases" and head["version"] == 1
+        assert head["format"] == "borg-cyrus databases" and head["version"] == 2
         assert not [e for e in entries if "error" in e], entries
-        # the index names every file, once
+        # the index names every file; per-user dumps are slices of one file per kind, end to end
         files = sorted(os.path.relpath(os.path.join(r, n), top) for r, _d, ns in os.walk(top) for n in ns)
-        assert sorted([e["file"] for e in entries] + ["index.jsonl"]) == files
+        assert sorted({e["file"] for e in entries} | {"index.jsonl"}) == files
+        for f in {e["file"] for e in entries if "offset" in e}:
+            parts = sorted((e["offset"], e["bytes"]) for e in entries if e["file"] == f)
+            assert [o for o, _n in parts] == [sum(n for _o, n in parts[:i]) for i in range(len(parts))], f
+            assert os.path.getsize(os.path.join(top, f)) == sum(n for _o, n in parts)
         kinds = {}
         for e in entries:
             kinds.setdefault(e["kind"], []).append(e)
-            data = open(os.path.join(top, e["file"]), "rb").read()
+            data = read_entry(top, e)
             assert e["bytes"] == len(data)
             if e["file"].endswith(".sql"):
                 continue
@@ -88,11 +93,11 @@ def test_before_dumps_every_stateful_database(setup):
         assert {e["user"] for e in kinds["sub"]} == {"alice", "bob", "carol"}
         assert {e["via"] for e in kinds["seen"] + kinds["sub"]} == {"reader"}
         assert all(e["path"].startswith(sb.confdir + "/user/uuid/") for e in kinds["seen"])
-        seen = {e["user"]: dict(dbbatch.parse(open(os.path.join(top, e["file"]), "rb").read())) for e in kinds["seen"]}
+        seen = {e["user"]: dict(dbbatch.parse(read_entry(top, e))) for e in kinds["seen"]}
         assert len({tuple(v.values()) for v in seen.values()}) == 3  # three users, three seen states
         (quota,) = kinds["quota"]
         assert quota["backend"] == "quotalegacy" and quota["path"] == os.path.join(sb.confdir, "quota")
-        assert {k for k, _ in dbbatch.parse(open(os.path.join(top, quota["file"]), "rb").read())} == {
+        assert {k for k, _ in dbbatch.parse(read_entry(top, quota))} == {
             b"user.alice",
             b"user.bob",
         }
@@ -102,7 +107,7 @@ def test_before_dumps_every_stateful_database(setup):
         # bob's dav.db holds his ManageSieve scripts: the SQL dump loads into a new SQLite database
         (dav,) = [e for e in kinds["dav"] if e["user"] == "bob"]
         new = sqlite3.connect(":memory:")
-        new.executescript(open(os.path.join(top, dav["file"])).read())
+        new.executescript(read_entry(top, dav).decode())
         live = sqlite3.connect(f"file:{dav['path']}?mode=ro", uri=True)
         q = "SELECT name, isactive FROM sieve_scripts WHERE alive ORDER BY name"
         assert new.execute(q).fetchall() == live.execute(q).fetchall() == [("vacation", 1)]
