@@ -57,11 +57,13 @@ def run(bench, reps):
     empty = _du(repo)
     first = bed.borgmatic(cfg, bc_config=bc)
     first_growth = _du(repo) - empty
-    creates, growth = [], []
+    creates, growth, hooks = [], [], []
     for i in range(reps):
         bed.server.sb.deliver(spool.user_name(0), f"Subject: hourly {i}\r\n\r\nbetween two hourly runs\r\n")
         size = _du(repo)
-        creates.append(bed.borgmatic(cfg, bc_config=bc).seconds)
+        r = bed.borgmatic(cfg, bc_config=bc)
+        creates.append(r.seconds)
+        hooks.append(r.hooks)
         growth.append(_du(repo) - size)
     m = manifest(work)
     out = {
@@ -72,6 +74,7 @@ def run(bench, reps):
         "dumps_only_runs": dumps_only,
         "create_s": median(creates),
         "create_runs": creates,
+        "create_hooks": hooks,
         "first_create_s": first.seconds,
         "first_growth_bytes": first_growth,
         "growth_bytes": median(growth),
