@@ -24,7 +24,8 @@ import sqlite3
 import tempfile
 import time
 
-from borg_cyrus.cyrus import dbbatch, storage
+from borg_cyrus.cyrus import dbbatch, dbfiles, storage
+from borg_cyrus.cyrus.dbformats import DbError
 from borg_cyrus.cyrus.layout import DATABASES, USER_DATABASES
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.safety import privdrop, trust
@@ -102,6 +103,8 @@ class Rebuild:
             return f"{entry.get('backend')} -> {backend}"
         if not os.path.lexists(path):
             return "missing"
+        if unreadable(path, backend):
+            return "unreadable"
         return None
 
     def caches(self, backends):
@@ -210,6 +213,26 @@ class Rebuild:
         finally:
             if os.path.lexists(empty):
                 os.unlink(empty)
+
+
+def unreadable(path, backend):
+    """True if a database file in place cannot be read as backend (checked for
+    twoskip and flat by the pure-Python readers, SQLite by quick_check;
+    other backends are taken as they are)."""
+    try:
+        if backend in dbfiles.PURE_BACKENDS:
+            dbfiles.read_records(path, backend)
+        elif backend == "sqlite":
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                return con.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+            finally:
+                con.close()
+    except dbfiles.NeedsTool:
+        return backend in dbfiles.PURE_BACKENDS  # not of its format at all
+    except (DbError, BorgCyrusError, OSError, sqlite3.DatabaseError):
+        return True
+    return False
 
 
 def read_entry(top, entry):

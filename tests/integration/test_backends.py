@@ -100,3 +100,38 @@ def test_restore_onto_other_backends_from_text_alone(base_dir, archived, restore
         assert snapshot(sb) == after
     finally:
         sb.stop()
+
+
+def test_unreadable_per_user_databases_are_rebuilt_from_text(base_dir):
+    """Same backends, but alice's seen.db and bob's dav.db damaged in the extracted tree: rebuilt from the dumps."""
+    sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second")).create()
+    sb.start()
+    try:
+        populate(sb, managesieve=True)
+        before = snapshot(sb)
+        bc = sandbox_config(sb, base_dir, mode="stop-master", exclude={"mailboxes": ["user/*/Junk"]})
+        repo = os.path.join(base_dir, "repo")
+        bm = borgmatic_config(base_dir, repo, os.path.join(base_dir, "work", "patterns"))
+        init_repo(bm)
+        borgmatic(bm, "create", bc_config=bc)
+        manifest = load_manifest(os.path.join(base_dir, "work"))
+        wipe(sb)
+        subprocess.run(["rm", "-rf", os.path.join(base_dir, "work", "dump")], check=True)
+        extract(repo)
+        damaged = []
+        for dirpath, _dirs, files in os.walk(os.path.join(sb.confdir, "user")):
+            for n in files:
+                if n in ("seen.db", "dav.db"):
+                    p = os.path.join(dirpath, n)
+                    with open(p, "r+b") as f:  # the header kept, the records garbage
+                        f.seek(64)
+                        f.write(os.urandom(max(64, os.path.getsize(p) - 64)))
+                    damaged.append(n)
+        assert "seen.db" in damaged and "dav.db" in damaged, damaged
+        r = cli("restore", "full", config=bc, check=0)
+        assert "seen database(s) from the text dumps (unreadable" in r.stderr, r.stderr
+        assert "dav database(s) from the text dumps (unreadable" in r.stderr, r.stderr
+        sb.start()
+        assert snapshot(sb) == expected(before, manifest)
+    finally:
+        sb.stop()
