@@ -208,3 +208,15 @@ def test_index_other_versions_have_no_internaldate():
     struct.pack_into(">I", data, 156, zlib.crc32(bytes(data[:156])))
     (r,) = index.parse(bytes(data)).records
     assert r.uid == 5 and r.internaldate is None and r.size is None
+
+
+def test_uid_regexes_are_exact_tries():
+    import random
+
+    rnd = random.Random(12)
+    for _ in range(200):
+        uids = rnd.sample(range(1, 3000), rnd.randint(1, 300))
+        pats = [re.compile(f"^{rx}$") for rx in rules.uid_regexes(uids)]
+        assert {u for u in range(3100) if any(p.match(f"{u}.") for p in pats)} == set(uids)
+        assert not any(p.match(f"0{uids[0]}.") or p.match(f"{uids[0]}") for p in pats)
+    assert list(rules.uid_regexes([1, 10, 100, 12, 2])) == [r"(?:(?:1(?:(?:00?|2))?|2))\."]
