@@ -75,6 +75,12 @@ def build_parser():
     )
     ag.add_argument("--repository", help="repository path or label, when borgmatic's configuration lists several")
     ag.add_argument("--archive", help="archive name (default: the latest)")
+    ag.add_argument(
+        "--at",
+        metavar="DATE",
+        help="the newest archive made at or before DATE: 2026-11-24 (end of that day), '2026-11-24 03:00', "
+        "yesterday, '3 days ago'",
+    )
     stg = argparse.ArgumentParser(add_help=False)
     stg.add_argument(
         "--staging",
@@ -89,6 +95,12 @@ def build_parser():
     rl = rsub.add_parser("list", parents=[arch, stg], help="users, mailboxes, message counts and sizes of an archive")
     rl.add_argument("--user", help="only this user's mailboxes")
     rl.add_argument("--json", action="store_true")
+    rh = rsub.add_parser(
+        "history", parents=[arch], help="across the archives: when a mailbox existed, its counts, renames"
+    )
+    rh.add_argument("mailbox", metavar="MAILBOX", nargs="?", help="admin namespace, e.g. 'user/bob/Archive 2019'")
+    rh.add_argument("--user", help="every mailbox of this user instead")
+    rh.add_argument("--json", action="store_true")
     ru = rsub.add_parser("user", parents=[arch, stg], help="bring one user back into the running server")
     ru.add_argument("user", metavar="USER")
     ru.add_argument(
@@ -232,6 +244,11 @@ def cmd_doctor(args):
 
 def cmd_restore(args):
     _, _, ctx = load(args)
+    if args.restore_command == "history":
+        from borg_cyrus.restore import archive as archive_mod, history
+
+        repo = archive_mod.open_repository(args.borgmatic_config, args.repository, ctx.runner)
+        return history.run(ctx, repo, mailbox=args.mailbox, user=args.user, as_json=args.json)
     if args.restore_command == "full":
         from borg_cyrus.restore.full import FullRestore
 
@@ -249,7 +266,9 @@ def cmd_restore(args):
     from borg_cyrus.restore.session import ArchiveSession, with_lock
     from borg_cyrus.restore.user import UserRestore
 
-    session = ArchiveSession(ctx, args.borgmatic_config, args.repository, args.archive, args.staging, args.keep_staging)
+    session = ArchiveSession(
+        ctx, args.borgmatic_config, args.repository, args.archive, args.staging, args.keep_staging, at=args.at
+    )
     with session:
         session.load_dump()
         if args.restore_command == "list":

@@ -142,6 +142,12 @@ class Repository:
     def archives(self, all_names=False):
         """Archive names, oldest first (those matching borgmatic's archive
         name format / match_archives unless all_names)."""
+        return [name for name, _t in self.archive_times(all_names)]
+
+    def archive_times(self, all_names=False):
+        """[(name, naive local start time)], oldest first (see archives())."""
+        from borg_cyrus.restore.when import archive_time
+
         _env, flags, *_ = _borgmatic_modules()
         match = []
         if not all_names:
@@ -158,12 +164,21 @@ class Repository:
             data = json.loads(proc.stdout)
         except ValueError:
             raise ArchiveError(f"borg list {self.path} did not answer JSON") from None
-        return [a["name"] for a in data.get("archives", [])]
+        return [(a["name"], archive_time(a)) for a in data.get("archives", [])]
 
-    def resolve(self, archive=None):
-        """The archive name: as given, or the latest one ('latest' or None)."""
+    def resolve(self, archive=None, at=None):
+        """The archive name: as given, the newest made at or before `at`
+        (restore/when.py), or the latest one ('latest' or None)."""
         if archive and archive != "latest":
+            if at:
+                raise ArchiveError("give --archive or --at, not both")
             return archive
+        if at:
+            from borg_cyrus.restore import when
+
+            name = when.pick(self.archive_times(), when.parse_at(at), at)
+            log.info("--at %s: archive %s", at, name)
+            return name
         names = self.archives()
         if not names:
             names = self.archives(all_names=True)

@@ -46,10 +46,12 @@ class ArchiveSession:
     """An archive opened for reading: repository, archive name, a private
     staging directory, the archived dump and layout."""
 
-    def __init__(self, ctx, borgmatic_config=None, repository=None, archive=None, staging=None, keep_staging=False):
+    def __init__(
+        self, ctx, borgmatic_config=None, repository=None, archive=None, staging=None, keep_staging=False, at=None
+    ):
         self.ctx = ctx
         self.repo = archive_mod.open_repository(borgmatic_config, repository, ctx.runner)
-        self.archive = self.repo.resolve(archive)
+        self.archive = self.repo.resolve(archive, at=at)
         self.staging_parent = staging
         self.keep_staging = keep_staging
         self.dir = None

@@ -347,7 +347,7 @@ def format_report(rep):
 
 def run(ctx, args):
     repo = archive_mod.open_repository(args.borgmatic_config, args.repository, ctx.runner)
-    name = repo.resolve(args.archive)
+    name = repo.resolve(args.archive, at=getattr(args, "at", None))
     parent = args.workdir or DEFAULT_WORKDIR
     if ctx.dry_run:
         print(
