@@ -9,6 +9,7 @@ import sys
 
 from borg_cyrus import __version__, config as config_mod
 from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.tools import metrics
 
 log = logging.getLogger("borg_cyrus")
 
@@ -54,6 +55,8 @@ def build_parser():
     )
     s = sub.add_parser("after", help="borgmatic `after` hook: undo what `before` did (idempotent)")
     s.add_argument("--force", action="store_true", help="tear down even if the owning backup still runs")
+    s.add_argument("--failed", action="store_true", help="the backup failed (a `states: [fail]` hook): for the metrics")
+    s.add_argument("--json", action="store_true", help="print the backup's summary (the metrics' values) as JSON")
 
     sub.add_parser("plugins", help="list plugins and the hooks they implement")
     c = sub.add_parser("config", help="config file tools")
@@ -139,6 +142,8 @@ def build_parser():
         "--force", action="store_true", help="restore raw files even if the archive was made by another Cyrus version"
     )
 
+    for q in (ru, rm, rf):
+        q.add_argument("--json", action="store_true", help="print a summary (the metrics' values) as JSON")
     v = sub.add_parser(
         "verify",
         parents=[arch],
@@ -190,7 +195,9 @@ def cmd_before(args):
     from borg_cyrus.backup import run as backup
 
     _, _, ctx = load(args)
-    summary = backup.before(ctx, force=args.force, dumps_only=args.dumps_only)
+    with metrics.Before(ctx, dumps_only=args.dumps_only) as run:
+        summary = backup.before(ctx, force=args.force, dumps_only=args.dumps_only)
+        run.ready(summary)
     if args.dry_run:
         sys.stdout.write(summary["patterns"])
     return 0
@@ -200,7 +207,8 @@ def cmd_after(args):
     from borg_cyrus.backup import run as backup
 
     _, _, ctx = load(args)
-    backup.after(ctx, force=args.force)
+    with metrics.After(ctx, failed=args.failed, as_json=args.json):
+        backup.after(ctx, force=args.force)
     return 0
 
 
@@ -244,6 +252,11 @@ def cmd_doctor(args):
 
 def cmd_restore(args):
     _, _, ctx = load(args)
+    with metrics.restore_run(ctx, args):
+        return _restore(args, ctx)
+
+
+def _restore(args, ctx):
     if args.restore_command == "history":
         from borg_cyrus.restore import archive as archive_mod, history
 
@@ -277,7 +290,7 @@ def cmd_restore(args):
                 listing.summary_json(summary) + "\n" if args.json else listing.format_list(summary, args.user)
             )
             return 0
-        out = None if args.quiet else (lambda line: print(line, flush=True))
+        out = None if args.quiet else (lambda line: print(line, flush=True, file=sys.stderr if args.json else None))
         if args.restore_command == "user":
             job = UserRestore(ctx, session, force=args.force, out=out)
             with_lock(ctx, lambda: job.run(args.user))
@@ -291,7 +304,8 @@ def cmd_verify(args):
     from borg_cyrus.restore import verify
 
     _, _, ctx = load(args)
-    return verify.run(ctx, args)
+    with metrics.Run(ctx, "verify") as run:
+        return verify.run(ctx, args, run)
 
 
 def cmd_demo(args):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from borg_cyrus.cyrus import storage, index, mboxlist
 from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.tools import progress
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def report(ctx, view, mailboxes, counts=True):
     problems = []
     without_dir = []
     damaged = {}
-    for mb in boxes:
+    for mb in progress.each("counts", boxes, "mailboxes"):
         try:
             d = storage.data_dir(lay, mb)
         except KeyError:

@@ -68,6 +68,7 @@ from borg_cyrus.cyrus.layout import USER_DATABASES
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.hookspecs import hookimpl
 from borg_cyrus.model import DumpRecord
+from borg_cyrus.tools import progress
 
 log = logging.getLogger(__name__)
 PLUGIN = "databases"
@@ -249,7 +250,7 @@ class Job:
     def users(self, mailboxes):
         lay = storage.PathLayout.from_layout(self.ctx.layout)
         kinds = self.user_kinds()
-        for mb in mailboxes:
+        for mb in progress.each("dumps", [mb for mb in mailboxes if mb.is_inbox and mb.has_spool], "users"):
             if not (mb.is_inbox and mb.has_spool):
                 continue
             user, u = mb.userid, mb.uniqueid

@@ -13,6 +13,7 @@ from borg_cyrus.cyrus import dbbatch, header, index, storage
 from borg_cyrus.cyrus.names import display
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.safety import privdrop
+from borg_cyrus.tools import progress
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,8 @@ class Placement:
         mailboxes, merge plans)."""
         headers = []
         merged = []
-        for p in sorted(plans, key=lambda p: (p.target.count("."), p.target)):
+        ordered = sorted(plans, key=lambda p: (p.target.count("."), p.target))
+        for p in ordered if self.ctx.dry_run else progress.each("restore: place", ordered, "mailboxes"):
             if p.action == "create":
                 if self.ctx.dry_run:
                     how = (

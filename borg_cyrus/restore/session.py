@@ -13,6 +13,7 @@ from borg_cyrus.cyrus import imapdconf, storage
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 from borg_cyrus.restore import archive as archive_mod
 from borg_cyrus.safety import pathpolicy, safeio, trust
+from borg_cyrus.tools import progress
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ class ArchiveSession:
         return removed
 
     def extract(self, paths):
-        missing = self.repo.extract(self.archive, paths, self.tree)
+        with progress.Progress("restore: extract", unit=f"{len(paths)} path(s) of archive {self.archive}"):
+            missing = self.repo.extract(self.archive, paths, self.tree)
         self.sanitize()
         return missing
 

@@ -42,6 +42,7 @@ from borg_cyrus.cyrus.names import display
 from borg_cyrus.restore.listing import human_size
 from borg_cyrus.restore import drillserver
 from borg_cyrus.restore.session import archived_conf_values
+from borg_cyrus.tools import progress
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class Drill:
     # -- 1. extract ----------------------------------------------------------
     def extract(self):
         t0 = time.monotonic()
-        self.repo.extract_all(self.archive, self.root)
+        with progress.Progress("verify: extract", unit=f"archive {self.archive}"):
+            self.repo.extract_all(self.archive, self.root)
         self.info.append(f"extracted archive {self.archive} in {time.monotonic() - t0:.2f} s")
 
     def find_dump(self):
@@ -122,7 +124,7 @@ class Drill:
     # -- 2. files ------------------------------------------------------------
     def check_files(self):
         self.indexes = {}
-        for mb in self.boxes:
+        for mb in progress.each("verify: files", self.boxes, "mailboxes"):
             self.stats["mailboxes"] += 1
             try:
                 d = storage.data_dir(self.slay, mb)
@@ -209,7 +211,7 @@ class Drill:
         conn = imaplib.IMAP4("127.0.0.1", self.sandbox.port)
         conn.login("cyrus", "x")
         try:
-            for mb in self.boxes:
+            for mb in progress.each("verify: imap", self.boxes, "mailboxes"):
                 rmb = restored.get(mb.intname)
                 if rmb is None:
                     self.fail(mb.intname, "not in the restored server's mailbox list")
@@ -345,7 +347,7 @@ def format_report(rep):
     return "\n".join(out) + "\n"
 
 
-def run(ctx, args):
+def run(ctx, args, metrics_run=None):
     repo = archive_mod.open_repository(args.borgmatic_config, args.repository, ctx.runner)
     name = repo.resolve(args.archive, at=getattr(args, "at", None))
     parent = args.workdir or DEFAULT_WORKDIR
@@ -375,6 +377,11 @@ def run(ctx, args):
     rep["seconds"] = round(time.monotonic() - t0, 2)
     if args.keep:
         rep["kept"] = base
+    if metrics_run is not None:  # the metrics' values, in the JSON report too
+        s, n_failed = rep["stats"], len(rep["failures"])
+        rep.update(
+            metrics_run.conclude(rep["ok"], mailboxes=s["mailboxes"], messages=s["messages"], failed_mailboxes=n_failed)
+        )
     sys.stdout.write(json.dumps(rep, indent=1, ensure_ascii=False) + "\n" if args.json else format_report(rep))
     if not rep["ok"]:
         log.error("verify: archive %s FAILED: %s", name, ", ".join(sorted(rep["failures"])))
