@@ -173,7 +173,7 @@ def build_parser():
 
 
 # commands that live in a module of their own: NAME, NEEDS_ROOT, add_parser(sub), run(args)
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("borg_cyrus.tools.init",)
 
 
 def _command_modules():
