@@ -98,12 +98,10 @@ def build_parser():
     rl = rsub.add_parser("list", parents=[arch, stg], help="users, mailboxes, message counts and sizes of an archive")
     rl.add_argument("--user", help="only this user's mailboxes")
     rl.add_argument("--json", action="store_true")
-    rh = rsub.add_parser(
-        "history", parents=[arch], help="across the archives: when a mailbox existed, its counts, renames"
-    )
-    rh.add_argument("mailbox", metavar="MAILBOX", nargs="?", help="admin namespace, e.g. 'user/bob/Archive 2019'")
-    rh.add_argument("--user", help="every mailbox of this user instead")
-    rh.add_argument("--json", action="store_true")
+    from borg_cyrus.restore import history, messages
+
+    history.add_parser(rsub, [arch])
+    messages.add_parser(rsub, [arch, stg])
     ru = rsub.add_parser("user", parents=[arch, stg], help="bring one user back into the running server")
     ru.add_argument("user", metavar="USER")
     ru.add_argument(
@@ -294,9 +292,13 @@ def _restore(args, ctx):
         if args.restore_command == "user":
             job = UserRestore(ctx, session, force=args.force, out=out)
             with_lock(ctx, lambda: job.run(args.user))
-        else:
+        elif args.restore_command == "mailbox":
             job = MailboxRestore(ctx, session, force=args.force, out=out)
             with_lock(ctx, lambda: job.run(args.mailbox, into=args.into, recursive=args.recursive))
+        else:
+            from borg_cyrus.restore.messages import run_args
+
+            run_args(ctx, session, args, out)
     return 0
 
 

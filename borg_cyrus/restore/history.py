@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 MANIFEST_LIMIT = 512 << 20
 
 
+def add_parser(rsub, parents):
+    rh = rsub.add_parser(
+        "history", parents=parents, help="across the archives: when a mailbox existed, its counts, renames"
+    )
+    rh.add_argument("mailbox", metavar="MAILBOX", nargs="?", help="admin namespace, e.g. 'user/bob/Archive 2019'")
+    rh.add_argument("--user", help="every mailbox of this user instead")
+    rh.add_argument("--json", action="store_true")
+
+
 def read_manifest(ctx, repo, archive, tmp_parent):
     """The archive's manifest (a dict), or None if it holds none."""
     path = os.path.join(ctx.dump_dir, "manifest.json")

@@ -104,6 +104,22 @@ class PartialRestore(Placement):
 
         self.upgrade = check_cyrus_version(self.ctx, self.s.dump, self.force, f"archive {self.s.archive}")
 
+    def derived(self, plans):
+        """What Cyrus derives from the restored mailboxes, rebuilt when imapd.conf enables it:
+        the search index (squatter) and the owners' conversations (ctl_conversationsdb -b)."""
+        conf = self.ctx.layout.conf
+        names = [self.admin(p.target) for p in plans]
+        engine = str(conf.get("search_engine", "none")).lower()
+        if names and engine in ("squat", "xapian") and self.ctx.tools.has("squatter"):
+            self.tool("squatter", "--", *names)
+            self.say("search index (%s) rebuilt for %d restored mailbox(es)", engine, len(names))
+        if str(conf.get("conversations", "no")).lower() in ("1", "yes", "on", "true", "t"):
+            users = sorted({p.dst_mailbox().userid for p in plans if p.dst_mailbox().userid})
+            for user in users:
+                self.tool("ctl_conversationsdb", "-b", "--", user)
+            if users:
+                self.say("conversations rebuilt for %s", ", ".join(users))
+
     def upgrade_restored(self, plans):
         """Onto a newer Cyrus: the restored mailboxes' indexes upgraded (restore/upgrade.py)."""
         if not getattr(self, "upgrade", None):

@@ -90,6 +90,7 @@ class UserRestore(PartialRestore):
         if line:
             self.say("%s", line)
         self.upgrade_restored(plans)
+        self.derived(plans)
         for root in quota_roots(plans):
             self.tool("quota", "-f", "--", self.admin(root))
         self.finish_log(t0, f"restore user {userid}")

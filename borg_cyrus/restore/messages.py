@@ -1,0 +1,269 @@
+"""`restore messages MAILBOX`: single messages of one archived folder, chosen
+by UID, INTERNALDATE, GUID, header text or "expunged since", into a new
+folder of the running server (default `<owner>/Restored/<archive date>/<folder>`,
+or `--into FOLDER`).
+
+How: the archived folder's cyrus.index (and cyrus.header) is extracted
+first and read; the selectors that need no message text (UIDs, dates, GUID,
+expunged) narrow the records; only the candidates' message files are then
+extracted, and `--from/--subject/--header` read their headers. The new
+folder is made from the archived index plus exactly the chosen files (a new
+uniqueid, as `restore mailbox --into` does); `reconstruct` drops the records
+whose files were not brought back, and keeps flags, INTERNALDATE and UIDs of
+the others. A message whose GUID the live folder (or the target) already
+holds is never restored twice. `--expunged` takes the archived messages the
+live folder no longer has, plus, under `expunge_mode: delayed`, the records
+the archived index marks expunged whose files were still there: their
+expunged flag is cleared in the staged copy of the index (record CRC
+recomputed) before the folder is made.
+"""
+
+import datetime
+import email.parser
+import email.policy
+import os
+import struct
+import time
+import zlib
+
+from borg_cyrus.cyrus import index, storage
+from borg_cyrus.cyrus.names import display, to_intname
+from borg_cyrus.errors import BorgCyrusError, ConfigError
+from borg_cyrus.restore import when
+from borg_cyrus.restore.plan import PartialRestore, quota_roots
+
+HEADER_BYTES = 64 * 1024  # enough of a message to read its header block
+FLAG_DELETED = 1 << 2  # imap/mailbox.h
+
+
+def parse_uids(text):
+    """'1:5,7,10:*' -> a predicate on UIDs."""
+    ranges = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition(":")
+        try:
+            a = int(lo)
+            b = (None if hi == "*" else int(hi)) if hi else a
+        except ValueError:
+            raise ConfigError(f"--uid {text!r}: give UIDs like 1:5,7,10:*") from None
+        ranges.append((a, b))
+    if not ranges:
+        raise ConfigError(f"--uid {text!r}: give UIDs like 1:5,7,10:*")
+    return lambda uid: any(a <= uid and (b is None or uid <= b) for a, b in ranges)
+
+
+def day_start(text):
+    """--since/--before DATE as seconds since the epoch (local midnight of a day, or the moment given)."""
+    t = when.parse_at(text)
+    if t.time() == datetime.time(23, 59, 59, 999999):  # a bare day: its start
+        t = datetime.datetime.combine(t.date(), datetime.time())
+    return t.timestamp()
+
+
+def _text(value):
+    """A header value as text: RFC 2047 decoded, raw 8-bit bytes read as UTF-8."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def header_match(data, froms, subjects, headers):
+    msg = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+
+    def has(name, needle):
+        return any(needle.lower() in _text(v).lower() for v in msg.get_all(name) or [])
+
+    if any(not has("From", f) for f in froms) or any(not has("Subject", s) for s in subjects):
+        return False
+    for h in headers:
+        name, sep, needle = h.partition(":")
+        if not sep:
+            raise ConfigError(f"--header {h!r}: give it as 'Name: text'")
+        if not has(name.strip(), needle.strip()):
+            return False
+    return True
+
+
+def subject_of(data):
+    msg = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+    text = " ".join(_text(msg.get("Subject", "")).split())[:70]
+    return "".join(c if c.isprintable() else "?" for c in text)  # the archive's text, not the terminal's
+
+
+def unexpunge(path, uids):
+    """Clear the expunged and \\Deleted flags of these UIDs' records in a staged cyrus.index (CRCs kept right)."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        minor, start, rsize, nrec = struct.unpack_from(">IIII", data, 8)
+        off_flags = index.LAYOUTS[minor]["system_flags"]
+        for i in range(nrec):
+            off = start + i * rsize
+            if struct.unpack_from(">I", data, off)[0] not in uids:
+                continue
+            # back as before the user deleted them: neither expunged nor \Deleted (like `unexpunge -d`)
+            flags = struct.unpack_from(">I", data, off + off_flags)[0] & ~(index.FLAG_EXPUNGED | FLAG_DELETED)
+            struct.pack_into(">I", data, off + off_flags, flags)
+            struct.pack_into(">I", data, off + rsize - 4, zlib.crc32(bytes(data[off : off + rsize - 4])))
+        f.seek(0)
+        f.write(data)
+
+
+class MessagesRestore(PartialRestore):
+    def run(self, name, into=None, uids=None, since=None, before=None, froms=(), subjects=(), headers=(),
+            guids=(), expunged=False):  # fmt: skip
+        t0 = time.monotonic()
+        # bad selectors first: one line, nothing read or changed
+        pick_uid = parse_uids(uids) if uids else None
+        lo, hi = (day_start(since) if since else None), (day_start(before) if before else None)
+        for h in headers:
+            if ":" not in h:
+                raise ConfigError(f"--header {h!r}: give it as 'Name: text'")
+        self.check_version()
+        self.load_live()
+        src = self.source(name)
+        target = to_intname(into) if into else self.default_target(src)
+        if self.live_box(target) is not None:
+            raise BorgCyrusError(f"{display(target)} exists; restore into a new folder with --into")
+        plan = self.plan_all([(src, target)], into=True)[0]
+        a_idx = os.path.join(storage.index_dir(self.alay, src), "cyrus.index")
+        a_hdr = os.path.join(storage.header_dir(self.alay, src), "cyrus.header")
+        self.fetch([a_idx, a_hdr], [a_idx, a_hdr])
+        try:
+            ix = index.read(self.s.staged(a_idx))
+        except (OSError, ValueError) as e:
+            raise BorgCyrusError(f"the archived cyrus.index of {display(src.intname)} cannot be read: {e}") from None
+        if not ix.detailed:
+            raise BorgCyrusError(f"{display(src.intname)}: cyrus.index version {ix.minor_version} is not read here")
+        live = self.live_box(src.intname) or next((m for m in self.live.values() if m.uniqueid == src.uniqueid), None)
+        live_ix = self.live_index(live) if live is not None else None
+        present = {r.guid for r in live_ix.live()} if live_ix else set()
+        want_guids = {g.lower() for g in guids}
+        chosen, revived, dup = [], set(), 0
+        for r in ix.records:
+            if r.system_flags & index.FLAG_UNLINKED:
+                continue
+            if r.expunged and not expunged:
+                continue
+            if pick_uid and not pick_uid(r.uid):
+                continue
+            if (lo is not None and r.internaldate < lo) or (hi is not None and r.internaldate >= hi):
+                continue
+            if want_guids and r.guid.hex() not in want_guids:
+                continue
+            if r.guid in present:
+                dup += 1
+                continue
+            if r.expunged:
+                revived.add(r.uid)
+            chosen.append(r)
+        srcs = self.box_sources(plan)
+
+        def file_of(r):
+            return os.path.join(srcs["archive"] if r.archived and "archive" in srcs else srcs["data"], f"{r.uid}.")
+
+        files = [file_of(r) for r in chosen]
+        missing = self.fetch(files, []) if files else set()
+        chosen = [r for r in chosen if file_of(r) not in missing]
+        subjects_seen = {}
+        if froms or subjects or headers or self.ctx.dry_run:
+            kept = []
+            for r in chosen:
+                with open(self.s.staged(file_of(r)), "rb") as f:
+                    head = f.read(HEADER_BYTES)
+                subjects_seen[r.uid] = subject_of(head)
+                if header_match(head, froms, subjects, headers):
+                    kept.append(r)
+                else:
+                    os.unlink(self.s.staged(file_of(r)))
+            chosen = kept
+        self.say(
+            "restore messages of %s from archive %s into %s: %d chosen (%d expunged in the archive), %d already "
+            "in the live folder (same GUID), %d not in the archive",
+            display(src.intname),
+            self.s.archive,
+            display(target),
+            len(chosen),
+            len(revived & {r.uid for r in chosen}),
+            dup,
+            len(missing),
+        )
+        for r in chosen[:200] if self.ctx.dry_run else ():
+            when_ = datetime.datetime.fromtimestamp(r.internaldate).strftime("%Y-%m-%d %H:%M")
+            self.say("  UID %-6d %s %8d bytes  %s", r.uid, when_, r.size, subjects_seen.get(r.uid, ""))
+        if not chosen:
+            self.say("nothing to restore")
+            return self.steps
+        if self.ctx.dry_run:
+            self.say("would create %s with these message(s), then reconstruct it", display(target))
+            return self.steps
+        if revived & {r.uid for r in chosen}:
+            unexpunge(self.s.staged(a_idx), revived)
+        for n in ("cyrus.cache",):  # rebuilt by reconstruct
+            p = os.path.join(self.s.staged(os.path.dirname(a_idx)), n)
+            if os.path.exists(p):
+                os.unlink(p)
+        self.apply([plan], [])
+        self.tool("reconstruct", "--", self.admin(target))
+        self.upgrade_restored([plan])
+        self.derived([plan])
+        for root in quota_roots([plan]):
+            self.tool("quota", "-f", "--", self.admin(root))
+        self.finish_log(t0, f"restore messages of {display(src.intname)}")
+        return self.steps
+
+    def fetch(self, paths, required):
+        """Extract into the private staging directory (under --dry-run too: the server is not touched)."""
+        t0 = time.monotonic()
+        missing = self.s.extract(sorted(set(paths)))
+        self.say("extracted %d path(s) from archive %s in %.2f s", len(paths) - len(missing), self.s.archive,
+                 time.monotonic() - t0)  # fmt: skip
+        lost = sorted(set(required) & missing)
+        if lost:
+            raise BorgCyrusError(f"the archive lacks {lost[0]}; the dump lists the mailbox but it was not backed up")
+        return missing
+
+    def source(self, name):
+        by_name = {mb.intname: mb for mb in self.s.dump.mailboxes if mb.has_spool}
+        src = by_name.get(to_intname(name))
+        if src is None:
+            raise BorgCyrusError(f"mailbox {name} is not in archive {self.s.archive}; run `borg-cyrus restore list`")
+        return src
+
+    def default_target(self, src):
+        """<owner INBOX>/Restored/<archive date>/<folder>, or Restored/<date>/<name> for a shared folder."""
+        day = (self.s.dump.manifest.get("created") or time.strftime("%Y-%m-%d"))[:10]
+        root = storage.user_root(src)
+        if root:
+            rest = src.intname[len(root) + 1 :] if src.intname != root else "INBOX"
+            return f"{root}.Restored.{day}.{rest}"
+        return f"Restored.{day}.{src.intname.split('!', 1)[-1]}"
+
+
+def add_parser(rsub, parents):
+    p = rsub.add_parser(
+        "messages", parents=parents, help="single messages of one folder, by UID, date, header, GUID or expunged"
+    )
+    p.add_argument("mailbox", metavar="MAILBOX", help="admin namespace, e.g. 'user/bob/Sent'")
+    p.add_argument("--uid", metavar="SET", help="UIDs, e.g. 1:5,7,10:*")
+    p.add_argument("--since", metavar="DATE", help="INTERNALDATE on or after DATE (a day: from its start)")
+    p.add_argument("--before", metavar="DATE", help="INTERNALDATE before DATE (a day: before its start)")
+    p.add_argument("--from", dest="froms", action="append", default=[], metavar="TEXT", help="From: contains TEXT")
+    p.add_argument("--subject", action="append", default=[], metavar="TEXT", help="Subject: contains TEXT")
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: TEXT'", help="that header contains TEXT")
+    p.add_argument("--guid", action="append", default=[], metavar="HEX", help="the message with this GUID (SHA-1)")
+    p.add_argument(
+        "--expunged", action="store_true", help="the messages the live folder no longer has (and delayed-expunged ones)"
+    )
+    p.add_argument("--into", metavar="FOLDER", help="default: <owner>/Restored/<archive date>/<folder>")
+    p.add_argument("--json", action="store_true", help="print a summary (the metrics' values) as JSON")
+    p.add_argument("--force", action="store_true", help="from an archive of another Cyrus version")
+
+
+def run_args(ctx, session, args, out):
+    from borg_cyrus.restore.session import with_lock
+
+    job = MessagesRestore(ctx, session, force=args.force, out=out)
+    kw = dict(uids=args.uid, since=args.since, before=args.before, froms=args.froms, subjects=args.subject)
+    kw.update(headers=args.header, guids=args.guid, expunged=args.expunged, into=args.into)
+    with_lock(ctx, lambda: job.run(args.mailbox, **kw))
