@@ -171,6 +171,7 @@ def render_borgmatic(sample_text, repo, patterns_file, bc_path, passcommand=None
     text = re.sub(r"(?m)^(patterns_from:\n)(?:  - .*\n)+", lambda m: m[1] + f"  - {patterns_file}\n", text, count=1)
     for action in ("before", "after"):
         text = re.sub(rf"(?m)^(\s+- )borg-cyrus {action}$", lambda m, a=action: m[1] + hook_command(bc_path, a), text)
+    text = re.sub(r"(?m)^# Change the repository;.*\n", "", text)
     text = "# Written by `borg-cyrus init` from sample-borgmatic.yaml.\n" + text
     if yaml.safe_load(text) == want:
         return text
@@ -236,7 +237,10 @@ def write_private(path, text, force):
     """Write text to path, mode 0600 (O_EXCL unless force)."""
     os.makedirs(os.path.dirname(path) or ".", 0o700, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        raise BorgCyrusError(f"{path}: cannot write it: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(text)
@@ -347,3 +351,5 @@ def _next_steps(bc_path, bm_path, encryption):
         print(f"  borgmatic{c} repo-create --encryption {encryption} --make-parent-dirs")
     print(f"  borgmatic{c} create --verbosity 1")
     print(f"  borg-cyrus{bc} verify{bmopt}")
+    if encryption and encryption != "none":
+        print(f"  borgmatic{c} key export --path /root/borg-cyrus-repo-key.txt   # then copy it off this machine")

@@ -175,3 +175,24 @@ def test_existing_borgmatic_config_gets_a_snippet(tmp_path, imapd, monkeypatch, 
     assert f"run: [borg-cyrus -c {bc} before]" in out and "  - /var/lib/x/patterns" in out
     assert "(merged in a copy): valid" in out
     assert existing.read_text().startswith("repositories:") and not bc.exists()
+
+
+def test_missing_values_are_asked_on_a_terminal(tmp_path, imapd, monkeypatch, capsys):
+    """A fake terminal (stdin.isatty and input() replaced): an empty answer takes
+    the offered default (the first repository of an existing borgmatic config),
+    a choice outside the list is asked again."""
+    existing = tmp_path / "config.yaml"
+    existing.write_text("repositories:\n  - path: /srv/borg/main\n")
+    monkeypatch.setattr(inspect_host.existing_borgmatic, "__defaults__", ((str(existing),),))
+    answers = iter(["", "bogus", "none"])
+    asked = []
+    monkeypatch.setattr(init.sys, "stdin", type("Tty", (), {"isatty": lambda self: True})())
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or next(answers))
+    from borg_cyrus import cli as cli_mod
+
+    bc, bm = tmp_path / "bc.yaml", tmp_path / "bm.yaml"
+    argv = ["init", "-n", "--imapd-conf", str(imapd), "--borg-cyrus-config", str(bc), "--borgmatic-config", str(bm)]
+    assert cli_mod.main(argv + ["--work-directory", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert asked[0] == "repository [/srv/borg/main]: " and asked[1].startswith("encryption (none, ")
+    assert len(asked) == 3 and "- path: /srv/borg/main" in out and "encryption_passcommand" not in out
