@@ -52,6 +52,15 @@ def test_metrics_after_backup_failed_backup_and_verify(populated, base_dir):
     assert v[("borg_cyrus_last_run_start_timestamp_seconds", "backup")] > last_ok
     assert ("borg_cyrus_last_run_success", "verify") not in v
 
+    # borgmatic's `states: [fail]` hook: `before` went well, borg create did not
+    sandbox_config(populated, base_dir, metrics={"textfile": prom})
+    cli("before", config=b["bc"], check=0)
+    rec = json.loads(cli("after", "--failed", "--json", config=b["bc"], check=0).stdout)
+    assert rec["command"] == "backup" and rec["result"] == "failure" and rec["mailboxes"] == m["counts"]["mailboxes"]
+    v = read(prom)
+    assert v[("borg_cyrus_last_run_success", "backup")] == 0
+    assert v[("borg_cyrus_last_success_timestamp_seconds", "backup")] == last_ok
+
     r = cli(
         "verify",
         "--borgmatic-config",
