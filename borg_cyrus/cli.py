@@ -98,9 +98,10 @@ def build_parser():
     rl = rsub.add_parser("list", parents=[arch, stg], help="users, mailboxes, message counts and sizes of an archive")
     rl.add_argument("--user", help="only this user's mailboxes")
     rl.add_argument("--json", action="store_true")
-    from borg_cyrus.restore import history, messages
+    from borg_cyrus.restore import find, history, messages
 
     history.add_parser(rsub, [arch])
+    find.add_parser(rsub, [])
     messages.add_parser(rsub, [arch, stg])
     ru = rsub.add_parser("user", parents=[arch, stg], help="bring one user back into the running server")
     ru.add_argument("user", metavar="USER")
@@ -255,6 +256,10 @@ def cmd_restore(args):
 
 
 def _restore(args, ctx):
+    if args.restore_command == "find":
+        from borg_cyrus.restore import find
+
+        return find.run(ctx, args)
     if args.restore_command == "history":
         from borg_cyrus.restore import archive as archive_mod, history
 

@@ -147,6 +147,16 @@ def test_restore_messages(base_dir, mode):
             assert len(squat) >= 4, squat  # squatter ran on every restored folder (SEARCH alone would scan)
         al.logout()
         assert without_alice(snapshot(sb)) == others
+        # find across the three archives: index files first, message files of the candidates only
+        r = restore(b, "find", "--user", "alice", "--subject", "report 2")
+        assert "1 message(s) of alice in 3 archive(s)" in r.stdout, r.stdout
+        assert (
+            f"in {n1}; back with: borg-cyrus restore messages 'user/alice/Reports' --archive {n1} --uid 2" in r.stdout
+        )
+        data = json.loads(restore(b, "find", "--user", "alice", "--mailbox", "user/alice/Reports", "--since",
+                                  "2026-11-24", "--json").stdout)  # fmt: skip
+        assert [(m["uid"], m["first"], m["last"]) for m in data["messages"]] == [(5, n1, n3), (6, n1, n3)], data
+        assert restore(b, "find", "--user", "alice", "--subject", "no such words", check=1).stdout.startswith("0 ")
         # bad input: one line, nothing changed
         r = restore(b, "messages", "user/alice/Reports", "--uid", "x:y", check=2)
         assert "--uid 'x:y'" in r.stderr
