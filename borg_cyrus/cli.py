@@ -15,18 +15,40 @@ log = logging.getLogger("borg_cyrus")
 
 
 class _Formatter(logging.Formatter):
+    def __init__(self, journal=False):
+        super().__init__()
+        self.journal = journal
+
     def format(self, record):
         msg = record.getMessage()
         if record.levelno >= logging.ERROR:
-            return f"borg-cyrus: error: {msg}"
-        if record.levelno >= logging.WARNING:
-            return f"borg-cyrus: warning: {msg}"
-        return f"borg-cyrus: {msg}"
+            line = f"borg-cyrus: error: {msg}"
+        elif record.levelno >= logging.WARNING:
+            line = f"borg-cyrus: warning: {msg}"
+        else:
+            line = f"borg-cyrus: {msg}"
+        if not self.journal:
+            return line
+        # sd-daemon(3): journald reads a priority prefix at the start of every line
+        lv = record.levelno
+        prio = 3 if lv >= logging.ERROR else 4 if lv >= logging.WARNING else 6 if lv >= logging.INFO else 7
+        return "\n".join(f"<{prio}>{part}" for part in line.split("\n"))
+
+
+def stderr_is_journal(stream=None):
+    """True when stderr is the journal stream systemd connected (JOURNAL_STREAM
+    names its device and inode), not a pipe or file it was redirected to."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
 
 
 def setup_logging(verbosity):
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_Formatter(journal=stderr_is_journal()))
     root = logging.getLogger("borg_cyrus")
     root.handlers[:] = [handler]
     root.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
@@ -172,7 +194,7 @@ def build_parser():
 
 
 # commands that live in a module of their own: NAME, NEEDS_ROOT, add_parser(sub), run(args)
-COMMAND_MODULES = ("borg_cyrus.tools.init",)
+COMMAND_MODULES = ("borg_cyrus.tools.preupgrade", "borg_cyrus.tools.init")
 
 
 def _command_modules():
