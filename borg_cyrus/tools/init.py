@@ -159,7 +159,8 @@ def render_borgmatic(sample_text, repo, patterns_file, bc_path, passcommand=None
     want["patterns_from"] = [patterns_file]
     for cmd in want.get("commands") or []:
         cmd["run"] = [
-            re.sub(r"^borg-cyrus (before|after)$", lambda m: hook_command(bc_path, m[1]), r) for r in cmd["run"]
+            re.sub(r"^borg-cyrus (before|after)( --\S+)*$", lambda m: hook_command(bc_path, m[0][11:]), r)
+            for r in cmd["run"]
         ]
     if passcommand:
         want["encryption_passcommand"] = passcommand
@@ -169,8 +170,9 @@ def render_borgmatic(sample_text, repo, patterns_file, bc_path, passcommand=None
         repo_block += _dump("encryption_passcommand", passcommand)
     text = re.sub(r"(?m)^repositories:\n(?:[ -].*\n)+", lambda m: repo_block, sample_text, count=1)
     text = re.sub(r"(?m)^(patterns_from:\n)(?:  - .*\n)+", lambda m: m[1] + f"  - {patterns_file}\n", text, count=1)
-    for action in ("before", "after"):
-        text = re.sub(rf"(?m)^(\s+- )borg-cyrus {action}$", lambda m, a=action: m[1] + hook_command(bc_path, a), text)
+    text = re.sub(
+        r"(?m)^(\s+- )borg-cyrus ((?:before|after)(?: --\S+)*)$", lambda m: m[1] + hook_command(bc_path, m[2]), text
+    )
     text = re.sub(r"(?m)^# Change the repository;.*\n", "", text)
     text = "# Written by `borg-cyrus init` from sample-borgmatic.yaml.\n" + text
     if yaml.safe_load(text) == want:
@@ -184,7 +186,8 @@ def snippet(patterns_file, bc_path):
         f"  - {patterns_file}\n"
         "commands:\n"
         f"  - {{before: configuration, when: [create], run: [{hook_command(bc_path, 'before')}]}}\n"
-        f"  - {{after: configuration, when: [create], run: [{hook_command(bc_path, 'after')}]}}\n"
+        f"  - {{after: configuration, when: [create], states: [finish], run: [{hook_command(bc_path, 'after')}]}}\n"
+        f"  - {{after: configuration, when: [create], states: [fail], run: [{hook_command(bc_path, 'after --failed')}]}}\n"
     )
 
 

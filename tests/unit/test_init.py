@@ -108,9 +108,17 @@ def test_rendered_configs_validate(tmp_path, imapd, mode):
     data = yaml.safe_load(bm)
     assert data["repositories"] == [{"path": "ssh://u@h/./cyrus", "label": "cyrus"}]
     assert data["patterns_from"] == [f"{work}/patterns"] and data["encryption_passcommand"] == "cat /p"
-    assert [c["run"] for c in data["commands"]] == [[f"borg-cyrus -c {path} before"], [f"borg-cyrus -c {path} after"]]
+    assert [c["run"] for c in data["commands"]] == [
+        [f"borg-cyrus -c {path} before"],
+        [f"borg-cyrus -c {path} after"],
+        [f"borg-cyrus -c {path} after --failed"],
+    ]
     plain = yaml.safe_load(init.render_borgmatic(sample, "/r", "/var/lib/borg-cyrus/patterns", config_mod.DEFAULT_PATH))
-    assert [c["run"] for c in plain["commands"]] == [["borg-cyrus before"], ["borg-cyrus after"]]
+    assert [c["run"] for c in plain["commands"]] == [
+        ["borg-cyrus before"],
+        ["borg-cyrus after"],
+        ["borg-cyrus after --failed"],
+    ]
     assert "encryption_passcommand" not in plain
 
 
