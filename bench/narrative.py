@@ -534,6 +534,29 @@ def _restore(res):
     out.append(R.table(["", "time", "ratio", "IMAP shows every archived mailbox and message"], rows) + "\n")
     if r.get("error"):
         out.append(f"Error: `{r['error'][:500]}`\n")
+    f = r.get("folder")
+    if f:
+        out.append(
+            f"One folder, `restore mailbox {f['mailbox']} --into ...` ({f['messages']} messages, "
+            f"{R.mb(f['bytes'])}): {R.s(f['restore_median'])} against {R.s(f['raw_median'])} for a raw "
+            f"`borg extract` of its directory, {R.rx(f['ratio'], 1)}.\n"
+        )
+    fc = r.get("find")
+    if fc:
+        out.append(
+            f"`restore find --user {r['user']} --subject ...` (no match, so every candidate's headers are read): "
+            f"{R.s(fc['archives_1'])} over 1 archive, {R.s(fc['archives_3'])} over 3, "
+            f"{R.s(fc['per_archive'])} per archive: the dump, the user's index files and the candidates' message "
+            "files are extracted per archive, nothing else.\n"
+        )
+    out.append(
+        "Where a restore's time goes (pyinstrument, `restore user` of 31 messages): reading borgmatic's "
+        "configuration 0.36 s (ruamel parsing borgmatic's own schema), `borg list` 0.4 s to find the newest "
+        "archive, the dump's extract 0.5 s, the user's extract 0.55 s, Cyrus's tools 0.3 s; a `borg --version` "
+        "(0.4 s) is no longer run when borg is the one installed with borg-cyrus. The extracts are already "
+        "narrowed to the user's directories (one `borg extract` with every path); what is left is fixed cost "
+        "per command, so the ratio falls with the size of what is restored.\n"
+    )
     out.append(
         "`restore user` does more than the extract: it reads the archived dump (mailbox list, manifest) "
         "out of the archive first, reads the live mailbox list, plans, moves the extracted directories "

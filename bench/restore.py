@@ -162,4 +162,51 @@ def run(bench, scale, reps):
         ratio=ratio(median(rest), median(raw)),
         verified=ok,
     )
+    if not out.get("error"):
+        out["folder"] = folder_restore(bed, sb, bc, cfg, repo, archive, m, info, reps, staging, raw_dir)
+        out["find"] = find_cost(bed, bc, cfg, repo, user, reps)
     return out
+
+
+def folder_restore(bed, sb, bc, cfg, repo, archive, m, info, reps, staging, raw_dir):
+    """`restore mailbox` of the user's largest folder --into a new one, against a raw extract of its directory."""
+    name, e = max(info["boxes"].items(), key=lambda kv: (kv[1].get("messages") or 0, kv[0]))
+    u = e["uniqueid"]
+    path = os.path.join(m["layout"]["partitions"][e.get("partition") or "default"], "uuid", u[0], u[1], u)
+    admin = "/".join(name.split("."))
+    raw, rest = [], []
+    for k in range(reps):
+        shutil.rmtree(raw_dir, ignore_errors=True)
+        os.makedirs(raw_dir)
+        raw.append(timed(["borg", "extract", f"{repo}::{archive}", path.lstrip("/")], env_=env(), cwd=raw_dir).seconds)
+        shutil.rmtree(raw_dir, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        into = "/".join(admin.split("/")[:2]) + f"/bench-restore-{k}-{os.getpid()}"  # a new folder of the owner
+        argv = ["borg-cyrus", "-c", bc, "restore", "mailbox", admin, "--into", into, "--borgmatic-config", cfg]
+        rest.append(timed([*argv, "--staging", staging], env_=env()).seconds)
+    return {
+        "mailbox": admin,
+        "messages": e.get("messages"),
+        "bytes": e.get("bytes"),
+        "raw_median": median(raw),
+        "restore_median": median(rest),
+        "ratio": ratio(median(rest), median(raw)),
+    }
+
+
+def find_cost(bed, bc, cfg, repo, user, reps):
+    """`restore find --user` over 1 and 3 archives (two more nightly runs of the unchanged spool)."""
+    argv = ["borg-cyrus", "-c", bc, "restore", "find", "--user", user, "--since", "2000-01-01"]
+    argv += ["--subject", "zz-no-such-subject", "--borgmatic-config", cfg]
+    out = {}
+    for n in (1, 3):
+        while len(sh("borg", "list", "--short", repo, env=env()).stdout.split()) < n:
+            bed.borgmatic(cfg, bc_config=bc)
+        last = sh("borg", "list", "--short", repo, env=env()).stdout.split()[-n]
+        since = sh("borg", "info", "--json", f"{repo}::{last}", env=env()).stdout
+        import json as _json
+
+        start = _json.loads(since)["archives"][0]["start"]
+        runs = [timed([*argv, "--archives-since", start], env_=env(), check=False).seconds for _ in range(reps)]
+        out[n] = median(runs)
+    return {"archives_1": out[1], "archives_3": out[3], "per_archive": (out[3] - out[1]) / 2}
