@@ -45,3 +45,13 @@ def test_no_module_over_400_lines():
     for rel in _modules():
         with open(os.path.join(ROOT, "borg_cyrus", rel)) as f:
             assert sum(1 for _ in f) <= 400, rel
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test modules by basename (no packages): two of one name break collection."""
+    seen = {}
+    for dirpath, _dirs, files in os.walk(os.path.join(ROOT, "tests")):
+        for f in files:
+            if f.startswith("test_") and f.endswith(".py"):
+                assert f not in seen, f"{f}: in {seen.get(f)} and {dirpath}"
+                seen[f] = dirpath
