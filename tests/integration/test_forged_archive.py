@@ -15,7 +15,7 @@ from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.layout import discover
 from support.common import env
 from support.helpers import latest_archive, snapshot
-from support.restore_helpers import _boxes_by_name, backup, delete_mailbox, delete_user, restore
+from support.restore_helpers import _boxes_by_name, backup, delete_user, restore
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -193,12 +193,12 @@ def test_forged_cyrus_version_refused_unless_force(world):
     name = forge(b, "version2", both, [(b["work"] + "/dump/cyrus-version.txt", b"cyrus-imapd 3.10.2-Debian\n", 0o600)])
     r = restore(b, *args, name, check=None)
     line = one_error(r)
-    assert "was made by Cyrus 3.10" in line and "this server runs 3.6" in line and "--force" in line
+    assert "was made by Cyrus 3.10" in line and "this server runs the older 3.6" in line
     assert "user.bob.V" not in _boxes_by_name(sb)
-    r = restore(b, *args, name, "--force", check=0)
-    assert "restoring its raw mailbox files anyway (--force)" in r.stderr
-    assert "user.bob.V" in _boxes_by_name(sb)
-    delete_mailbox(sb, "user/bob/V")
+    # onto an older Cyrus: refused with --force too (its formats are newer than this Cyrus reads)
+    r = restore(b, *args, name, "--force", check=None)
+    assert "this server runs the older 3.6" in one_error(r)
+    assert "user.bob.V" not in _boxes_by_name(sb)
 
 
 def test_files_that_are_not_plain_data_never_reach_the_spool(world):
