@@ -3,11 +3,10 @@ in place or --into a new folder of the running server."""
 
 import time
 
-from borg_cyrus.backup import rules
 from borg_cyrus.cyrus import mboxlist, storage
 from borg_cyrus.cyrus.names import display, parent_name, to_intname
 from borg_cyrus.errors import BorgCyrusError, ConfigError
-from borg_cyrus.restore.plan import PartialRestore, quota_roots
+from borg_cyrus.restore.plan import PartialRestore
 
 
 class MailboxRestore(PartialRestore):
@@ -65,14 +64,6 @@ class MailboxRestore(PartialRestore):
         self.extract(required + optional, required)
         headers, merged = self.apply(plans, [])
         self.tool("reconstruct", "--", *[self.admin(p.target) for p in sorted(plans, key=lambda p: p.target)])
-        line = rules.restored_line(
-            self.s.dump.manifest, self.s.dump.mailboxes, [p.src for p in plans], self.ctx.dry_run
-        )
-        if line:
-            self.say("%s", line)
-        self.upgrade_restored(plans)
-        self.derived(plans)
-        for root in quota_roots(plans):
-            self.tool("quota", "-f", "--", self.admin(root))
+        self.after_placed(plans)
         self.finish_log(t0, f"restore mailbox {display(src_name)}")
         return self.steps

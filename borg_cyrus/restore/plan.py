@@ -104,6 +104,22 @@ class PartialRestore(Placement):
 
         self.upgrade = check_cyrus_version(self.ctx, self.s.dump, self.force, f"archive {self.s.archive}")
 
+    def after_placed(self, plans):
+        """What every partial restore does once its mailboxes are in place and
+        reconstructed: the size/age-rule report, the index upgrade onto a newer
+        Cyrus, the derived indexes, quota."""
+        from borg_cyrus.backup import rules
+
+        line = rules.restored_line(
+            self.s.dump.manifest, self.s.dump.mailboxes, [p.src for p in plans], self.ctx.dry_run
+        )
+        if line:
+            self.say("%s", line)
+        self.upgrade_restored(plans)
+        self.derived(plans)
+        for root in quota_roots(plans):
+            self.tool("quota", "-f", "--", self.admin(root))
+
     def derived(self, plans):
         """What Cyrus derives from the restored mailboxes, rebuilt when imapd.conf enables it:
         the search index (squatter) and the owners' conversations (ctl_conversationsdb -b)."""

@@ -5,10 +5,9 @@ import logging
 import os
 import time
 
-from borg_cyrus.backup import rules
 from borg_cyrus.cyrus import storage
 from borg_cyrus.errors import BorgCyrusError
-from borg_cyrus.restore.plan import PartialRestore, quota_roots
+from borg_cyrus.restore.plan import PartialRestore
 from borg_cyrus.safety import trust
 
 log = logging.getLogger(__name__)
@@ -84,14 +83,6 @@ class UserRestore(PartialRestore):
         self.tool("reconstruct", "-r", "-u", "--", userid)
         for p in merged:
             self.tool("reconstruct", "--", self.admin(p.target))
-        line = rules.restored_line(
-            self.s.dump.manifest, self.s.dump.mailboxes, [p.src for p in plans], self.ctx.dry_run
-        )
-        if line:
-            self.say("%s", line)
-        self.upgrade_restored(plans)
-        self.derived(plans)
-        for root in quota_roots(plans):
-            self.tool("quota", "-f", "--", self.admin(root))
+        self.after_placed(plans)
         self.finish_log(t0, f"restore user {userid}")
         return self.steps
