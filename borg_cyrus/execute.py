@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -168,3 +169,90 @@ class Runner:
             raise CommandError(
                 f"{what or os.path.basename(argv[0])}: cannot start {argv[0]}: {e.strerror}", argv
             ) from None
+
+    def converse(self, argv, *, env=None, cwd=None, pass_fds=(), what=None):
+        """Start a helper that answers requests: one JSON object per line each
+        way (Conversation). Read-only by contract: it also runs under --dry-run."""
+        argv = [os.fspath(a) for a in argv]
+        label = what or os.path.basename(argv[0])
+        log.debug("starting %s", describe(argv))
+        full_env = dict(os.environ, **(env or {}))
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=full_env,
+                cwd=cwd,
+                process_group=0,  # a timeout or our own death takes its children too
+                pass_fds=tuple(pass_fds),
+            )
+        except OSError as e:
+            raise CommandError(f"{label}: cannot start {argv[0]}: {e.strerror}", argv) from None
+        return Conversation(proc, argv, label)
+
+
+class Conversation:
+    """A running helper: send() a JSON object, receive() the next one. Its
+    stderr is collected meanwhile; close() ends it and returns a Result."""
+
+    def __init__(self, proc, argv, label):
+        import threading
+
+        self.proc, self.argv, self.label = proc, argv, label
+        self._err = []
+        self._start = time.monotonic()
+        self._reader = threading.Thread(target=lambda: self._err.extend(iter(proc.stderr.readline, b"")), daemon=True)
+        self._reader.start()
+
+    @property
+    def stderr(self):
+        return b"".join(self._err)
+
+    def send(self, obj):
+        import json
+
+        try:
+            self.proc.stdin.write(json.dumps(obj).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return False
+        return True
+
+    def receive(self):
+        """The next JSON object, or None when the helper has ended."""
+        import json
+
+        line = self.proc.stdout.readline()
+        if not line:
+            return None
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return {"unparsed": line.decode("utf-8", "replace").strip()}
+        return obj if isinstance(obj, dict) else {"unparsed": obj}
+
+    def close(self, timeout=60):
+        """Ask the helper to end (EOF on its stdin), wait; kill its group if
+        it does not end in time or we are interrupted."""
+        try:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.wait(timeout=timeout)
+        except BaseException:
+            _kill_group(self.proc)
+            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                raise
+        self._reader.join(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        result = Result(self.argv, self.proc.returncode, b"", self.stderr, time.monotonic() - self._start)
+        log.debug("%s exited %d after %.3f s", self.label, self.proc.returncode, result.seconds)
+        return result
+
+    def kill(self):
+        _kill_group(self.proc)
+        return self.close(timeout=5)

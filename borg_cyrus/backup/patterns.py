@@ -37,3 +37,12 @@ def render(roots, excludes, view, comment=""):
             seen.add(line)
             lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def root_order(loc):
+    """borg archives the roots in this order, and a restore reads an archive in
+    it and stops as soon as it has what it needs (restore/onepass.py): the dump
+    first (every restore reads it), the small roots next, the partitions last."""
+    if loc.kind == "dump":
+        return 0
+    return 2 if loc.what.split("-", 1)[0] in ("partition", "metapartition", "archivepartition") else 1

@@ -317,7 +317,7 @@ def prepare(ctx, view, locs, timings, dumps_only=False):
     except BaseException:
         shutil.rmtree(dump_dir, ignore_errors=True)
         raise
-    roots = nest_free([loc.path for loc in locs])
+    roots = nest_free([loc.path for loc in sorted(locs, key=patterns.root_order)])
     text = patterns.render(
         roots,
         [] if dumps_only else excludes,

@@ -289,6 +289,7 @@ class PartialRestore(Placement):
         else:
             t0 = time.monotonic()
             missing = self.s.extract(paths)
+            self.s.finish_reading()
             self.say(
                 "extracted %d path(s) from archive %s in %.2f s%s",
                 len(paths) - len(missing),

@@ -51,8 +51,20 @@ class ArchiveSession:
         self, ctx, borgmatic_config=None, repository=None, archive=None, staging=None, keep_staging=False, at=None
     ):
         self.ctx = ctx
-        self.repo = archive_mod.open_repository(borgmatic_config, repository, ctx.runner)
-        self.archive = self.repo.resolve(archive, at=at)
+        from borg_cyrus.restore import onepass
+
+        # the borg helper imports borg (0.3 s) while borgmatic's configuration is read
+        self.early = onepass.prestart(ctx.runner) if onepass.available() else None
+        try:
+            self.repo = archive_mod.open_repository(borgmatic_config, repository, ctx.runner)
+            # the newest archive is picked by the one-pass reader when load_dump() starts it
+            self.archive = self.repo.resolve(archive, at=at) if (archive and archive != "latest") or at else None
+        except BaseException:
+            if self.early is not None:
+                self.early.close()
+            raise
+        self.reader = None
+        self.finished = []  # readers told to end, not yet waited for
         self.staging_parent = staging
         self.keep_staging = keep_staging
         self.dir = None
@@ -80,6 +92,7 @@ class ArchiveSession:
         return self
 
     def __exit__(self, *exc):
+        self.close_reader()
         if self.dir and not self.keep_staging:
             shutil.rmtree(self.dir, ignore_errors=True)
         elif self.dir:
@@ -112,9 +125,41 @@ class ArchiveSession:
             )
         return removed
 
+    def open_reader(self):
+        """Pick the archive (the newest if none was named) and, where borg
+        allows, start the one borg process every extract of this session uses."""
+        if self.reader is None:
+            early, self.early = self.early, None
+            self.reader = self.repo.reader(self.archive, conv=early)
+            if self.reader is not None:
+                self.archive = self.reader.archive
+        if self.archive is None:
+            self.archive = self.repo.resolve(None)
+
+    def finish_reading(self):
+        """No more extracts are coming (a later one starts a new reader): the
+        borg process ends and releases the repository while the restore goes on."""
+        if self.reader is not None:
+            self.reader.finish()
+            self.finished.append(self.reader)
+            self.reader = None
+
+    def close_reader(self):
+        if self.early is not None:
+            self.early.close()
+            self.early = None
+        self.finish_reading()
+        while self.finished:
+            self.finished.pop().close()
+
     def extract(self, paths):
+        """Extract paths into the staging tree; the set of those the archive lacks."""
+        self.open_reader()
         with progress.Progress("restore: extract", unit=f"{len(paths)} path(s) of archive {self.archive}"):
-            missing = self.repo.extract(self.archive, paths, self.tree)
+            if self.reader is not None:
+                missing = self.reader.extract(paths, self.tree)
+            else:
+                missing = self.repo.extract(self.archive, paths, self.tree)
         self.sanitize()
         return missing
 
