@@ -134,6 +134,8 @@ def helper_main():
 
     import borg.archiver as ba
     import borg.helpers as bh
+
+    from borg_cyrus import faults
     from borg.archive import Archive
     from borg.helpers import Manifest
 
@@ -179,8 +181,10 @@ def helper_main():
                     _emit({"error": f"archive {name} does not exist"})
                     return
             _emit({"archive": name, "time": info.ts.isoformat(), "matched": matched})
-            for line in iter(sys.stdin.readline, ""):
+            for n, line in enumerate(iter(sys.stdin.readline, ""), 1):
                 req = json.loads(line)
+                if n > 1:
+                    faults.point("restore-walk")  # the tests' kill during the walk for the data
                 seen = len(bh._warnings_list)
                 os.chdir(req["dest"])  # Archive extracts below the directory it was opened in
                 archive = Archive(
@@ -292,6 +296,7 @@ class Reader:
         if not paths:
             return set()
         os.makedirs(dest, 0o700, exist_ok=True)
+        log.debug("borg (one pass): extracting %s from archive %s", " ".join(paths), self.archive)
         if not self.conv.send({"paths": nest_free(paths), "dest": os.path.abspath(dest)}):
             raise ArchiveError(f"borg (one pass) ended early: {self.failure()}")
         t0 = time.monotonic()

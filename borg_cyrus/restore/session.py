@@ -91,8 +91,8 @@ class ArchiveSession:
         os.chmod(self.dir, 0o700)
         return self
 
-    def __exit__(self, *exc):
-        self.close_reader()
+    def __exit__(self, exc_type, *exc):
+        self.close_reader(kill=exc_type is not None)  # a failed or interrupted restore: borg stops at once
         if self.dir and not self.keep_staging:
             shutil.rmtree(self.dir, ignore_errors=True)
         elif self.dir:
@@ -144,13 +144,14 @@ class ArchiveSession:
             self.finished.append(self.reader)
             self.reader = None
 
-    def close_reader(self):
+    def close_reader(self, kill=False):
         if self.early is not None:
-            self.early.close()
+            self.early.kill() if kill else self.early.close()
             self.early = None
         self.finish_reading()
         while self.finished:
-            self.finished.pop().close()
+            reader = self.finished.pop()
+            reader.conv.kill() if kill else reader.close()
 
     def extract(self, paths):
         """Extract paths into the staging tree; the set of those the archive lacks."""
