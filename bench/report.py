@@ -169,22 +169,25 @@ def headline(results):
 
         rows.extend(hourly.headline_rows(sec["hourly"], s))
     rs = sec.get("restore") or {}
-    if rs.get("raw_median"):
+    for r in (rs, rs.get("large") or {}):
+        if not r.get("raw_median"):
+            continue
         rows.append(
             (
-                f"single-user restore ({rs['user']}: {rs['user_mailboxes']} mailboxes, {rs['user_messages']} "
-                f"messages, {mb(rs['user_bytes'])})",
+                f"single-user restore, {r.get('scale')} ({r['user']}: {r['user_mailboxes']} mailboxes, "
+                f"{r['user_messages']} messages, {mb(r['user_bytes'])})",
                 "≤ 1.5× a raw extract",
-                f"`restore user` {s(rs['restore_median'])} = {rx(rs['ratio'], 1)} a raw `borg extract` of "
-                f"the same directories ({s(rs['raw_median'])})",
-                "**met**" if (rs.get("ratio") or 99) <= 1.5 else "**missed**",
+                f"`restore user` {s(r['restore_median'])} = {rx(r['ratio'], 1)} a raw `borg extract` of "
+                f"the same directories ({s(r['raw_median'])})",
+                "**met**" if (r.get("ratio") or 99) <= 1.5 else "**missed**",
             )
         )
-        f = rs.get("folder")
+        f = r.get("folder")
         if f:
             rows.append(
                 (
-                    f"single-folder restore ({f['mailbox']}: {f['messages']} messages, {mb(f['bytes'])})",
+                    f"single-folder restore, {r.get('scale')} ({f['mailbox']}: {f['messages']} messages, "
+                    f"{mb(f['bytes'])})",
                     "≤ 1.5× a raw extract",
                     f"`restore mailbox --into` {s(f['restore_median'])} = {rx(f['ratio'], 1)} ({s(f['raw_median'])})",
                     "**met**" if (f.get("ratio") or 99) <= 1.5 else "**missed**",

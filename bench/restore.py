@@ -90,7 +90,7 @@ def delete_user(sb, user):
         c.logout()
 
 
-def run(bench, scale, reps):
+def run(bench, scale, reps, find=True):
     bed = bench.testbed(scale)
     from bench.blocked import ensure_server
 
@@ -164,7 +164,9 @@ def run(bench, scale, reps):
     )
     if not out.get("error"):
         out["folder"] = folder_restore(bed, sb, bc, cfg, repo, archive, m, info, reps, staging, raw_dir)
-        out["find"] = find_cost(bed, bc, cfg, repo, user, reps)
+        out["narrowing"] = narrowing(repo, archive, os.path.join(work, "dump"), paths, reps)
+        if find:
+            out["find"] = find_cost(bed, bc, cfg, repo, user, reps)
     return out
 
 
@@ -210,3 +212,67 @@ def find_cost(bed, bc, cfg, repo, user, reps):
         runs = [timed([*argv, "--archives-since", start], env_=env(), check=False).seconds for _ in range(reps)]
         out[n] = median(runs)
     return {"archives_1": out[1], "archives_3": out[3], "per_archive": (out[3] - out[1]) / 2}
+
+
+def _helper_walks(repo, archive, requests):
+    """The one-pass reader (borg_cyrus/restore/onepass.py) driven directly:
+    [(seconds, stopped early)] for starting it and for each request."""
+    import json as _json
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    out = []
+    t = time.monotonic()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "borg_cyrus.restore.onepass"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env({"BORG_EXIT_CODES": "modern"}),
+    )
+    p.stdin.write((_json.dumps({"args": ["--archive", archive, "--", repo]}) + "\n").encode())
+    p.stdin.flush()
+    hello = _json.loads(p.stdout.readline())
+    assert hello.get("archive") == archive, hello
+    out.append((time.monotonic() - t, False))
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(repo)) as dest:
+        for paths in requests:
+            t = time.monotonic()
+            p.stdin.write((_json.dumps({"paths": paths, "dest": dest}) + "\n").encode())
+            p.stdin.flush()
+            reply = _json.loads(p.stdout.readline())
+            assert reply.get("done"), reply
+            out.append((time.monotonic() - t, reply.get("stopped")))
+        p.stdin.close()
+        p.wait()
+    return out
+
+
+def narrowing(repo, archive, dump_dir, paths, reps):
+    """How far reading an archive can be narrowed: borg's command line (the
+    newest archive, the dump, the paths: three walks) against one borg
+    process that stops each walk where what it asked for ends."""
+    rows = {k: [] for k in ("list", "cli_dump", "cli_paths", "start", "dump", "paths")}
+    stopped = {"dump": [], "paths": []}
+    for _ in range(reps):
+        rows["list"].append(timed(["borg", "list", "--json", repo], env_=env()).seconds)
+        for key, what in (("cli_dump", [dump_dir]), ("cli_paths", paths)):
+            d = os.path.join(os.path.dirname(repo), f".narrow-{key}")
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d)
+            argv = ["borg", "extract", f"{repo}::{archive}", *[p.lstrip("/") for p in what]]
+            rows[key].append(timed(argv, env_=env(), cwd=d, check=False).seconds)
+            shutil.rmtree(d, ignore_errors=True)
+        (start, _), (dump, sd), (user, su) = _helper_walks(repo, archive, [[dump_dir], paths])
+        rows["start"].append(start)
+        rows["dump"].append(dump)
+        rows["paths"].append(user)
+        stopped["dump"].append(sd)
+        stopped["paths"].append(su)
+    out = {k: median(v) for k, v in rows.items()}
+    out["stopped"] = {k: all(v) for k, v in stopped.items()}
+    out["cli_total"] = out["list"] + out["cli_dump"] + out["cli_paths"]
+    out["onepass_total"] = out["start"] + out["dump"] + out["paths"]
+    return out
