@@ -39,8 +39,8 @@ def add_parser(rsub, parents):
     p.add_argument("--json", action="store_true")
 
 
-def _search_archive(ctx, args, name, lo, hi, found):
-    with ArchiveSession(ctx, args.borgmatic_config, args.repository, name) as s:
+def _search_archive(ctx, args, repo, reader, name, lo, hi, found):
+    with ArchiveSession(ctx, archive=name, repo=repo, shared=reader) as s:
         s.load_dump()
         want = to_intname(args.mailbox) if args.mailbox else None
         boxes = [mb for mb in s.dump.mailboxes if mb.has_spool and mb.userid == args.user]
@@ -108,8 +108,13 @@ def run(ctx, args, out=print):
     if not archives:
         raise BorgCyrusError(f"repository {repo} has no archives to search")
     found = {}
-    for name, _t in archives:
-        _search_archive(ctx, args, name, lo, hi, found)
+    reader = repo.reader(archives[0][0])  # one borg process for every archive (None: borg's command line)
+    try:
+        for name, _t in archives:
+            _search_archive(ctx, args, repo, reader, name, lo, hi, found)
+    finally:
+        if reader is not None:
+            reader.close()
     hits = sorted(found.values(), key=lambda h: (h["mailbox"], h["internaldate"], h["uid"]))
     if args.json:
         out(json.dumps({"archives": len(archives), "messages": hits}, indent=2, ensure_ascii=False))

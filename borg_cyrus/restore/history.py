@@ -2,13 +2,14 @@
 mailbox existed, its message count and size, and when it was renamed or
 vanished.
 
-Only each archive's manifest.json is extracted (one `borg extract` of one
-file per archive, into a private directory): it lists every mailbox with its
+Only each archive's manifest.json is extracted (one borg process reads it
+from every archive, each walk ending at the dump, which comes first; into a
+private directory): it lists every mailbox with its
 uniqueid and the counts read from cyrus.index at backup time. A mailbox is
 followed by its uniqueid, which Cyrus keeps across RENAME, so a renamed
 folder stays one line of history; under `delete_mode: delayed` a deleted
-folder shows as `DELETED/...` until it is purged. Cost: one extract per
-archive (O(archives)), nothing of the spool.
+folder shows as `DELETED/...` until it is purged. Cost: a few item chunks
+per archive (O(archives)), nothing of the spool.
 """
 
 import datetime
@@ -36,12 +37,12 @@ def add_parser(rsub, parents):
     rh.add_argument("--json", action="store_true")
 
 
-def read_manifest(ctx, repo, archive, tmp_parent):
+def read_manifest(ctx, repo, archive, tmp_parent, reader=None):
     """The archive's manifest (a dict), or None if it holds none."""
     path = os.path.join(ctx.dump_dir, "manifest.json")
     d = tempfile.mkdtemp(prefix="history-", dir=tmp_parent)
     try:
-        missing = repo.extract(archive, [path], d)
+        missing = reader.extract([path], d, archive=archive) if reader else repo.extract(archive, [path], d)
         if missing:
             return None
         staged = os.path.join(d, path.lstrip("/"))
@@ -113,10 +114,15 @@ def run(ctx, repo, mailbox=None, user=None, as_json=False, out=print):
     parent = os.path.join(ctx.work_dir, "staging")
     os.makedirs(parent, 0o700, exist_ok=True)
     snapshots = []
-    for name, t in archives:
-        m = read_manifest(ctx, repo, name, parent)
-        boxes = (m or {}).get("mailboxes") or {}
-        snapshots.append((name, t, {k: v for k, v in boxes.items() if isinstance(v, dict)}))
+    reader = repo.reader(archives[0][0])  # one borg process for every archive (None: borg's command line)
+    try:
+        for name, t in archives:
+            m = read_manifest(ctx, repo, name, parent, reader)
+            boxes = (m or {}).get("mailboxes") or {}
+            snapshots.append((name, t, {k: v for k, v in boxes.items() if isinstance(v, dict)}))
+    finally:
+        if reader is not None:
+            reader.close()
     lines = timelines(snapshots, mailbox, user)
     if as_json:
         data = {

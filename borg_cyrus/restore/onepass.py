@@ -186,12 +186,16 @@ def helper_main():
                 if n > 1:
                     faults.point("restore-walk")  # the tests' kill during the walk for the data
                 seen = len(bh._warnings_list)
+                which = req.get("archive") or name  # another archive of the same repository
+                if manifest.archives.get(which) is None:
+                    _emit({"error": f"archive {which} does not exist"})
+                    continue
                 os.chdir(req["dest"])  # Archive extracts below the directory it was opened in
                 archive = Archive(
                     repository,
                     key,
                     manifest,
-                    name,
+                    which,
                     numeric_ids=args.numeric_ids,
                     noflags=args.noflags,
                     noacls=args.noacls,
@@ -286,9 +290,10 @@ class Reader:
         msgs = [m for m in _log_messages(self.conv.stderr, plain=False) if m] or [_last_line(self.conv.stderr)]
         return _clip("; ".join(msgs))
 
-    def extract(self, paths, dest):
+    def extract(self, paths, dest, archive=None):
         """Extract paths (absolute, as archived) below dest; the set of given
-        paths the archive does not hold."""
+        paths the archive does not hold. archive: another archive of the
+        repository than the one opened (the same borg process reads it)."""
         from borg_cyrus.model import nest_free
         from borg_cyrus.restore.archive import ArchiveError
 
@@ -296,18 +301,22 @@ class Reader:
         if not paths:
             return set()
         os.makedirs(dest, 0o700, exist_ok=True)
-        log.debug("borg (one pass): extracting %s from archive %s", " ".join(paths), self.archive)
-        if not self.conv.send({"paths": nest_free(paths), "dest": os.path.abspath(dest)}):
+        archive = archive or self.archive
+        log.debug("borg (one pass): extracting %s from archive %s", " ".join(paths), archive)
+        request = {"paths": nest_free(paths), "dest": os.path.abspath(dest), "archive": archive}
+        if not self.conv.send(request):
             raise ArchiveError(f"borg (one pass) ended early: {self.failure()}")
         t0 = time.monotonic()
         reply = self.conv.receive()
+        if reply and reply.get("error"):
+            raise ArchiveError(f"borg cannot read repository {self.repo}: {reply['error']}")
         if not reply or not reply.get("done"):
             self.close()
-            raise ArchiveError(f"borg extract from archive {self.archive} failed: {self.failure()}")
+            raise ArchiveError(f"borg extract from archive {archive} failed: {self.failure()}")
         log.debug(
             "borg (one pass): %d path(s) from archive %s in %.2f s%s",
             len(paths),
-            self.archive,
+            archive,
             time.monotonic() - t0,
             ", the walk stopped where they end" if reply.get("stopped") else ", a whole walk",
         )

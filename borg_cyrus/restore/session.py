@@ -48,15 +48,27 @@ class ArchiveSession:
     staging directory, the archived dump and layout."""
 
     def __init__(
-        self, ctx, borgmatic_config=None, repository=None, archive=None, staging=None, keep_staging=False, at=None
+        self,
+        ctx,
+        borgmatic_config=None,
+        repository=None,
+        archive=None,
+        staging=None,
+        keep_staging=False,
+        at=None,
+        repo=None,
+        shared=None,
     ):
+        """repo, shared: a repository already opened and a one-pass reader of
+        it that several sessions use in turn (restore find), not closed here."""
         self.ctx = ctx
         from borg_cyrus.restore import onepass
 
+        self.shared = shared
         # the borg helper imports borg (0.3 s) while borgmatic's configuration is read
-        self.early = onepass.prestart(ctx.runner) if onepass.available() else None
+        self.early = onepass.prestart(ctx.runner) if repo is None and onepass.available() else None
         try:
-            self.repo = archive_mod.open_repository(borgmatic_config, repository, ctx.runner)
+            self.repo = repo or archive_mod.open_repository(borgmatic_config, repository, ctx.runner)
             # the newest archive is picked by the one-pass reader when load_dump() starts it
             self.archive = self.repo.resolve(archive, at=at) if (archive and archive != "latest") or at else None
         except BaseException:
@@ -155,9 +167,12 @@ class ArchiveSession:
 
     def extract(self, paths):
         """Extract paths into the staging tree; the set of those the archive lacks."""
-        self.open_reader()
+        if self.shared is None or not self.archive:
+            self.open_reader()
         with progress.Progress("restore: extract", unit=f"{len(paths)} path(s) of archive {self.archive}"):
-            if self.reader is not None:
+            if self.shared is not None and self.archive:
+                missing = self.shared.extract(paths, self.tree, archive=self.archive)
+            elif self.reader is not None:
                 missing = self.reader.extract(paths, self.tree)
             else:
                 missing = self.repo.extract(self.archive, paths, self.tree)
