@@ -11,7 +11,9 @@ Index minor versions by Cyrus release: 13 (3.0), 16 (3.2), 17 (3.4-3.8),
   from v14 on (128 in v13) and ends with its CRC32.
 - records of v13-v19 keep INTERNALDATE 4 (32-bit seconds since the epoch,
   the date clients show; checked against an IMAP APPEND with an explicit
-  date on 3.6's v17), size 12, system flags 32 and the GUID (SHA-1 of the
+  date on 3.6's v17), size 12, system flags 32 (\\Answered 1, \\Flagged 2,
+  \\Deleted 4, \\Draft 8, \\Seen 16 of the owner), user flags 36 (four words;
+  checked against APPENDs of keywords on 3.6) and the GUID (SHA-1 of the
   message file, MESSAGE_GUID_SIZE 20) at 60, and end with a CRC32 of the rest
   (112 bytes from v16 on, createdmodseq added; 104 before). v20 (after 3.10)
   moves them (INTERNALDATE 64-bit nanoseconds at 8): not interpreted.
@@ -31,7 +33,7 @@ FLAG_UNLINKED = 1 << 30
 FLAG_ARCHIVED = 1 << 29
 
 # record fields: minor version -> {field: offset}
-LAYOUTS = {v: {"internaldate": 4, "size": 12, "system_flags": 32, "guid": 60} for v in range(13, 20)}
+LAYOUTS = {v: {"internaldate": 4, "size": 12, "system_flags": 32, "user_flags": 36, "guid": 60} for v in range(13, 20)}
 # header fields: minor version -> {field: offset}
 _PRE19 = {"last_uid": 28, "quota_used": 32, "uidvalidity": 44, "exists": 84}
 HEADER_LAYOUTS = {**{v: _PRE19 for v in range(13, 19)}, 19: {**_PRE19, "exists": 60}}
@@ -48,6 +50,7 @@ class Record:
     system_flags: int | None
     guid: bytes | None
     internaldate: int | None = None  # seconds since the epoch
+    user_flags: int = 0  # bit i: the i-th name of cyrus.header's U list
 
     @property
     def expunged(self):
@@ -101,6 +104,7 @@ def parse(data, path="cyrus.index"):
                     struct.unpack_from(">I", rec, lay["system_flags"])[0],
                     rec[lay["guid"] : lay["guid"] + 20],
                     struct.unpack_from(">I", rec, lay["internaldate"])[0],
+                    _user_flags(rec, lay["user_flags"]),
                 )
             )
         else:
@@ -113,6 +117,12 @@ def parse(data, path="cyrus.index"):
         struct.unpack_from(">I", data, hl["exists"])[0],
         tuple(recs),
     )
+
+
+def _user_flags(rec, off):
+    """MAX_USER_FLAGS (128) bits in four 32-bit words, word k holding flags 32k..32k+31."""
+    words = struct.unpack_from(">IIII", rec, off)
+    return sum(w << (32 * k) for k, w in enumerate(words))
 
 
 def read(path):

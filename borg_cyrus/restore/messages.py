@@ -1,7 +1,8 @@
 """`restore messages MAILBOX`: single messages of one archived folder, chosen
 by UID, INTERNALDATE, GUID, header text or "expunged since", into a new
 folder of the running server (default `<owner>/Restored/<archive date>/<folder>`,
-or `--into FOLDER`).
+or `--into FOLDER`), or back into the live folder itself with new UIDs
+(`--in-place`: IMAP APPEND as the owner, cyrus/imapadmin.py).
 
 How: the archived folder's cyrus.index (and cyrus.header) is extracted
 first and read; the selectors that need no message text (UIDs, dates, GUID,
@@ -15,7 +16,10 @@ holds is never restored twice. `--expunged` takes the archived messages the
 live folder no longer has, plus, under `expunge_mode: delayed`, the records
 the archived index marks expunged whose files were still there: their
 expunged flag is cleared in the staged copy of the index (record CRC
-recomputed) before the folder is made.
+recomputed) before the folder is made. In place, each chosen message is
+appended with the archived flags (less \\Deleted for the expunged ones) and
+INTERNALDATE; a run stopped half-way is finished by running it again (the
+ones back already are then "already in the live folder").
 """
 
 import datetime
@@ -26,8 +30,9 @@ import struct
 import time
 import zlib
 
-from borg_cyrus.cyrus import index, storage
+from borg_cyrus.cyrus import header, imapadmin, index, storage
 from borg_cyrus.cyrus.names import display, to_intname
+from borg_cyrus import faults
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 from borg_cyrus.restore import when
 from borg_cyrus.restore.plan import PartialRestore, quota_roots
@@ -111,9 +116,12 @@ def unexpunge(path, uids):
 
 class MessagesRestore(PartialRestore):
     def run(self, name, into=None, uids=None, since=None, before=None, froms=(), subjects=(), headers=(),
-            guids=(), expunged=False):  # fmt: skip
+            guids=(), expunged=False, in_place=False):  # fmt: skip
         t0 = time.monotonic()
         # bad selectors first: one line, nothing read or changed
+        if in_place and into:
+            raise ConfigError("--in-place and --into: give one (in place means into the archived folder itself)")
+        imap = imapadmin.settings(self.ctx.config) if in_place else None
         pick_uid = parse_uids(uids) if uids else None
         lo, hi = (day_start(since) if since else None), (day_start(before) if before else None)
         for h in headers:
@@ -122,10 +130,19 @@ class MessagesRestore(PartialRestore):
         self.check_version()
         self.load_live()
         src = self.source(name)
-        target = to_intname(into) if into else self.default_target(src)
-        if self.live_box(target) is not None:
-            raise BorgCyrusError(f"{display(target)} exists; restore into a new folder with --into")
-        plan = self.plan_all([(src, target)], into=True)[0]
+        live = self.live_box(src.intname) or next((m for m in self.live.values() if m.uniqueid == src.uniqueid), None)
+        if in_place:
+            if live is None:
+                raise BorgCyrusError(
+                    f"{display(src.intname)} is not on the server now; bring it back with `restore mailbox`, or "
+                    "leave out --in-place (a new folder)"
+                )
+            target, plan = live.intname, None
+        else:
+            target = to_intname(into) if into else self.default_target(src)
+            if self.live_box(target) is not None:
+                raise BorgCyrusError(f"{display(target)} exists; restore into a new folder with --into")
+            plan = self.plan_all([(src, target)], into=True)[0]
         a_idx = os.path.join(storage.index_dir(self.alay, src), "cyrus.index")
         a_hdr = os.path.join(storage.header_dir(self.alay, src), "cyrus.header")
         self.fetch([a_idx, a_hdr], [a_idx, a_hdr])
@@ -135,7 +152,6 @@ class MessagesRestore(PartialRestore):
             raise BorgCyrusError(f"the archived cyrus.index of {display(src.intname)} cannot be read: {e}") from None
         if not ix.detailed:
             raise BorgCyrusError(f"{display(src.intname)}: cyrus.index version {ix.minor_version} is not read here")
-        live = self.live_box(src.intname) or next((m for m in self.live.values() if m.uniqueid == src.uniqueid), None)
         live_ix = self.live_index(live) if live is not None else None
         present = {r.guid for r in live_ix.live()} if live_ix else set()
         want_guids = {g.lower() for g in guids}
@@ -157,7 +173,7 @@ class MessagesRestore(PartialRestore):
             if r.expunged:
                 revived.add(r.uid)
             chosen.append(r)
-        srcs = self.box_sources(plan)
+        srcs = storage.mailbox_dirs(self.alay, src)
 
         def file_of(r):
             return os.path.join(srcs["archive"] if r.archived and "archive" in srcs else srcs["data"], f"{r.uid}.")
@@ -194,6 +210,12 @@ class MessagesRestore(PartialRestore):
         if not chosen:
             self.say("nothing to restore")
             return self.steps
+        if in_place:
+            flag_names = header.read(self.s.staged(a_hdr)).get("U") or []
+            self.append_in_place(imap, live, chosen, lambda r: self.s.staged(file_of(r)), flag_names, revived)
+            self.derived_for([self.admin(live.intname)], [])  # conversations: imapd kept them on APPEND
+            self.finish_log(t0, f"restore messages of {display(src.intname)} in place")
+            return self.steps
         if self.ctx.dry_run:
             self.say("would create %s with these message(s), then reconstruct it", display(target))
             return self.steps
@@ -211,6 +233,51 @@ class MessagesRestore(PartialRestore):
             self.tool("quota", "-f", "--", self.admin(root))
         self.finish_log(t0, f"restore messages of {display(src.intname)}")
         return self.steps
+
+    def append_in_place(self, imap, live, chosen, path_of, flag_names, revived):
+        """APPEND each chosen message to the live folder (as its owner), archived flags and INTERNALDATE kept."""
+        conn = imapadmin.Admin(imap, authz=live.userid, timeout=self.ctx.config["tool_timeout"])
+        try:
+            name = conn.find(live.uniqueid, top=None if live.userid else live.parts[0])
+            if name is None:
+                raise BorgCyrusError(
+                    f"{conn.where}: {live.userid or imap['admin']} sees no folder with MAILBOXID {live.uniqueid} "
+                    f"({display(live.intname)}); for a shared folder grant {imap['admin']} the l and i rights"
+                )
+            rights = conn.rights(name)
+            if "i" not in rights:
+                raise BorgCyrusError(
+                    f"{conn.where}: no right to insert into {display(live.intname)} (rights: {rights})"
+                )
+            lacking = [f for f, r in (("keywords", "w"), ("\\Seen", "s"), ("\\Deleted", "t")) if r not in rights]
+            if lacking:
+                self.say("without the %s right(s) on %s, Cyrus drops %s", "".join(r for r in "wst" if r not in rights),
+                         display(live.intname), ", ".join(lacking))  # fmt: skip
+            who = f"as {live.userid}" if live.userid else f"as {imap['admin']}"
+            if self.ctx.dry_run:
+                self.say("would append %d message(s) to %s (%s, through %s), with new UIDs", len(chosen),
+                         display(live.intname), who, conn.where)  # fmt: skip
+                return
+            uids = []
+            for i, r in enumerate(chosen):
+                flags, bad = imapadmin.flags_of(r, flag_names, drop_deleted=r.uid in revived)
+                if bad:
+                    self.say("archived UID %d: flag name(s) not valid in IMAP left out: %r", r.uid, bad[:5])
+                with open(path_of(r), "rb") as f:
+                    data = f.read()
+                try:
+                    uids.append(conn.append(name, flags, r.internaldate or None, data))
+                except BorgCyrusError as e:
+                    raise BorgCyrusError(
+                        f"{e}; {i} of {len(chosen)} appended before (run it again to finish)"
+                    ) from None
+                faults.point("restore-append")  # the tests' kill between two APPENDs
+            back = ",".join(str(u) for u in uids if u is not None)
+            self.say(
+                "appended %d message(s) to %s %s (new UIDs %s)", len(uids), display(live.intname), who, back or "?"
+            )
+        finally:
+            conn.close()
 
     def fetch(self, paths, required):
         """Extract into the private staging directory (under --dry-run too: the server is not touched)."""
@@ -256,6 +323,11 @@ def add_parser(rsub, parents):
         "--expunged", action="store_true", help="the messages the live folder no longer has (and delayed-expunged ones)"
     )
     p.add_argument("--into", metavar="FOLDER", help="default: <owner>/Restored/<archive date>/<folder>")
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="back into the folder itself, new UIDs (IMAP as an admin: imap: settings)",
+    )
     p.add_argument("--json", action="store_true", help="print a summary (the metrics' values) as JSON")
     p.add_argument("--force", action="store_true", help="from an archive of another Cyrus version")
 
@@ -265,5 +337,5 @@ def run_args(ctx, session, args, out):
 
     job = MessagesRestore(ctx, session, force=args.force, out=out)
     kw = dict(uids=args.uid, since=args.since, before=args.before, froms=args.froms, subjects=args.subject)
-    kw.update(headers=args.header, guids=args.guid, expunged=args.expunged, into=args.into)
+    kw.update(headers=args.header, guids=args.guid, expunged=args.expunged, into=args.into, in_place=args.in_place)
     with_lock(ctx, lambda: job.run(args.mailbox, **kw))

@@ -123,14 +123,17 @@ class PartialRestore(Placement):
     def derived(self, plans):
         """What Cyrus derives from the restored mailboxes, rebuilt when imapd.conf enables it:
         the search index (squatter) and the owners' conversations (ctl_conversationsdb -b)."""
+        users = sorted({p.dst_mailbox().userid for p in plans if p.dst_mailbox().userid})
+        self.derived_for([self.admin(p.target) for p in plans], users)
+
+    def derived_for(self, names, users):
+        """derived() of these mailboxes (admin names) and owners."""
         conf = self.ctx.layout.conf
-        names = [self.admin(p.target) for p in plans]
         engine = str(conf.get("search_engine", "none")).lower()
         if names and engine in ("squat", "xapian") and self.ctx.tools.has("squatter"):
             self.tool("squatter", "--", *names)
             self.say("search index (%s) rebuilt for %d restored mailbox(es)", engine, len(names))
         if str(conf.get("conversations", "no")).lower() in ("1", "yes", "on", "true", "t"):
-            users = sorted({p.dst_mailbox().userid for p in plans if p.dst_mailbox().userid})
             for user in users:
                 self.tool("ctl_conversationsdb", "-b", "--", user)
             if users:
