@@ -21,12 +21,10 @@ class _Formatter(logging.Formatter):
 
     def format(self, record):
         msg = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            line = f"borg-cyrus: error: {msg}"
-        elif record.levelno >= logging.WARNING:
-            line = f"borg-cyrus: warning: {msg}"
-        else:
-            line = f"borg-cyrus: {msg}"
+        level = (
+            "error: " if record.levelno >= logging.ERROR else "warning: " if record.levelno >= logging.WARNING else ""
+        )
+        line = f"borg-cyrus: {level}{msg}"
         if not self.journal:
             return line
         # sd-daemon(3): journald reads a priority prefix at the start of every line
@@ -100,6 +98,8 @@ def build_parser():
     )
     ag.add_argument("--repository", help="repository path or label, when borgmatic's configuration lists several")
     ag.add_argument("--archive", help="archive name (default: the latest)")
+    # -n after the command too (as admins type it); absent, the global -n stands
+    arch.add_argument("-n", "--dry-run", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ag.add_argument(
         "--at",
         metavar="DATE",

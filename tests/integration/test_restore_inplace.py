@@ -105,7 +105,9 @@ def test_restore_in_place(base_dir):
         assert r.returncode == -9, (r.returncode, r.stderr)
         assert len(folder(al, BOX)) == len(keep) + 1
         r = restore(b, "messages", "user/alice/Entwürfe", "--expunged", "--in-place")
-        assert f"{len(lost) - 1} chosen" in r.stdout and f"{len(keep) + 1} already in the live folder" in r.stdout, r.stdout
+        assert f"{len(lost) - 1} chosen" in r.stdout and f"{len(keep) + 1} already in the live folder" in r.stdout, (
+            r.stdout
+        )
         got = folder(al, BOX)
         assert sorted(v for u, v in got.items() if u not in keep) == sorted(lost.values()), got
         al.logout()

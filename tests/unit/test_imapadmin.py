@@ -88,3 +88,14 @@ def test_password_file_symlink_refused(tmp_path):
     link.symlink_to(pw)
     with pytest.raises(ConfigError, match="password_file"):
         imapadmin.settings(Cfg(imap={"admin": "cyrus", "password_file": str(link)}))
+
+
+@pytest.mark.parametrize("argv, dry", [
+    (["restore", "messages", "user/a/Sent", "-n"], True),  # the README's runbook types it last
+    (["-n", "restore", "messages", "user/a/Sent"], True),
+    (["restore", "messages", "user/a/Sent", "--in-place"], False),
+])  # fmt: skip
+def test_dry_run_before_or_after_the_command(argv, dry):
+    from borg_cyrus.cli import build_parser
+
+    assert build_parser().parse_args(argv).dry_run is dry
