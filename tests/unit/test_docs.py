@@ -55,3 +55,41 @@ def test_test_file_names_are_unique():
             if f.startswith("test_") and f.endswith(".py"):
                 assert f not in seen, f"{f}: in {seen.get(f)} and {dirpath}"
                 seen[f] = dirpath
+
+
+def _readme_commands(text):
+    """argv of every `borg-cyrus ...` command in README's code blocks (not synopses with [..] or a|b,
+    not the two-column command summary)."""
+    import shlex
+
+    inside, out = False, []
+    for ln in text.replace("\\\n", " ").splitlines():
+        if ln.startswith("```"):
+            inside = not inside
+            continue
+        ln = ln.strip()
+        if not (inside and ln.startswith("borg-cyrus ")) or "  " in ln.split("#")[0].strip():
+            continue
+        argv = shlex.split(ln, comments=True)[1:]
+        if any(a.startswith("[") or "|" in a for a in argv):
+            continue
+        out.append((ln, argv))
+    return out
+
+
+def test_readme_commands_parse():
+    """What the README tells an admin to type is accepted as typed (a runbook with -n last once was not)."""
+    import contextlib
+    import io
+
+    from borg_cyrus.cli import build_parser
+
+    cmds = _readme_commands(_read("README.md"))
+    assert len(cmds) >= 10, cmds
+    for line, argv in cmds:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                build_parser().parse_args(argv)
+        except SystemExit:
+            raise AssertionError(f"README: {line!r}: {err.getvalue().strip().splitlines()[-1]}") from None
