@@ -4,7 +4,8 @@ name) with new UIDs, the archived bytes, flags, keywords and INTERNALDATE;
 -n changes nothing; a run killed between two APPENDs (SIGKILL at a fault
 point: the moment cannot be hit from outside) is finished by running it
 again, no message twice; a non-admin login, missing settings and --into
-together with --in-place are one line each and change nothing; a shared
+together with --in-place are one line each and change nothing, and so is
+an APPEND over quota; a shared
 folder needs the admin's insert right; every other mailbox is untouched."""
 
 import imaplib
@@ -125,6 +126,18 @@ def test_restore_in_place(base_dir):
         assert "set imap.admin" in r.stderr, r.stderr
         r = restore(b, "messages", "user/alice/Entwürfe", "--in-place", "--into", "user/alice/X", check=2)
         assert "--in-place and --into" in r.stderr, r.stderr
+        assert snapshot(sb) == state
+
+        # over quota (the mail server's "disk full"): Cyrus refuses the APPEND; one line says how far it got
+        adm = sb.imap("cyrus")
+        typ, data = adm.getquota(quote("user/alice"))
+        used = int(data[0].split(b"STORAGE ")[1].split()[0])
+        assert adm.setquota(quote("user/alice"), f"(STORAGE {used})")[0] == "OK"
+        r = restore(b, "messages", "user/alice/Entwürfe", "--expunged", "--in-place", check=1)
+        errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and "refused" in errors[0] and f"0 of {len(lost)} appended" in errors[0], r.stderr
+        assert adm.setquota(quote("user/alice"), "(STORAGE 100000)")[0] == "OK"
+        adm.logout()
         assert snapshot(sb) == state
 
         # a shared folder: as the admin itself, which needs the insert right
