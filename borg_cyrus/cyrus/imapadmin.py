@@ -21,13 +21,12 @@ import ipaddress
 import os
 import re
 import ssl
-import stat
 
+from borg_cyrus.cyrus import index
 from borg_cyrus.cyrus.imapview import quote
 from borg_cyrus.errors import BorgCyrusError, ConfigError
+from borg_cyrus.safety import safeio
 
-SYSTEM_FLAGS = ((1, "\\Answered"), (2, "\\Flagged"), (4, "\\Deleted"), (8, "\\Draft"), (16, "\\Seen"))
-FLAG_DELETED = 4
 # an IMAP atom (RFC 3501 flag-keyword): no specials, no controls, no 8-bit, no leading backslash
 _ATOM = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+$")
 _STATUS = re.compile(rb'^(?P<name>"(?:[^"\\]|\\.)*"|[^ "(){]+) \(.*?MAILBOXID \((?P<id>[^)]*)\).*\)$')
@@ -36,7 +35,7 @@ _STATUS = re.compile(rb'^(?P<name>"(?:[^"\\]|\\.)*"|[^ "(){]+) \(.*?MAILBOXID \(
 def flags_of(record, user_flag_names, drop_deleted=False):
     """(IMAP flags of an archived index record, names skipped as not atoms)."""
     sysf = record.system_flags or 0
-    flags = [name for bit, name in SYSTEM_FLAGS if sysf & bit and not (drop_deleted and bit == FLAG_DELETED)]
+    flags = [n for bit, n in index.SYSTEM_FLAGS if sysf & bit and not (drop_deleted and bit == index.FLAG_DELETED)]
     bad = []
     for i, name in enumerate(user_flag_names):
         if (record.user_flags >> i) & 1:
@@ -62,18 +61,20 @@ def settings(cfg):
             f"{where}: restore messages --in-place logs in to IMAP as a Cyrus admin; set imap.admin (a user in "
             "imapd.conf admins:) and imap.password_file (mode 0600)"
         )
-    if imap.get("tls", "none") == "none" and not is_loopback(imap.get("host", "localhost")):
+    if imap["tls"] == "none" and not is_loopback(imap["host"]):
         raise ConfigError(
             f"{where}.tls: none would send the admin's password in clear to {imap['host']}; use starttls or imaps"
         )
     path = imap["password_file"]
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = safeio.open_regular(path)  # no symlink, FIFO or device
     except OSError as e:
         raise ConfigError(f"{where}.password_file: {path}: {e.strerror}") from None
+    except safeio.NotRegularFile as e:
+        raise ConfigError(f"{where}.password_file: {e}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
             raise ConfigError(
                 f"{where}.password_file: {path} must be a file of {'root' if os.geteuid() == 0 else 'this user'} "
                 "readable by nobody else: chown root: it; chmod 600 it"
@@ -93,16 +94,16 @@ class Admin:
     """One IMAP connection: the admin, authorized as `authz` (an owner) or as itself."""
 
     def __init__(self, imap, authz=None, timeout=120):
-        self.where = f"IMAP at {imap.get('host', 'localhost')}:{imap.get('port', 143)}"
-        self.authz = authz
-        host, port, tls = imap.get("host", "localhost"), imap.get("port", 143), imap.get("tls", "none")
+        host, port, tls = imap["host"], imap["port"], imap["tls"]
+        self.where = f"IMAP at {host}:{port}"
+        context = ssl.create_default_context(cafile=imap["ca_file"]) if tls != "none" else None
         try:
             if tls == "imaps":
-                self.conn = imaplib.IMAP4_SSL(host, port, ssl_context=_context(imap), timeout=timeout)
+                self.conn = imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=timeout)
             else:
                 self.conn = imaplib.IMAP4(host, port, timeout=timeout)
                 if tls == "starttls":
-                    self.conn.starttls(ssl_context=_context(imap))
+                    self.conn.starttls(ssl_context=context)
         except (OSError, imaplib.IMAP4.error, ssl.SSLError) as e:
             raise BorgCyrusError(
                 f"{self.where}: cannot connect ({e}); check imap.host, imap.port and imap.tls"
@@ -163,11 +164,6 @@ class Admin:
             self.conn.logout()
         except (imaplib.IMAP4.error, OSError):
             pass
-
-
-def _context(imap):
-    ctx = ssl.create_default_context(cafile=imap.get("ca_file"))
-    return ctx
 
 
 def _text(v):

@@ -31,6 +31,10 @@ from dataclasses import dataclass
 FLAG_EXPUNGED = 1 << 31
 FLAG_UNLINKED = 1 << 30
 FLAG_ARCHIVED = 1 << 29
+FLAG_DELETED = 1 << 2
+# the IMAP system flags of a record's system_flags (imap/mailbox.h)
+SYSTEM_FLAGS = ((1 << 0, "\\Answered"), (1 << 1, "\\Flagged"), (FLAG_DELETED, "\\Deleted"), (1 << 3, "\\Draft"),
+                (1 << 4, "\\Seen"))  # fmt: skip
 
 # record fields: minor version -> {field: offset}
 LAYOUTS = {v: {"internaldate": 4, "size": 12, "system_flags": 32, "user_flags": 36, "guid": 60} for v in range(13, 20)}

@@ -31,14 +31,13 @@ import time
 import zlib
 
 from borg_cyrus.cyrus import header, imapadmin, index, storage
-from borg_cyrus.cyrus.names import display, to_intname
 from borg_cyrus import faults
+from borg_cyrus.cyrus.names import display, to_intname
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 from borg_cyrus.restore import when
 from borg_cyrus.restore.plan import PartialRestore, quota_roots
 
 HEADER_BYTES = 64 * 1024  # enough of a message to read its header block
-FLAG_DELETED = 1 << 2  # imap/mailbox.h
 
 
 def parse_uids(text):
@@ -107,7 +106,7 @@ def unexpunge(path, uids):
             if struct.unpack_from(">I", data, off)[0] not in uids:
                 continue
             # back as before the user deleted them: neither expunged nor \Deleted (like `unexpunge -d`)
-            flags = struct.unpack_from(">I", data, off + off_flags)[0] & ~(index.FLAG_EXPUNGED | FLAG_DELETED)
+            flags = struct.unpack_from(">I", data, off + off_flags)[0] & ~(index.FLAG_EXPUNGED | index.FLAG_DELETED)
             struct.pack_into(">I", data, off + off_flags, flags)
             struct.pack_into(">I", data, off + rsize - 4, zlib.crc32(bytes(data[off : off + rsize - 4])))
         f.seek(0)

@@ -13,7 +13,18 @@ from borg_cyrus.errors import ConfigError
 
 
 class Cfg(dict):
+    """A config as borg-cyrus loads it: the imap: schema's defaults filled in."""
+
     path = "/etc/borg-cyrus/config.yaml"
+
+    def __init__(self, imap):
+        import yaml
+
+        from borg_cyrus import config
+
+        with open(os.path.join(os.path.dirname(config.__file__), "schema.yaml")) as f:
+            schema = yaml.safe_load(f)["properties"]["imap"]
+        super().__init__(imap=config._fill_defaults(schema, dict(imap)))
 
 
 def rec(sysf, user):
@@ -99,3 +110,10 @@ def test_dry_run_before_or_after_the_command(argv, dry):
     from borg_cyrus.cli import build_parser
 
     assert build_parser().parse_args(argv).dry_run is dry
+
+
+def test_password_file_fifo_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        imapadmin.settings(Cfg(imap={"admin": "cyrus", "password_file": str(fifo)}))
