@@ -143,25 +143,9 @@ def build_parser():
         help="also restore into existing non-empty mailboxes (adds the archived messages they lack), "
         "and from an archive of another Cyrus version",
     )
-    rf = rsub.add_parser("full", help="whole server: archive extracted to /, Cyrus stopped")
-    rf.add_argument("--dump-dir", help="dump directory (default: <work_directory>/dump)")
-    rf.add_argument("--start", action="store_true", help="start Cyrus when done")
-    rf.add_argument(
-        "--dumps-from",
-        metavar="ARCHIVE",
-        help="take the databases from this later (database-only) archive: its mailbox list, seen, subscriptions, "
-        "ACLs, METADATA; the messages stay those extracted",
-    )
-    rf.add_argument(
-        "--borgmatic-config",
-        action="append",
-        metavar="FILE",
-        help="with --dumps-from: borgmatic configuration to read that archive through",
-    )
-    rf.add_argument("--repository", help="with --dumps-from: repository path or label")
-    rf.add_argument(
-        "--force", action="store_true", help="restore raw files even if the archive was made by another Cyrus version"
-    )
+    from borg_cyrus.restore import full
+
+    rf = full.add_parser(rsub)
 
     for q in (ru, rm, rf):
         q.add_argument("--json", action="store_true", help="print a summary (the metrics' values) as JSON")
@@ -291,13 +275,15 @@ def _restore(args, ctx):
         from borg_cyrus.restore.full import FullRestore
 
         if not args.dumps_from:
-            FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start)
+            FullRestore(ctx, args.dump_dir, force=args.force).run(start=args.start, search_index=args.search_index)
             return 0
         from borg_cyrus.restore.session import ArchiveSession
 
         with ArchiveSession(ctx, args.borgmatic_config, args.repository, args.dumps_from) as session:
             newer = session.load_dump()
-            FullRestore(ctx, args.dump_dir, force=args.force, newer=newer).run(start=args.start)
+            FullRestore(ctx, args.dump_dir, force=args.force, newer=newer).run(
+                start=args.start, search_index=args.search_index
+            )
         return 0
     from borg_cyrus.restore import listing
     from borg_cyrus.restore.mailbox import MailboxRestore

@@ -35,7 +35,8 @@ def base_dir(request):
     yield path
     for sub in os.listdir(path) if os.path.isdir(path) else ():
         Sandbox(os.path.join(path, sub)).stop()
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("BORG_CYRUS_KEEP_TEST_DIRS"):  # set it to look at a failed test's servers
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ TOOL_DIRS = (
 )
 REQUIRED_TOOLS = ("ctl_mboxlist", "cyr_dbtool")
 RESTORE_TOOLS = ("reconstruct", "quota", "ctl_cyrusdb", "cvt_cyrusdb")
-OPTIONAL_TOOLS = ("cyr_info", "mbpath", "master", "cyr_expire", "squatter")
+OPTIONAL_TOOLS = ("cyr_info", "mbpath", "master", "cyr_expire", "squatter", "ctl_conversationsdb")
 
 
 @dataclass

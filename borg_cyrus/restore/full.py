@@ -10,6 +10,10 @@ empties the folders whose messages were excluded on purpose (`reconstruct`),
 reconstructs those that lost single messages to `exclude.rules`,
 recomputes quota usage (`quota -f`) and fixes ownership. Onto a newer
 Cyrus, the upgrade steps of restore/upgrade.py run before `quota -f`.
+What archives leave out by default and Cyrus derives is rebuilt when
+imapd.conf enables it: conversations of users left without
+(`ctl_conversationsdb -b`), and, after Cyrus started, the search index
+(`squatter -i`, skipped by --no-search-index).
 """
 
 import logging
@@ -17,12 +21,12 @@ import os
 import stat
 import time
 
-from borg_cyrus.cyrus import mboxlist
+from borg_cyrus.cyrus import mboxlist, storage
 from borg_cyrus.cyrus.names import display
 from borg_cyrus.restore.dump import Dump, check_cyrus_version
 from borg_cyrus.restore.upgrade import upgrade_mailboxes
 from borg_cyrus.safety import safeio
-from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.errors import BorgCyrusError, CommandError
 from borg_cyrus.cyrus.service import Service
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,36 @@ def _int(value, default):
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+def add_parser(rsub):
+    rf = rsub.add_parser("full", help="whole server: archive extracted to /, Cyrus stopped")
+    rf.add_argument("--dump-dir", help="dump directory (default: <work_directory>/dump)")
+    rf.add_argument("--start", action="store_true", help="start Cyrus when done")
+    rf.add_argument(
+        "--dumps-from",
+        metavar="ARCHIVE",
+        help="take the databases from this later (database-only) archive: its mailbox list, seen, subscriptions, "
+        "ACLs, METADATA; the messages stay those extracted",
+    )
+    rf.add_argument(
+        "--borgmatic-config",
+        action="append",
+        metavar="FILE",
+        help="with --dumps-from: borgmatic configuration to read that archive through",
+    )
+    rf.add_argument("--repository", help="with --dumps-from: repository path or label")
+    rf.add_argument(
+        "--force", action="store_true", help="restore raw files even if the archive was made by another Cyrus version"
+    )
+    rf.add_argument(
+        "--no-search-index",
+        dest="search_index",
+        action="store_false",
+        help="leave the search index (search_engine squat or xapian) to a later `squatter -i` or cyrus.conf's "
+        "squatter event: on a large server indexing every message takes hours",
+    )
+    return rf
 
 
 class FullRestore:
@@ -131,6 +165,7 @@ class FullRestore:
         dirs += [(lay.runtime_paths["socket_dir"], 0o750)]
         dirs += [(p, 0o750) for p in lay.all_partition_dirs()]
         dirs += [(lay.sievedir, 0o750)]
+        dirs += [(lay.searchpartitions[k], 0o750) for k in sorted(lay.searchpartitions)]  # left out of archives
         for path, mode in dirs:
             if not os.path.isdir(path):
                 self.mkdir(path, mode)
@@ -265,7 +300,41 @@ class FullRestore:
                 "left the owner of %d hard-linked file(s) of other users alone, e.g. %s", len(skipped), skipped[0]
             )
 
-    def run(self, start=False):
+    def rebuild_conversations(self):
+        """Conversations of users whose file is missing (exclude.regenerable: conversations)."""
+        if not self.lay.conf.switch("conversations"):
+            return
+        plan = storage.PathLayout.from_layout(self.lay)
+        users = []
+        for mb in self.dump.mailboxes:
+            if mb.userid and mb.has_spool and storage.user_root(mb) == mb.intname:
+                paths = storage.user_paths(plan, mb.userid, mb)["user"]
+                conv = [p for p in paths if p.endswith(".conversations")] or [
+                    os.path.join(paths[0], "conversations.db")
+                ]
+                if not os.path.exists(conv[0]):
+                    users.append(mb.userid)
+        for user in users:
+            self.ctx.cyrus("ctl_conversationsdb", "-b", "--", user)
+        if users:
+            self.note("conversations rebuilt for %d user(s) the archive had none for", len(users))
+
+    def rebuild_search_index(self, started):
+        """`squatter -i`: every message not yet in the search index (archives leave it out by default)."""
+        engine = str(self.lay.conf.get("search_engine", "none")).lower()
+        if engine not in ("squat", "xapian") or not self.ctx.tools.has("squatter"):
+            return
+        t0 = time.monotonic()
+        try:
+            self.ctx.cyrus("squatter", "-i")
+        except CommandError as e:
+            raise BorgCyrusError(
+                f"the server is restored{' and Cyrus started' if started else ''}, but rebuilding its search index "
+                f"failed: {e}; run `squatter -i` again once fixed"
+            ) from e
+        self.note("search index (%s) brought up to date (squatter -i) in %.1f s", engine, time.monotonic() - t0)
+
+    def run(self, start=False, search_index=True):
         t0 = time.monotonic()
         self.check_stopped()
         upgrade = check_cyrus_version(self.ctx, self.base, self.force, f"the dump in {self.base.path}")
@@ -290,11 +359,15 @@ class FullRestore:
             users = {mb.userid for mb in boxes if mb.userid}
             for line in upgrade_mailboxes(self.ctx, upgrade, boxes, self.ctx.cyrus, users):
                 self.note("%s", line)
+        else:
+            self.rebuild_conversations()
         self.ctx.cyrus("quota", "-f")
         self.fix_ownership()
         if start:
             Service(self.ctx.config["service"], self.ctx.runner).start()  # logs "Cyrus started in …"
             self.report.append("Cyrus started")
+        if search_index:
+            self.rebuild_search_index(start)
         self.note(
             "full restore finished in %.2f s (%d mailboxes in the dump)",
             time.monotonic() - t0,

@@ -9,13 +9,13 @@ first and read; the selectors that need no message text (UIDs, dates, GUID,
 expunged) narrow the records; only the candidates' message files are then
 extracted, and `--from/--subject/--header` read their headers. The new
 folder is made from the archived index plus exactly the chosen files (a new
-uniqueid, as `restore mailbox --into` does); `reconstruct` drops the records
-whose files were not brought back, and keeps flags, INTERNALDATE and UIDs of
-the others. A message whose GUID the live folder (or the target) already
+uniqueid, as `restore mailbox --into` does); the records of the others are
+marked expunged in the staged index first, and `reconstruct` keeps flags,
+INTERNALDATE and UIDs of the chosen ones. A message whose GUID the live folder (or the target) already
 holds is never restored twice. `--expunged` takes the archived messages the
 live folder no longer has, plus, under `expunge_mode: delayed`, the records
 the archived index marks expunged whose files were still there: their
-expunged flag is cleared in the staged copy of the index (record CRC
+expunged flag is cleared in the staged copy of the index (record CRCs
 recomputed) before the folder is made. In place, each chosen message is
 appended with the archived flags (less \\Deleted for the expunged ones) and
 INTERNALDATE; a run stopped half-way is finished by running it again (the
@@ -95,20 +95,25 @@ def subject_of(data):
     return "".join(c if c.isprintable() else "?" for c in text)  # the archive's text, not the terminal's
 
 
-def unexpunge(path, uids):
-    """Clear the expunged and \\Deleted flags of these UIDs' records in a staged cyrus.index (CRCs kept right)."""
+def restage_index(path, keep, revived):
+    """Rewrite a staged cyrus.index for the new folder (record CRCs kept right): the records of `revived`
+    lose their expunged and \\Deleted flags (back as before the user deleted them, like `unexpunge -d`);
+    every record not in `keep` is marked expunged and unlinked, its file not brought back. So `reconstruct`
+    has no missing file to account for: with `conversations: yes` it would read each one's message."""
+    gone = index.FLAG_EXPUNGED | index.FLAG_UNLINKED
     with open(path, "r+b") as f:
         data = bytearray(f.read())
         minor, start, rsize, nrec = struct.unpack_from(">IIII", data, 8)
         off_flags = index.LAYOUTS[minor]["system_flags"]
         for i in range(nrec):
             off = start + i * rsize
-            if struct.unpack_from(">I", data, off)[0] not in uids:
-                continue
-            # back as before the user deleted them: neither expunged nor \Deleted (like `unexpunge -d`)
-            flags = struct.unpack_from(">I", data, off + off_flags)[0] & ~(index.FLAG_EXPUNGED | index.FLAG_DELETED)
-            struct.pack_into(">I", data, off + off_flags, flags)
-            struct.pack_into(">I", data, off + rsize - 4, zlib.crc32(bytes(data[off : off + rsize - 4])))
+            uid = struct.unpack_from(">I", data, off)[0]
+            flags = struct.unpack_from(">I", data, off + off_flags)[0]
+            new = flags & ~(index.FLAG_EXPUNGED | index.FLAG_DELETED) if uid in revived else flags
+            new = new if uid in keep else new | gone
+            if new != flags:
+                struct.pack_into(">I", data, off + off_flags, new)
+                struct.pack_into(">I", data, off + rsize - 4, zlib.crc32(bytes(data[off : off + rsize - 4])))
         f.seek(0)
         f.write(data)
 
@@ -218,8 +223,7 @@ class MessagesRestore(PartialRestore):
         if self.ctx.dry_run:
             self.say("would create %s with these message(s), then reconstruct it", display(target))
             return self.steps
-        if revived & {r.uid for r in chosen}:
-            unexpunge(self.s.staged(a_idx), revived)
+        restage_index(self.s.staged(a_idx), {r.uid for r in chosen}, revived)
         for n in ("cyrus.cache",):  # rebuilt by reconstruct
             p = os.path.join(self.s.staged(os.path.dirname(a_idx)), n)
             if os.path.exists(p):

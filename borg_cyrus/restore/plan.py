@@ -129,15 +129,15 @@ class PartialRestore(Placement):
     def derived_for(self, names, users):
         """derived() of these mailboxes (admin names) and owners."""
         conf = self.ctx.layout.conf
-        engine = str(conf.get("search_engine", "none")).lower()
-        if names and engine in ("squat", "xapian") and self.ctx.tools.has("squatter"):
-            self.tool("squatter", "--", *names)
-            self.say("search index (%s) rebuilt for %d restored mailbox(es)", engine, len(names))
-        if str(conf.get("conversations", "no")).lower() in ("1", "yes", "on", "true", "t"):
+        if conf.switch("conversations"):  # first: the Xapian index refers to them
             for user in users:
                 self.tool("ctl_conversationsdb", "-b", "--", user)
             if users:
                 self.say("conversations rebuilt for %s", ", ".join(users))
+        engine = str(conf.get("search_engine", "none")).lower()
+        if names and engine in ("squat", "xapian") and self.ctx.tools.has("squatter"):
+            self.tool("squatter", "--", *names)
+            self.say("search index (%s) rebuilt for %d restored mailbox(es)", engine, len(names))
 
     def upgrade_restored(self, plans):
         """Onto a newer Cyrus: the restored mailboxes' indexes upgraded (restore/upgrade.py)."""

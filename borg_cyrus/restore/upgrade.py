@@ -71,7 +71,7 @@ def upgrade_mailboxes(ctx, upgrade, mailboxes, tool, users=()):
     if not ctx.dry_run:
         now = index_versions(lay, boxes)
         out.append(f"reconstruct -V max: cyrus.index of {len(boxes)} mailbox(es) {_versions(seen)} -> {_versions(now)}")
-    if str(ctx.layout.conf.get("conversations", "no")).lower() in ("1", "yes", "on", "true", "t"):
+    if ctx.layout.conf.switch("conversations"):
         for user in sorted(set(users)):
             tool("ctl_conversationsdb", "-b", "--", user)
         out.append(f"ctl_conversationsdb -b: conversations rebuilt for {len(set(users))} user(s)")

@@ -21,7 +21,7 @@ from borg_cyrus.cyrus.sandbox import Sandbox
 from borg_cyrus.restore.when import archive_time
 from borg_cyrus.tools.demo import populate
 from support.common import cli, env
-from support.helpers import borgmatic, snapshot
+from support.helpers import borgmatic, extract, snapshot, wipe
 from support.restore_helpers import backup, restore
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
@@ -76,10 +76,46 @@ def archive_times(repo):
     return [(a["name"], archive_time(a)) for a in json.loads(out.stdout)["archives"]]
 
 
+def xapian_conf(base_dir):
+    """search_engine xapian (Debian builds Cyrus with it), which needs conversations and a search tier."""
+    tier = os.path.join(base_dir, "cyrus", "search")  # one per mail partition
+    return {"search_engine": "xapian", "conversations": "yes", "defaultsearchtier": "t1",
+            "t1searchpartition-default": tier, "t1searchpartition-second": tier + "-second"}  # fmt: skip
+
+
+def xapian_indexed(sb, conn, folder):
+    """The UIDs of folder that alice's Xapian index went through (expunged ones too): cyrus.indexed.db in
+    the directory named by her INBOX's MAILBOXID maps "*M*<mailboxid>*" to "<version> <uid set>"."""
+
+    def mailboxid(name):
+        typ, data = conn.status(f'"{name}"', "(MAILBOXID)")
+        return re.search(rb"MAILBOXID \(([^)]+)\)", data[0]).group(1)
+
+    inbox = mailboxid("INBOX").decode()
+    tier = sb.extra_conf["t1searchpartition-default"]
+    dbs = glob.glob(os.path.join(tier, "**", inbox, "xapian", "cyrus.indexed.db"), recursive=True)
+    assert len(dbs) == 1, dbs
+    want = b"*M*" + mailboxid(folder) + b"*"
+    for line in sb.tool("cyr_dbtool", dbs[0], "twoskip", "show").stdout.splitlines():
+        key, _, value = line.partition(b"\t")
+        if key == want:
+            uids = set()
+            for part in value.split()[1].decode().split(","):
+                lo, _, hi = part.partition(":")
+                uids.update(range(int(lo), int(hi or lo) + 1))
+            return uids
+    return set()
+
+
 @pytest.mark.parametrize("mode", ["delayed", "immediate"])
 def test_restore_messages(base_dir, mode):
-    conf = {"expunge_mode": mode, "search_engine": "squat"} if mode == "delayed" else {"expunge_mode": mode}
-    sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second"), extra_conf=conf).create().start()
+    # delayed expunge with squat; immediate with xapian (and the conversations it needs)
+    conf = {"expunge_mode": mode} | ({"search_engine": "squat"} if mode == "delayed" else xapian_conf(base_dir))
+    sb = Sandbox(os.path.join(base_dir, "cyrus"), partitions=("default", "second"), extra_conf=conf).create()
+    for tier in [v for k, v in conf.items() if "searchpartition-" in k]:
+        os.mkdir(tier, 0o750)
+        os.chown(tier, sb.uid, sb.gid)
+    sb.start()
     try:
         populate(sb)
         a = sb.imap("alice")
@@ -90,7 +126,11 @@ def test_restore_messages(base_dir, mode):
             assert typ == "OK"
         archived = folder(a, "INBOX/Reports")
         a.logout()
-        b = backup(sb, base_dir, mode="stop-master")
+        # with xapian, conversations are left out too: restore full must rebuild both
+        leave_out = {
+            "exclude": {"regenerable": ["duplicate-db", "cache-dbs", "search-indexes", "runtime", "conversations"]}
+        }
+        b = backup(sb, base_dir, mode="stop-master", **(leave_out if mode == "immediate" else {}))
         expunge(sb, [2, 3])
         sb.deliver("alice", "Subject: between the nights\r\n\r\nnew\r\n")
         borgmatic(b["bm"], "create", bc_config=b["bc"])
@@ -145,6 +185,13 @@ def test_restore_messages(base_dir, mode):
             assert data[0].split() == [b"3"], data
             squat = glob.glob(os.path.join(sb.partitions["default"], "**", "cyrus.squat"), recursive=True)
             assert len(squat) >= 4, squat  # squatter ran on every restored folder (SEARCH alone would scan)
+        else:  # xapian: the restored folders' messages are in alice's index, conversations rebuilt first
+            assert "search index (xapian) rebuilt for 1 restored mailbox(es)" in r.stdout, r.stdout
+            assert "conversations rebuilt for alice" in r.stdout, r.stdout
+            assert {2, 3} <= xapian_indexed(sb, al, f"INBOX/Restored/{day1}/Reports")
+            assert {2, 3, 4} <= xapian_indexed(sb, al, "INBOX/Expunged")
+            al.select('"INBOX/Expunged"', readonly=True)
+            assert al.uid("SEARCH", "TEXT", "zebracorn3")[1][0].split() == [b"3"]
         al.logout()
         assert without_alice(snapshot(sb)) == others
         # find across the three archives: index files first, message files of the candidates only
@@ -162,5 +209,24 @@ def test_restore_messages(base_dir, mode):
         assert "--uid 'x:y'" in r.stderr
         r = restore(b, "messages", "user/alice/Reports", "--into", "user/alice/All", check=1)
         assert "exists" in r.stderr
+        if mode == "immediate":
+            full_restore_rebuilds_xapian(sb, b)
     finally:
         sb.stop()
+
+
+def full_restore_rebuilds_xapian(sb, b):
+    """The server lost whole and restored from the last night: neither its
+    Xapian index nor conversations were archived; restore full --start
+    rebuilds both, the index once Cyrus serves mail again."""
+    wipe(sb)
+    assert not os.path.exists(sb.extra_conf["t1searchpartition-default"])
+    extract(b["repo"])
+    r = cli("restore", "full", "--start", config=b["bc"], check=0)
+    assert re.search(r"conversations rebuilt for [1-9]\d* user\(s\) the archive had none for", r.stderr), r.stderr
+    assert "search index (xapian) brought up to date (squatter -i)" in r.stderr, r.stderr
+    al = sb.imap("alice")
+    assert {1, 5, 6} <= xapian_indexed(sb, al, "INBOX/Reports")
+    al.select('"INBOX/Reports"', readonly=True)
+    assert al.uid("SEARCH", "TEXT", "zebracorn5")[1][0].split() == [b"5"]
+    al.logout()
