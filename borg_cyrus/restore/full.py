@@ -316,7 +316,7 @@ class FullRestore:
                     users.append(mb.userid)
         for user in users:
             self.ctx.cyrus("ctl_conversationsdb", "-b", "--", user)
-        if users:
+        if users and not self.ctx.dry_run:
             self.note("conversations rebuilt for %d user(s) the archive had none for", len(users))
 
     def rebuild_search_index(self, started):
@@ -332,7 +332,8 @@ class FullRestore:
                 f"the server is restored{' and Cyrus started' if started else ''}, but rebuilding its search index "
                 f"failed: {e}; run `squatter -i` again once fixed"
             ) from e
-        self.note("search index (%s) brought up to date (squatter -i) in %.1f s", engine, time.monotonic() - t0)
+        if not self.ctx.dry_run:
+            self.note("search index (%s) brought up to date (squatter -i) in %.1f s", engine, time.monotonic() - t0)
 
     def run(self, start=False, search_index=True):
         t0 = time.monotonic()

@@ -222,6 +222,11 @@ def full_restore_rebuilds_xapian(sb, b):
     wipe(sb)
     assert not os.path.exists(sb.extra_conf["t1searchpartition-default"])
     extract(b["repo"])
+    r = cli("-n", "restore", "full", "--start", config=b["bc"], check=0)
+    assert re.search(r"would run \S*/squatter -C \S+ -i\n", r.stderr), r.stderr
+    assert re.search(r"would run \S*/ctl_conversationsdb -C \S+ -b -- alice\n", r.stderr), r.stderr
+    r = cli("-n", "restore", "full", "--start", "--no-search-index", config=b["bc"], check=0)
+    assert "squatter" not in r.stderr and "ctl_conversationsdb" in r.stderr, r.stderr
     r = cli("restore", "full", "--start", config=b["bc"], check=0)
     assert re.search(r"conversations rebuilt for [1-9]\d* user\(s\) the archive had none for", r.stderr), r.stderr
     assert "search index (xapian) brought up to date (squatter -i)" in r.stderr, r.stderr
