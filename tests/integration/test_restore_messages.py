@@ -3,7 +3,11 @@ with mail arriving and being deleted between them; messages back by date
 range, subject, "expunged since" (expunge_mode delayed and immediate) and
 --at, into Restored/... folders: bytes, flags and INTERNALDATE as archived,
 no message twice, every other mailbox untouched; with search_engine: squat
-the restored messages are indexed (cyrus.squat) and found by SEARCH TEXT."""
+the restored messages are indexed (cyrus.squat) and found by SEARCH TEXT,
+with xapian (and conversations) they are in the owner's Xapian index. Then
+that server lost whole: `restore full --start` rebuilds the conversations
+and the Xapian index the archive left out, and when squatter fails for real
+it says the server is restored and running, and exits non-zero."""
 
 import datetime
 import glob
@@ -12,6 +16,7 @@ import imaplib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -235,3 +240,18 @@ def full_restore_rebuilds_xapian(sb, b):
     al.select('"INBOX/Reports"', readonly=True)
     assert al.uid("SEARCH", "TEXT", "zebracorn5")[1][0].split() == [b"5"]
     al.logout()
+
+    # squatter failing for real (imapd.conf lost the second partition's search tier): one line saying the
+    # server is restored and running, a non-zero exit, Cyrus left running
+    sb.stop()
+    shutil.rmtree(sb.extra_conf["t1searchpartition-default"])
+    with open(sb.imapd_conf) as f:
+        lines = [line for line in f if not line.startswith("t1searchpartition-second")]
+    with open(sb.imapd_conf, "w") as f:
+        f.writelines(lines)
+    r = cli("restore", "full", "--start", config=b["bc"], check=1)
+    assert "error: the server is restored and Cyrus started, but rebuilding its search index failed: squatter" in (
+        r.stderr
+    ), r.stderr
+    assert "run `squatter -i` again once fixed" in r.stderr and sb.running()
+    sb.imap("alice").logout()
