@@ -25,11 +25,13 @@ from support.restore_helpers import backup
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
 # run inside the root: the same tests as on 3.6 (backup and restore through borgmatic, one user, one
-# folder, other backends)
+# folder, single messages (3.10's cyrus.index v19, Xapian), other backends)
 SUITE_ON_310 = [
     "tests/integration/test_e2e.py",
     "tests/integration/test_restore_user.py",
     "tests/integration/test_restore_mailbox.py",
+    "tests/integration/test_restore_messages.py",
+    "tests/integration/test_restore_inplace.py",
     "tests/integration/test_restore_paths.py",
     "tests/integration/test_verify.py",
     "tests/integration/test_hourly.py",
