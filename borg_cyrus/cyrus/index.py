@@ -14,7 +14,8 @@ Index minor versions by Cyrus release: 13 (3.0), 16 (3.2), 17 (3.4-3.8),
   date on 3.6's v17), size 12, system flags 32 (\\Answered 1, \\Flagged 2,
   \\Deleted 4, \\Draft 8, \\Seen 16 of the owner), user flags 36 (four words;
   checked against APPENDs of keywords on 3.6) and the GUID (SHA-1 of the
-  message file, MESSAGE_GUID_SIZE 20) at 60, and end with a CRC32 of the rest
+  message file, MESSAGE_GUID_SIZE 20) at 60 (the restore messages tests check
+  them over IMAP on 3.6's v17 and 3.10's v19), and end with a CRC32 of the rest
   (112 bytes from v16 on, createdmodseq added; 104 before). v20 (after 3.10)
   moves them (INTERNALDATE 64-bit nanoseconds at 8): not interpreted.
 So the archived index is itself the checksum list of the archived messages: a
