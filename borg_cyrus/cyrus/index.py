@@ -94,6 +94,8 @@ def parse(data, path="cyrus.index"):
     if len(data) < start + nrec * rsize:
         raise IndexError_(f"{path}: truncated ({nrec} records announced, {(len(data) - start) // rsize} present)")
     lay = LAYOUTS.get(minor)
+    if lay and rsize < lay["guid"] + 20 + 4:  # a forged header: records too short for their fields
+        raise IndexError_(f"{path}: implausible record size {rsize} for version {minor}")
     recs = []
     for i in range(nrec):
         off = start + i * rsize

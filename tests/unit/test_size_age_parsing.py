@@ -4,6 +4,7 @@ cyrus.index record."""
 
 import re
 import struct
+import tempfile
 import zlib
 
 import pytest
@@ -200,6 +201,31 @@ def test_index_record_internaldate():
     assert (a.uid, a.internaldate, a.size) == (1, 1_700_000_000, 2_000_000)
     assert b.internaldate == 1_800_000_000 and b.expunged
     assert [r.uid for r in ix.live()] == [1]  # expunged records are not messages
+
+
+def test_index_records_too_short_for_their_fields_are_refused():
+    """A forged header announcing 8-byte records of v17: one clear error, no struct.error."""
+    data = bytearray(_index_v17([]))
+    struct.pack_into(">III", data, 12, 160, 8, 2)
+    data += b"\0" * 16
+    struct.pack_into(">I", data, 156, zlib.crc32(bytes(data[:156])))
+    with pytest.raises(index.IndexError_, match="implausible record size 8 for version 17"):
+        index.parse(bytes(data))
+
+
+def test_restage_index_revives_keeps_and_drops():
+    """restore messages' staged index: revived records lose expunged and \\Deleted, records not brought
+    back are marked expunged and unlinked, the CRCs stay right (index.parse checks them)."""
+    from borg_cyrus.restore.messages import restage_index
+
+    gone = index.FLAG_EXPUNGED | index.FLAG_UNLINKED
+    data = _index_v17([(1, 1, 1, 0), (2, 2, 2, index.FLAG_EXPUNGED | index.FLAG_DELETED | 16), (3, 3, 3, 2)])
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        restage_index(f.name, keep={2, 3}, revived={2})
+        recs = index.parse(open(f.name, "rb").read()).records
+    assert [(r.uid, r.system_flags) for r in recs] == [(1, gone), (2, 16), (3, 2)]
 
 
 def test_index_other_versions_have_no_internaldate():
