@@ -109,8 +109,9 @@ def start(d):
     for q in quiet:
         q.setLevel(logging.WARNING)
     try:
-        # a drill may try an archive of another Cyrus version (restore full refuses that without --force)
-        FullRestore(sctx, d.root + d.dump_path, force=True).run(start=False)
+        # a drill may try an archive of another Cyrus version (restore full refuses that without --force);
+        # a throwaway server needs no search index
+        FullRestore(sctx, d.root + d.dump_path, force=True).run(start=False, search_index=False)
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
