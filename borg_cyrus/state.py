@@ -58,12 +58,17 @@ def secure_dir(path, mode=0o700):
 
 
 def write_atomic(path, data, mode=0o600):
-    """Write bytes/str to path via a temp file + fsync + rename."""
+    """Write bytes/str to path via a temp file + fsync + rename: readers see
+    the old file or the new one, never a part. The temp file is hidden
+    (`.NAME.tmp-PID`: a collector reading *.prom never sees it), path gets
+    mode whatever the umask."""
     if isinstance(data, str):
         data = data.encode()
-    tmp = f"{path}.tmp-{os.getpid()}"
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -73,7 +78,7 @@ def write_atomic(path, data, mode=0o600):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    dfd = os.open(d, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:

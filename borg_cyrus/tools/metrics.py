@@ -88,27 +88,8 @@ def render(commands):
 
 
 def write_textfile(path, text):
-    """Atomically: a temp file in the same directory (not *.prom: the
-    collector never reads it), fsync, rename over path, mode 0644."""
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.fchmod(fd, 0o644)  # whatever the umask
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Atomically, mode 0644 (state.write_atomic: the collector never reads the temp file)."""
+    state_mod.write_atomic(path, text, 0o644)
 
 
 @contextlib.contextmanager

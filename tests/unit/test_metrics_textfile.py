@@ -142,15 +142,15 @@ def test_textfile_is_replaced_atomically(tmp_path, monkeypatch):
     path = str(tmp_path / "m.prom")
     metrics.write_textfile(path, "old 1\n")
     seen = []
-    real_rename = os.rename
+    real_replace = os.replace
 
-    def rename(src, dst):
+    def replace(src, dst):
         seen.append((src, sorted(os.listdir(tmp_path))))
         with open(dst) as f:
             assert f.read() == "old 1\n"  # never a partial file under the final name
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(metrics.os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError):
         metrics.write_textfile(path, "new 2\n")
     (tmp, names) = seen[0]
@@ -159,7 +159,7 @@ def test_textfile_is_replaced_atomically(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m.prom"]  # the temp file is gone, the old file stays
     with open(path) as f:
         assert f.read() == "old 1\n"
-    monkeypatch.setattr(metrics.os, "rename", real_rename)
+    monkeypatch.setattr(os, "replace", real_replace)
     os.umask(0o077)
     try:
         metrics.write_textfile(path, "new 2\n")
