@@ -147,6 +147,11 @@ class Layout:
                 f"{self.imapd_conf}: mailbox uses partition '{name}' but partition-{name} is not set"
             ) from None
 
+    def search_engine(self):
+        """The search engine squatter indexes for (squat or xapian), or None."""
+        engine = str(self.conf.get("search_engine", "none")).lower()
+        return engine if engine in ("squat", "xapian") else None
+
     def all_partition_dirs(self):
         """Every directory that holds mailbox data, in a stable order."""
         out = []

@@ -321,8 +321,8 @@ class FullRestore:
 
     def rebuild_search_index(self, started):
         """`squatter -i`: every message not yet in the search index (archives leave it out by default)."""
-        engine = str(self.lay.conf.get("search_engine", "none")).lower()
-        if engine not in ("squat", "xapian") or not self.ctx.tools.has("squatter"):
+        engine = self.lay.search_engine()
+        if not engine or not self.ctx.tools.has("squatter"):
             return
         t0 = time.monotonic()
         try:

@@ -134,8 +134,8 @@ class PartialRestore(Placement):
                 self.tool("ctl_conversationsdb", "-b", "--", user)
             if users:
                 self.say("conversations rebuilt for %s", ", ".join(users))
-        engine = str(conf.get("search_engine", "none")).lower()
-        if names and engine in ("squat", "xapian") and self.ctx.tools.has("squatter"):
+        engine = self.ctx.layout.search_engine()
+        if names and engine and self.ctx.tools.has("squatter"):
             self.tool("squatter", "--", *names)
             self.say("search index (%s) rebuilt for %d restored mailbox(es)", engine, len(names))
 
