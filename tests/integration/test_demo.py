@@ -1,14 +1,17 @@
+import os
 import subprocess
 import sys
 
 import pytest
+
+from support.common import BASE
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_and_reports_identical(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "borg_cyrus", "demo", "--workdir", "/tmp/bct/demo"],
+        [sys.executable, "-m", "borg_cyrus", "demo", "--workdir", os.path.join(BASE, "demo")],
         capture_output=True,
         text=True,
         timeout=900,

@@ -19,7 +19,7 @@ import pytest
 from borg_cyrus import faults
 from borg_cyrus.cyrus import imapview
 from borg_cyrus.tools.demo import env_with_venv, msg, populate, restore_into_second_server
-from support.common import ROOT
+from support.common import BASE, ROOT
 from support.fsimages import is_frozen
 from support.helpers import borgmatic, borgmatic_config, init_repo, latest_archive
 from support.setups import Setup
@@ -40,10 +40,10 @@ CELLS = [(p, sig) for p in faults.POINTS for sig in ("SIGKILL", "SIGTERM")] + [
 
 @pytest.fixture(scope="module")
 def world():
-    base = "/tmp/bct/faults"
+    base = os.path.join(BASE, "faults")
     subprocess.run(["rm", "-rf", base])
     os.makedirs(base, 0o755)
-    os.chmod("/tmp/bct", 0o755)
+    os.chmod(BASE, 0o755)
     s = Setup(base, "command-xfs")
     sb = s.sb.create()
     populate(sb)

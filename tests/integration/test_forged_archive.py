@@ -13,7 +13,7 @@ import pytest
 
 from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.layout import discover
-from support.common import env
+from support.common import BASE, env
 from support.helpers import latest_archive, snapshot
 from support.restore_helpers import _boxes_by_name, backup, delete_user, restore
 
@@ -27,7 +27,7 @@ def world(tmp_path_factory):
     from borg_cyrus.tools.demo import populate
     from borg_cyrus.cyrus.sandbox import Sandbox
 
-    base = "/tmp/bct/forged"
+    base = os.path.join(BASE, "forged")
     if os.path.exists(base):
         for sub in os.listdir(base):
             Sandbox(os.path.join(base, sub)).stop()
@@ -105,7 +105,7 @@ def server_state(sb):
     return sorted(_boxes_by_name(sb)), sorted(os.listdir(sb.partitions["default"]))
 
 
-@pytest.mark.parametrize("uniqueid", ["/tmp/bct/forged/outside/abs", "../../../outside/dotdot", "a/b/c", "x\ny"])
+@pytest.mark.parametrize("uniqueid", [BASE + "/forged/outside/abs", "../../../outside/dotdot", "a/b/c", "x\ny"])
 def test_forged_uniqueid_refused(world, uniqueid):
     b, sb = world, world["sb"]
     outside = os.path.join(b["base"], "outside")

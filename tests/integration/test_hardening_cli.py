@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from borg_cyrus import config
-from support.common import cli, sandbox_config
+from support.common import BASE, cli, sandbox_config
 
 
 def one_error(r):
@@ -71,7 +71,7 @@ def python_for_nobody():
     import shutil
     import site
 
-    base = "/tmp/bct-nobody-py"
+    base = BASE + "-nobody-py"
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
     os.chmod(base, 0o755)

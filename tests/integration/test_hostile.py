@@ -11,7 +11,7 @@ import pytest
 
 from borg_cyrus.cyrus import imapview, mboxlist
 from borg_cyrus.cyrus.imapview import quote
-from support.common import cli, sandbox_config, tools_with, write_config
+from support.common import BASE, cli, sandbox_config, tools_with, write_config
 from support.helpers import extract, wipe
 
 # -- odd mailbox names end to end --------------------------------------------------
@@ -103,11 +103,11 @@ def test_odd_mailbox_names_backup_and_restore(sandbox, base_dir):
 def test_hostile_config_values_refused(base_dir, key, value):
     cfg = write_config(
         os.path.join(base_dir, "c.yaml"),
-        {key: value, "work_directory": "/tmp/bct/never"} if key != "work_directory" else {key: value},
+        {key: value, "work_directory": os.path.join(BASE, "never")} if key != "work_directory" else {key: value},
     )
     r = cli("before", config=cfg)
     assert r.returncode == 2 and "borg-cyrus: error:" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not os.path.exists("/tmp/PWNED") and not os.path.exists("/tmp/bct/never")
+    assert not os.path.exists("/tmp/PWNED") and not os.path.exists(os.path.join(BASE, "never"))
 
 
 def test_group_writable_config_refused(base_dir):

@@ -9,7 +9,10 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.dirname(sys.executable)
-BASE = "/tmp/bct"
+# per test run and per xdist worker, so that parallel runs never share a server's directory
+BASE = os.environ.get("BORG_CYRUS_TEST_BASE") or "/tmp/bct" + (
+    "-" + os.environ["PYTEST_XDIST_WORKER"] if os.environ.get("PYTEST_XDIST_WORKER") else ""
+)
 
 
 def env(extra=None):

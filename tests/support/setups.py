@@ -8,7 +8,7 @@ import time
 
 from borg_cyrus.cyrus.sandbox import Sandbox
 from borg_cyrus.providers import mounts
-from support.common import write_config
+from support.common import BASE, write_config
 from support.fsimages import LoopFs, is_frozen, sh, unmount_below
 from support.helpers import wipe
 
@@ -19,18 +19,19 @@ class Setup:
 
     def __init__(self, base, provider, tmpfs=False):
         self.base, self.provider = base, provider
+        tag = f"{os.path.basename(BASE)}-{os.path.basename(base)}"  # image names unique per run and worker
         self.work = os.path.join(base, "work")
         self.fs = []
         mnt = os.path.join(base, "mnt")
         if provider in ("btrfs", "btrfs-2fs"):
-            self.fs.append(LoopFs(f"btrfs-{os.path.basename(base)}", "btrfs").make(mnt))
+            self.fs.append(LoopFs(f"btrfs-{tag}", "btrfs").make(mnt))
             sh("btrfs", "subvolume", "create", os.path.join(mnt, "cyrus"))
             data = os.path.join(mnt, "cyrus")
             self.mode = {"mode": "btrfs"}
         elif provider == "command-xfs":
             store = os.path.join(base, "store")
             # the XFS image lives on a btrfs, so a reflink copy of it is an instant block-level snapshot
-            self.fs.append(LoopFs(f"store-{os.path.basename(base)}", "btrfs").make(store))
+            self.fs.append(LoopFs(f"store-{tag}", "btrfs").make(store))
             xfs = LoopFs("xfs", "xfs", size="512M", image_dir=store).make(mnt)
             self.fs.append(xfs)
             snaps = os.path.join(store, "snaps")
@@ -101,7 +102,7 @@ class Setup:
         if provider == "btrfs-2fs":
             # the second partition on another btrfs: two snapshots in one window
             mnt2 = os.path.join(base, "mnt2")
-            self.fs.append(LoopFs(f"btrfs2-{os.path.basename(base)}", "btrfs").make(mnt2))
+            self.fs.append(LoopFs(f"btrfs2-{tag}", "btrfs").make(mnt2))
             self.layout["partition-second"] = f"{mnt2}/spool-second"
             self.mnt2 = mnt2
         self.sb = Sandbox(os.path.join(base, "cyrus"), partitions=("default", "second"), layout=self.layout)
