@@ -4,6 +4,14 @@ import shutil
 import pytest
 
 from support.common import BASE, ROOT, VENV_BIN, cli, env, sandbox_config, write_config  # noqa: F401
+from support.timing import (  # noqa: F401 - progress lines and the cost table (tests/support/timing.py)
+    pytest_collection_finish,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+    pytest_xdist_node_collection_finished,
+)
 
 
 def pytest_collection_modifyitems(config, items):
