@@ -21,6 +21,7 @@ import tempfile
 import time
 
 from borg_cyrus.cyrus import dbbatch, mboxlist
+from borg_cyrus.cyrus.names import display
 from borg_cyrus.safety import trust
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.hookspecs import hookimpl
@@ -46,6 +47,7 @@ def dump_mailbox_list(ctx, view, dump_dir):
         raise BorgCyrusError(f"ctl_mboxlist -d gave an unusable dump: {e}") from None
     # the cyrus user can write mailboxes.db: nothing crafted may reach a path or the patterns file
     trust.check_mailboxes(boxes, f"{view.layout.database('mailboxes')[1]}")
+    odd = odd_names(boxes)
     if not boxes:
         raise BorgCyrusError(
             "ctl_mboxlist -d listed no mailboxes; refusing to back up a server that looks empty "
@@ -59,8 +61,28 @@ def dump_mailbox_list(ctx, view, dump_dir):
         time.monotonic() - t0,
         PLUGIN,
         {"format": "ctl_mboxlist -d", "reload": "ctl_mboxlist -u < mailboxes.json"},
+        manifest={"odd_names": odd} if odd else {},
     )
     return MailboxList(rec, boxes)
+
+
+def odd_names(boxes, shown=10):
+    """Mailboxes whose names a mail user made odd ('..' as a folder name):
+    data like any other (in Cyrus 3.x no name becomes a path), backed up,
+    named in one warning line and in the manifest (`odd_names`)."""
+    odd = [
+        {"name": display(mb.intname), "intname": mb.intname, "why": why} for mb in boxes if (why := trust.odd_name(mb))
+    ]
+    if odd:
+        more = len(odd) - shown
+        log.warning(
+            "%d mailbox name(s) with a '.' or '..' component, backed up as they are (Cyrus never makes a "
+            "path of them): %s%s",
+            len(odd),
+            ", ".join(f"{x['name']} ({x['why']})" for x in odd[:shown]),
+            f" and {more} more (manifest.json: odd_names)" if more > 0 else "",
+        )
+    return odd
 
 
 def dump_db(ctx, view, dump_dir, name):

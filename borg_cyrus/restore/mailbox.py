@@ -7,11 +7,14 @@ from borg_cyrus.cyrus import mboxlist, storage
 from borg_cyrus.cyrus.names import display, parent_name, to_intname
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 from borg_cyrus.restore.plan import PartialRestore
+from borg_cyrus.safety import trust
 
 
 class MailboxRestore(PartialRestore):
     def run(self, name, into=None, recursive=False):
         t0 = time.monotonic()
+        if into:
+            trust.check_target_name(into)
         self.check_version()
         self.load_live()
         by_name = {mb.intname: mb for mb in self.s.dump.mailboxes if mb.has_spool}

@@ -36,6 +36,7 @@ from borg_cyrus.cyrus.names import display, to_intname
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 from borg_cyrus.restore import when
 from borg_cyrus.restore.plan import PartialRestore, quota_roots
+from borg_cyrus.safety import trust
 
 HEADER_BYTES = 64 * 1024  # enough of a message to read its header block
 
@@ -125,6 +126,8 @@ class MessagesRestore(PartialRestore):
         # bad selectors first: one line, nothing read or changed
         if in_place and into:
             raise ConfigError("--in-place and --into: give one (in place means into the archived folder itself)")
+        if into:
+            trust.check_target_name(into)
         imap = imapadmin.settings(self.ctx.config) if in_place else None
         pick_uid = parse_uids(uids) if uids else None
         lo, hi = (day_start(since) if since else None), (day_start(before) if before else None)

@@ -6,6 +6,16 @@ a manifest may be crafted to reach outside Cyrus's directories (`/etc/x` as
 a uniqueid, `..` in a name, a partition this server does not have). Every such
 value is checked here before a path is built from it; a forged entry is
 refused with one line naming it, before anything is changed.
+
+Names are data. Cyrus lets an ordinary user create `INBOX/..` or
+`INBOX/./x` (internally `user.alice.^^`, `^` standing for a dot); in 3.x a
+name never becomes a path (the spool is by uniqueid, and the legacy layout
+keeps `^` literal), so such a name is backed up and restored like any other
+and only reported (odd_names). What is refused is what would break the path
+or the command being built: a uniqueid, partition or domain that is not one,
+an empty component or a `/` inside one (another mailbox's directory or name
+to Cyrus's tools), a control character. A target name an admin types
+(`--into`) must not climb: check_target_name.
 """
 
 import os
@@ -26,7 +36,9 @@ class UntrustedEntry(BorgCyrusError):
 
 
 def mailbox_problem(mb):
-    """Why a mailbox-list entry cannot be used to build paths, or None."""
+    """Why a mailbox-list entry cannot be used to build its paths or to name
+    it to a Cyrus tool, or None. A component '.' or '..' is no problem (see
+    odd_name): it never reaches a path."""
     if CONTROL.search(mb.intname):
         return "a control character in its name"
     if mb.uniqueid and not UNIQUEID.fullmatch(mb.uniqueid):
@@ -39,9 +51,34 @@ def mailbox_problem(mb):
     if domain is not None and (not domain or "/" in domain or domain in (".", "..")):
         return f"domain {domain!r}"
     for part in mb.parts:
-        if part in ("", ".", "..") or "/" in part:
+        # '' or '/' would make the legacy path, or the name given to reconstruct/quota, another mailbox's
+        if part == "" or "/" in part:
             return f"a name component {part!r}"
     return None
+
+
+def odd_name(mb):
+    """Why a usable name looks odd ('.' or '..' as a component), or None:
+    data to back up and report, never a reason to refuse."""
+    for part in mb.parts:
+        if part in (".", ".."):
+            return f"a name component {part!r}"
+    return None
+
+
+def check_target_name(name, what="--into"):
+    """A folder name an admin gives as the target of a restore: no component
+    that is empty, '.' or '..' (it would read as another folder, e.g.
+    user/alice/x/../../bob/Stolen) and no control character. Returns name."""
+    parts = name.strip().strip("/").split("/")
+    bad = next((p for p in parts if p in ("", ".", "..")), None)
+    if bad is not None or CONTROL.search(name):
+        why = f"a name component {bad!r}" if bad is not None else "a control character"
+        raise UntrustedEntry(
+            f"{what} {name!r} has {why}; give the target folder as a plain name such as "
+            "user/bob/Restored (nothing was changed)"
+        )
+    return name
 
 
 def check_mailboxes(boxes, where):
