@@ -41,12 +41,6 @@ def test_every_hook_is_documented():
         assert f"`{h}(" in arch and f"`{h}(" in readme, h
 
 
-def test_no_module_over_400_lines():
-    for rel in _modules():
-        with open(os.path.join(ROOT, "borg_cyrus", rel)) as f:
-            assert sum(1 for _ in f) <= 400, rel
-
-
 def test_test_file_names_are_unique():
     """pytest imports test modules by basename (no packages): two of one name break collection."""
     seen = {}
