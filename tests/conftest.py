@@ -10,7 +10,6 @@ from support.timing import (  # noqa: F401 - progress lines and the cost table (
     pytest_runtest_logreport,
     pytest_sessionstart,
     pytest_terminal_summary,
-    pytest_xdist_node_collection_finished,
 )
 
 

@@ -51,9 +51,13 @@ def pytest_collection_finish(session):
         _state["totals"] = _count(i.nodeid for i in session.items)
 
 
-def pytest_xdist_node_collection_finished(node, ids):
-    if not _state["totals"]:
-        _state["totals"] = _count(ids)
+class _XdistHooks:
+    """Registered only where xdist is loaded (its hook is unknown elsewhere)."""
+
+    @staticmethod
+    def pytest_xdist_node_collection_finished(node, ids):
+        if not _state["totals"]:
+            _state["totals"] = _count(ids)
 
 
 def pytest_runtest_logreport(report):
@@ -91,6 +95,8 @@ _config = {}
 
 def pytest_configure(config):
     _config["config"] = config
+    if config.pluginmanager.hasplugin("xdist") and not _is_worker(config):
+        config.pluginmanager.register(_XdistHooks(), "borg-cyrus-timing-xdist")
 
 
 def _terminal():

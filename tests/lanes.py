@@ -1,0 +1,172 @@
+"""The whole test suite in lanes, as `./dev test` runs it (docs/testing.md).
+
+    tests/lanes.py                 every lane (what CI runs)
+    tests/lanes.py --quick         the unit tier and the fast integration tests
+    tests/lanes.py --lane NAME     one lane (repeatable); --list names them
+
+A lane is one pytest run: the unit tier; the integration tests on this host,
+spread over xdist workers (they wait on Cyrus, borg and the disk more than
+on the CPU); the tests in clean Debian 12 and 13 roots; the tests inside the
+QEMU VM (one boot per kind of guest). Lanes of one stage run at once, stages
+one after another. Each lane's output goes to its log (printed whole when
+the lane ends); its progress lines (files done, time so far) are shown as
+they come, prefixed with the lane's name. At the end: a table of wall time
+per lane and of cost per test file, also kept as JSON in the log directory.
+Exit status: 0 when every lane passed, else 1.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LOGS = os.path.join(ROOT, ".test-logs")
+
+# the integration files that run in clean Debian roots (they build, cache and unpack roots)
+ROOT_FILES = [
+    "tests/integration/test_readme_install.py",
+    "tests/integration/test_cyrus310.py",
+    "tests/integration/test_apt_hook.py",
+    "tests/integration/test_systemd_boot.py",
+]
+
+
+def workers():
+    """xdist workers for the host's integration lane: they mostly wait, so more than the cores."""
+    return int(os.environ.get("BORG_CYRUS_TEST_WORKERS") or max(2, 2 * (os.cpu_count() or 1)))
+
+
+class Lane:
+    def __init__(self, name, args, stage, about, xdist=0):
+        self.name, self.args, self.stage, self.about, self.xdist = name, args, stage, about, xdist
+        self.rc = None
+        self.wall = None
+
+    def argv(self, extra):
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *self.args]
+        if self.xdist:
+            argv += ["-n", str(self.xdist), "--dist", "loadfile"]
+        return argv + list(extra)
+
+
+def lanes(quick=False):
+    present = [f for f in ROOT_FILES if os.path.exists(os.path.join(ROOT, f))]
+    ignore = [f"--ignore={f}" for f in present]
+    if quick:
+        return [
+            Lane("unit", ["tests/unit"], 1, "no root, no Cyrus: seconds"),
+            Lane(
+                "fast",
+                ["tests/integration", *ignore, "-m", "not slow and not vm"],
+                1,
+                "integration tests that are not marked slow, real Cyrus, on this host",
+                xdist=workers(),
+            ),
+        ]
+    return [
+        Lane("unit", ["tests/unit"], 1, "no root, no Cyrus: seconds"),
+        Lane(
+            "integration",
+            ["tests/integration", *ignore],
+            1,
+            "real Cyrus, borg, borgmatic, btrfs/XFS on loop devices, on this host",
+            xdist=workers(),
+        ),
+        Lane("roots", present, 1, "clean Debian 12 and 13 roots: the README's install, Cyrus 3.10, apt, systemd"),
+        Lane("vm", ["tests/vm"], 2, "LVM/XFS and ZFS inside the QEMU VM, one boot per kind of guest"),
+    ]
+
+
+def run_lane(lane, extra, logdir, say):
+    log_path = os.path.join(logdir, f"{lane.name}.log")
+    env = dict(os.environ, BORG_CYRUS_LANE=lane.name, BORG_CYRUS_TIMINGS=os.path.join(logdir, "files.jsonl"))
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(
+            lane.argv(extra), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in p.stdout:
+            log.write(line)
+            if "files, " in line and line.lstrip(".FEsxX").startswith("["):
+                say(f"{lane.name}: {line.lstrip('.FEsxX').rstrip()}")
+        lane.rc = p.wait()
+    lane.wall = time.monotonic() - t0
+    with open(log_path) as f:
+        text = f.read()
+    say(f"===== lane {lane.name}: exit {lane.rc} in {clock(lane.wall)} (log {log_path})\n{text.rstrip()}\n")
+
+
+def clock(seconds):
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s"
+
+
+def summary(chosen, logdir, total):
+    records = []
+    path = os.path.join(logdir, "files.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    out = ["", "== wall time per lane"]
+    out.append(f"{'lane':<12} {'stage':>5} {'wall':>8} {'tests':>6} {'passed':>6} {'failed':>6} {'skipped':>7}  exit")
+    for lane in chosen:
+        mine = [r for r in records if r["lane"] == lane.name]
+        counts = {k: sum(r["outcomes"].get(k, 0) for r in mine) for k in ("passed", "failed", "skipped", "error")}
+        wall = clock(lane.wall) if lane.wall is not None else "-"
+        out.append(
+            f"{lane.name:<12} {lane.stage:>5} {wall:>8} {sum(r['tests'] for r in mine):>6} {counts['passed']:>6} "
+            f"{counts['failed'] + counts['error']:>6} {counts['skipped']:>7}  {lane.rc}"
+        )
+    out.append(f"{'all':<12} {'':>5} {clock(total):>8}")
+    out += ["", "== cost per test file (setup + call + teardown, summed over workers)"]
+    for r in sorted(records, key=lambda r: -r["seconds"]):
+        out.append(f"{r['seconds']:8.1f} s  {r['tests']:4d} tests  {r['lane']:<12} {r['file']}")
+    with open(os.path.join(logdir, "summary.json"), "w") as f:
+        lanes_json = [{"lane": ln.name, "stage": ln.stage, "wall": ln.wall, "exit": ln.rc} for ln in chosen]
+        json.dump({"total": total, "lanes": lanes_json, "files": records}, f, indent=1)
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="./dev test", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the unit tier and the fast integration tests")
+    ap.add_argument("--lane", action="append", default=[], help="run only this lane (repeatable)")
+    ap.add_argument("--list", action="store_true", help="name the lanes and what each proves")
+    args, extra = ap.parse_known_args(argv)
+    all_lanes = lanes(args.quick)
+    if args.list:
+        for lane in all_lanes:
+            print(f"{lane.name:<12} stage {lane.stage}  {lane.about}")
+        return 0
+    chosen = [ln for ln in all_lanes if not args.lane or ln.name in args.lane]
+    unknown = set(args.lane) - {ln.name for ln in all_lanes}
+    if unknown:
+        print(f"./dev test: no lane {', '.join(sorted(unknown))}; --list names them", file=sys.stderr)
+        return 2
+    shutil.rmtree(LOGS, ignore_errors=True)
+    os.makedirs(LOGS, 0o700)
+    lock = threading.Lock()
+
+    def say(text):
+        with lock:
+            print(text, flush=True)
+
+    t0 = time.monotonic()
+    for stage in sorted({ln.stage for ln in chosen}):
+        threads = [threading.Thread(target=run_lane, args=(ln, extra, LOGS, say)) for ln in chosen if ln.stage == stage]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    print(summary(chosen, LOGS, time.monotonic() - t0), flush=True)
+    return 0 if all(ln.rc in (0, 5) for ln in chosen) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
