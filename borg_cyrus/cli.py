@@ -213,7 +213,7 @@ def cmd_after(args):
 
     _, _, ctx = load(args)
     with metrics.After(ctx, failed=args.failed, as_json=args.json):
-        backup.after(ctx, force=args.force)
+        backup.after(ctx, force=args.force, failed=args.failed)
     return 0
 
 
@@ -318,8 +318,11 @@ def _restore(args, ctx):
 def cmd_verify(args):
     from borg_cyrus.restore import verify
 
+    from borg_cyrus.backup import run as backup
+
     _, _, ctx = load(args)
     with metrics.Run(ctx, "verify") as run:
+        backup.recover_dead_run(ctx, "verify", take_lock=True)  # a dead nightly may have left Cyrus stopped
         return verify.run(ctx, args, run)
 
 

@@ -11,6 +11,7 @@ its result to the next; plugins do not write to the context.
 
 import contextlib
 import datetime
+import json
 import logging
 import os
 import shutil
@@ -78,7 +79,7 @@ def teardown(ctx, st):
     return errors
 
 
-def recover_stale(ctx, owner, force=False):
+def recover_stale(ctx, owner, force=False, by="before"):
     """Handle a state file left by an earlier run before starting a new one."""
     st = state_mod.State(ctx.state_file)
     data = st.load()
@@ -93,15 +94,88 @@ def recover_stale(ctx, owner, force=False):
                 f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still "
                 "running; if it is not, run `borg-cyrus after --force` to clean up"
             )
+    _undo_dead_run(ctx, st, data, by)
+
+
+def recover_dead_run(ctx, by, take_lock=False):
+    """Any later run that takes the lock (a database-only backup, a restore,
+    verify): undo what a backup that died left behind (Cyrus stopped, a
+    filesystem frozen, a snapshot mounted) before doing its own work. A backup
+    still running is left alone (its `after` undoes it). take_lock: try the
+    lock without waiting (busy: the run holding it recovers by itself)."""
+    if take_lock:
+        state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
+        try:
+            with state_mod.lock(ctx.lock_file, wait=0):
+                return recover_dead_run(ctx, by)
+        except BusyError:
+            return False
+    st = state_mod.State(ctx.state_file)
+    data = st.load()
+    if data is None or state_mod.is_alive(data.get("owner")):
+        return False
+    _undo_dead_run(ctx, st, data, by)
+    return True
+
+
+def recovered_path(ctx):
+    """What the last recovery of a dead run found and did (for doctor, until a backup completes)."""
+    return os.path.join(ctx.work_dir, "recovered.json")
+
+
+def _undo_dead_run(ctx, st, data, by):
+    left = "; ".join(busy.describe_step(ctx, s) for s in st.steps) or "nothing to undo"
     log.warning(
         "cleaning up after an earlier run that did not finish (started %s, mode %s): %s",
         data.get("started"),
         data.get("mode"),
-        "; ".join(busy.describe_step(ctx, s) for s in st.steps) or "nothing to undo",
+        left,
     )
+    if ctx.dry_run:
+        log.info("dry run: would undo it")
+        return
     errors = teardown(ctx, st)
+    record = {
+        "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "by": by,
+        "started": data.get("started"),
+        "mode": data.get("mode"),
+        "owner": data.get("owner"),
+        "left": left,
+        "errors": errors,
+    }
+    state_mod.write_atomic(recovered_path(ctx), json.dumps(record, indent=1) + "\n")
     if errors:
-        raise BorgCyrusError("could not clean up an earlier run: " + "; ".join(errors))
+        raise BorgCyrusError(
+            f"could not clean up an earlier run (started {data.get('started')}, mode {data.get('mode')}): "
+            + "; ".join(errors)
+            + "; fix that, then run `borg-cyrus after`"
+        )
+
+
+def last_recovery(ctx):
+    """One line on the last dead run the next run had to clean up after, or None (a backup completed since)."""
+    try:
+        fd = os.open(recovered_path(ctx), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{recovered_path(ctx)}: cannot read it ({e.strerror})"
+    try:
+        with os.fdopen(fd) as f:
+            rec = json.load(f)
+    except ValueError:
+        return f"{recovered_path(ctx)} is unreadable; remove it"
+    owner = rec.get("owner") or {}
+    errors = rec.get("errors") or []
+    return (
+        f"a backup started {rec.get('started')} (mode {rec.get('mode')}, {owner.get('comm') or '?'} pid "
+        f"{owner.get('pid') or '?'}) ended without `after` and left: {rec.get('left')}; `borg-cyrus {rec.get('by')}` "
+        f"at {rec.get('at')} "
+        + (f"could not undo it all: {'; '.join(errors)}" if errors else "undid it")
+        + ". Find out what killed that run (its log, the journal, watchdog.log); this stays reported until a "
+        "backup completes"
+    )
 
 
 # -- before -----------------------------------------------------------------
@@ -218,7 +292,7 @@ def _before_locked(ctx, modes, mode, owner, force, deadline):
     timings = {}
     mode_name = mode.name
     faults.point("locked")
-    recover_stale(ctx, owner, force)
+    recover_stale(ctx, owner, force, by="before")
     for cls in modes.values():
         cls(ctx).cleanup_stale()
     st = state_mod.State(ctx.state_file)
@@ -277,6 +351,9 @@ def before_dumps_only(ctx, owner):
                 f"a backup started {data.get('started')} is running and dumps the databases itself; "
                 "skipping this database-only run"
             )
+        # a nightly that died with its dead-man switch may have left Cyrus stopped
+        recover_dead_run(ctx, "before --dumps-only")
+        _warn_if_stopped(ctx)
         locs = [loc for loc in plan_locations(ctx) if loc.kind != "data"]
         view = View(imapd_conf=ctx.layout.imapd_conf, layout=ctx.layout)
         summary = prepare(ctx, view, locs, {}, dumps_only=True)
@@ -289,6 +366,22 @@ def before_dumps_only(ctx, owner):
         summary["roots"],
     )
     return summary
+
+
+def _warn_if_stopped(ctx):
+    """A database-only run reads Cyrus's databases whether or not it runs:
+    say so when nothing serves mail (a stop no state file of this work
+    directory explains)."""
+    from borg_cyrus.cyrus.service import Service
+
+    svc = Service(ctx.config["service"], ctx.runner)
+    if not svc.is_running():
+        log.warning(
+            "Cyrus is not running (%s) and no borg-cyrus run of %s stopped it; this database-only backup goes on, "
+            "but nothing serves mail: start Cyrus, or see `borg-cyrus doctor`",
+            svc.describe(),
+            ctx.work_dir,
+        )
 
 
 def prepare(ctx, view, locs, timings, dumps_only=False):
@@ -355,8 +448,9 @@ def _before_dry_run(ctx, mode, t_start):
 # -- after ------------------------------------------------------------------
 
 
-def after(ctx, force=False):
-    """Tear down what `before` set up. Idempotent."""
+def after(ctx, force=False, failed=False):
+    """Tear down what `before` set up. Idempotent. A backup that completed
+    (not failed) ends the report of an earlier dead run (last_recovery)."""
     t0 = time.monotonic()
     state_mod.secure_dir(ctx.work_dir, WORK_DIR_MODE)
     with (
@@ -394,5 +488,8 @@ def after(ctx, force=False):
         raise BorgCyrusError("after: could not undo everything: " + "; ".join(errors))
     if problems:
         raise BorgCyrusError("the backup read a broken view and must not be trusted: " + "; ".join(problems))
+    if not failed and not ctx.dry_run:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(recovered_path(ctx))
     log.info("after: done in %.2f s (%d step(s) undone)", secs, n)
     return {"seconds": secs, "undone": n}

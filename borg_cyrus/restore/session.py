@@ -213,9 +213,13 @@ class ArchiveSession:
 
 
 def with_lock(ctx, fn):
-    """Run fn holding borg-cyrus's lock (no backup `before` meanwhile); dry runs take no lock."""
+    """Run fn holding borg-cyrus's lock (no backup `before` meanwhile), after
+    undoing what a dead backup left (Cyrus stopped); dry runs take no lock."""
     if ctx.dry_run:
         return fn()
+    from borg_cyrus.backup.run import recover_dead_run
+
     state_mod.secure_dir(ctx.work_dir, state_mod.WORK_DIR_MODE)
     with state_mod.lock(ctx.lock_file):
+        recover_dead_run(ctx, "restore")
         return fn()

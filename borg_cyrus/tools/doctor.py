@@ -9,7 +9,7 @@ import tempfile
 from borg_cyrus.cyrus import layout as layout_mod
 from borg_cyrus.backup import patterns
 from borg_cyrus.backup import busy
-from borg_cyrus.backup.run import plan_locations
+from borg_cyrus.backup.run import last_recovery, plan_locations
 from borg_cyrus.restore.dump import live_cyrus_version
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.model import View, nest_free
@@ -47,6 +47,9 @@ def gather(ctx):
     if p:
         problems.append(p)
     problems.extend(busy.left_behind(ctx))
+    recovered = last_recovery(ctx)  # a dead run the next one cleaned up after: say so until a backup completes
+    if recovered:
+        problems.append(recovered)
     svc = Service(ctx.config["service"], ctx.runner)
     info["service"] = {"manager": svc.manager, "how": svc.describe(), "running": svc.is_running()}
     info["notes"] = []
