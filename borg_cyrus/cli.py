@@ -163,7 +163,8 @@ def build_parser():
     v.add_argument(
         "--workdir",
         metavar="DIR",
-        help="where to extract (default: <work_directory>/verify; needs room for the whole archive)",
+        help="the directory the drill's private directory is made in (default: <work_directory>/verify; it and "
+        "every directory above it must be root's and writable only by root; needs room for the whole archive)",
     )
     v.add_argument("--keep", action="store_true", help="keep the extracted archive and the throwaway server's files")
     v.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -32,6 +32,19 @@ from borg_cyrus.cyrus.service import Service
 log = logging.getLogger(__name__)
 
 
+def _mkdir(path, mode, owner=None):
+    """A new directory with mode whatever the umask, owner set through its
+    descriptor (never through a link swapped in meanwhile)."""
+    os.mkdir(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if owner:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def _int(value, default):
     try:
         return int(value)
@@ -174,11 +187,14 @@ class FullRestore:
         if self.ctx.dry_run:
             self.note("would create %s", path)
             return
+        missing = []  # parents: root's 0755, whatever the umask (the cyrus user must get through)
         parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            os.makedirs(parent, 0o755)
-        os.mkdir(path, mode)
-        os.lchown(path, self.uid, self.gid)
+        while not os.path.isdir(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for p in reversed(missing):
+            _mkdir(p, 0o755)
+        _mkdir(path, mode, (self.uid, self.gid))
         self.note("created %s", path)
 
     def check_newer(self):

@@ -202,14 +202,23 @@ class ArchiveSession:
             self.layout = storage.PathLayout.from_manifest(self.dump.manifest, self.conf_values)
         except (ValueError, TypeError, AttributeError) as e:
             raise BorgCyrusError(f"archive {self.archive}: {e}; the dump is too old or damaged") from None
-        trust.check_archived_layout(self.layout, f"archive {self.archive}: manifest.json")
-        for mb in self.dump.mailboxes:
-            if mb.has_spool and mb.partition not in self.layout.partitions:
-                raise trust.UntrustedEntry(
-                    f"archive {self.archive}: mailbox {mb.intname!r} is on partition {mb.partition!r}, which the "
-                    "archived layout does not define; it looks forged or damaged, so nothing was changed"
-                )
+        check_archived(self.dump, self.layout, f"archive {self.archive}")
         return self.dump
+
+
+def check_archived(dump, layout, where):
+    """The archived layout's checks every restore (and verify) runs before a
+    path is built from it: its locations, database paths, mailbox partitions."""
+    trust.check_archived_layout(layout, f"{where}: manifest.json")
+    for name, info in sorted(((dump.manifest.get("layout") or {}).get("databases") or {}).items()):
+        if isinstance(info, dict) and info.get("path") is not None:
+            trust.check_archived_path(info["path"], f"{name} database", f"{where}: manifest.json")
+    for mb in dump.mailboxes:
+        if mb.has_spool and mb.partition not in layout.partitions:
+            raise trust.UntrustedEntry(
+                f"{where}: mailbox {mb.intname!r} is on partition {mb.partition!r}, which the "
+                "archived layout does not define; it looks forged or damaged, so nothing was changed"
+            )
 
 
 def with_lock(ctx, fn):

@@ -1,15 +1,23 @@
 """`borg-cyrus verify`: the restore drill that proves an archive good.
 
 1. extract the whole archive into a private directory (`borg extract`, with
-   the repository and passphrase from borgmatic's configuration);
+   the repository and passphrase from borgmatic's configuration): made with
+   mkdtemp in <work_directory>/verify (or --workdir), root's 0700, below
+   directories only root can write to (drill_parent), so no local user can
+   pre-create, rename or swap anything the drill uses; the extracted tree is
+   sanitized at once, while still root's alone (plain files and directories of
+   the cyrus user: no set-id or execute bits, no devices, FIFOs, sockets or
+   symlinks), and the archived layout gets the checks of every restore;
 2. check the archive against what the backup recorded: every mailbox of the
    dump has its directory, a readable cyrus.index with the message count of
    manifest.json, and every message it lists has its file, of the recorded
    size; --deep: the file's SHA-1 equals the GUID in the index (messages
    `exclude.rules` left out, listed in the manifest, are skipped);
-3. start a throwaway Cyrus on the extracted tree (borg_cyrus.cyrus.sandbox, config
-   rewritten to the extracted paths, loopback port) after the same `restore
-   full` steps a disaster recovery runs;
+3. open the private directory to the cyrus user's group only (root:mail 0710)
+   and start a throwaway Cyrus on the extracted tree (borg_cyrus.cyrus.sandbox,
+   config rewritten to the extracted paths, IMAP on a socket in that
+   directory, no TCP port) after the same `restore full` steps a disaster
+   recovery runs;
 4. every mailbox must be in the restored server's mailbox list, of its type;
    email mailboxes are opened over IMAP with the expected message count
    (--deep: served byte-identical); the types IMAP cannot open (sieve
@@ -23,7 +31,6 @@ reads): there a count difference is a warning, a missing file still fails.
 
 import collections
 import hashlib
-import imaplib
 import json
 import logging
 import os
@@ -33,20 +40,88 @@ import sys
 import tempfile
 import time
 
+from borg_cyrus import state as state_mod
 from borg_cyrus.backup import rules
 from borg_cyrus.restore import archive as archive_mod
 from borg_cyrus.cyrus import storage, imapview, index, mboxlist
-from borg_cyrus.safety import safeio
+from borg_cyrus.safety import pathpolicy, safeio, trust
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.cyrus.names import display
 from borg_cyrus.restore.listing import human_size
 from borg_cyrus.restore import drillserver
-from borg_cyrus.restore.session import archived_conf_values
+from borg_cyrus.restore.session import archived_conf_values, check_archived
 from borg_cyrus.tools import progress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKDIR = "/var/tmp/borg-cyrus-verify"
+PARENT_MODE = 0o711  # <work_directory>/verify: like the work directory (the cyrus user gets through)
+DRILL_MODE = 0o700  # the drill's own directory while root works alone in it
+OPEN_MODE = 0o710  # ... and once its throwaway Cyrus runs: root and the cyrus user's group
+
+
+def _dir_problem(st, last):
+    """Why a directory on the way to the drill's could let someone else in, or None."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid not in (0, os.geteuid()):  # root runs verify
+        return f"belongs to uid {st.st_uid}, not to root"
+    if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+        return f"is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def drill_parent(path, fix, dry_run=False):
+    """The directory drills are made in, resolved, made root's PARENT_MODE if
+    missing. It and every directory above it must be root's and writable by
+    no one else (above it a sticky one such as /tmp is fine: only root can
+    rename root's entry there), so nothing in it can be pre-created, renamed
+    or swapped by another user. fix: how to put it right, for the error line."""
+    real = os.path.realpath(path)
+    parts = [p for p in real.split("/") if p]
+    for i in range(len(parts) + 1):
+        cur = "/" + "/".join(parts[:i])
+        last = i == len(parts)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            if dry_run:
+                return real
+            try:
+                os.mkdir(cur, PARENT_MODE)
+            except FileExistsError:  # made meanwhile: checked as found
+                pass
+            st = os.lstat(cur)
+            if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode):
+                fd = os.open(cur, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fchmod(fd, PARENT_MODE)  # whatever the umask
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+        why = _dir_problem(st, last)
+        if why:
+            shown = cur if cur == real else f"{cur} (on the way to {real})"
+            raise BorgCyrusError(
+                f"the restore drill's directory {shown} {why}: another user could swap its files; {fix}"
+            )
+    why = pathpolicy.system_reason(real)
+    if why:
+        raise BorgCyrusError(f"the restore drill's directory {real} {why}; {fix}")
+    return real
+
+
+def make_private(parent):
+    """mkdtemp in parent: root's, DRILL_MODE, checked."""
+    base = tempfile.mkdtemp(prefix=f"verify-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent)
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, DRILL_MODE)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != DRILL_MODE:
+        raise BorgCyrusError(f"{base} is not root's {DRILL_MODE:o} right after mkdtemp; something else runs there")
+    return base
 
 
 class Drill:
@@ -62,7 +137,9 @@ class Drill:
         self.info = []
         self.stats = {"mailboxes": 0, "messages": 0, "bytes": 0, "hashed": 0, "served": 0, "on_disk": 0}
         self.on_disk = {}  # display name -> kind, of mailboxes IMAP cannot open
+        self.removed = {}  # "/archived/path" -> kind, of what sanitizing left out
         self.sandbox = None
+        self.where = f"archive {archive}"
 
     def fail(self, intname, problem):
         self.failures.setdefault(display(intname) if intname else "(archive)", []).append(problem)
@@ -73,14 +150,54 @@ class Drill:
         with progress.Progress("verify: extract", unit=f"archive {self.archive}"):
             self.repo.extract_all(self.archive, self.root)
         self.info.append(f"extracted archive {self.archive} in {time.monotonic() - t0:.2f} s")
+        self.sanitize()
+
+    def sanitize(self):
+        """The extracted files are untrusted: plain data of the cyrus user (like
+        every restore's staging tree), while the directory is still root's alone."""
+        uid, gid = self.ctx.cyrus_ids()
+        removed = safeio.sanitize_tree(self.root, uid, gid)
+        self.removed = {"/" + p: k for p, k in removed}
+        if removed:
+            shown = ", ".join(f"/{p} ({k})" for p, k in removed[:10])
+            one = len(removed) == 1
+            self.warnings.append(
+                f"left out {len(removed)} entr{'y' if one else 'ies'} of the archive that "
+                f"{'is not a regular file or directory' if one else 'are not regular files or directories'}: "
+                f"{shown}" + (" …" if len(removed) > 10 else "")
+            )
+
+    def check_location(self, key, path):
+        """An archived directory the drill builds on must be a directory in the
+        extracted tree, not something sanitizing removed (a symlink ...)."""
+        cur, present = "", True
+        for part in [p for p in path.split("/") if p]:
+            cur += "/" + part
+            kind = self.removed.get(cur)
+            if kind is None and present:
+                try:
+                    st = os.lstat(self.root + cur)
+                except FileNotFoundError:
+                    present = False  # made empty later; a removed entry below still counts
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                kind = safeio.kind(st.st_mode)
+            if kind is None:
+                continue
+            what = path if cur == path else f"{path} (its parent {cur})"
+            raise trust.UntrustedEntry(
+                f"{self.where}: {key} {what} is {kind} in the archive, not a directory; the archive looks "
+                "forged or damaged, so the drill stopped"
+            )
 
     def find_dump(self):
         cand = self.root + self.ctx.dump_dir
-        if os.path.exists(os.path.join(cand, "manifest.json")):
+        if os.path.isfile(os.path.join(cand, "manifest.json")):
             return self.ctx.dump_dir
         for p in sorted(self.repo.list_paths(self.archive)):
             if p.endswith("/dump/manifest.json"):
-                return os.path.dirname(p)
+                return trust.check_archived_path(os.path.dirname(p), "dump directory", self.where)
         raise BorgCyrusError(
             f"archive {self.archive} holds no borg-cyrus dump (no */dump/manifest.json); was it made with borg-cyrus?"
         )
@@ -89,10 +206,17 @@ class Drill:
         from borg_cyrus.restore.dump import Dump
 
         self.dump_path = self.find_dump()
-        self.dump = Dump(self.root + self.dump_path)
+        self.check_location("dump directory", self.dump_path)
+        self.dump = Dump(self.root + self.dump_path, where=self.where)
         m = self.dump.manifest
         self.conf_values = archived_conf_values(self.dump.path, m)
-        self.alay = storage.PathLayout.from_manifest(m, self.conf_values)
+        try:
+            self.alay = storage.PathLayout.from_manifest(m, self.conf_values)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise BorgCyrusError(f"{self.where}: {e}; the dump is too old or damaged") from None
+        check_archived(self.dump, self.alay, self.where)  # the checks of every restore
+        for key, path in drillserver.locations(self.alay):
+            self.check_location(key, path)
         r = self.root
         self.slay = storage.PathLayout(
             configdirectory=r + self.alay.configdirectory,
@@ -208,8 +332,7 @@ class Drill:
     def check_imap(self):
         r = self.sctx.cyrus("ctl_mboxlist", "-d", changes=False)
         restored = {mb.intname: mb for mb in mboxlist.iter_dump(r.text.splitlines()) if mb.has_spool}
-        conn = imaplib.IMAP4("127.0.0.1", self.sandbox.port)
-        conn.login("cyrus", "x")
+        conn = self.sandbox.imap("cyrus")
         try:
             for mb in progress.each("verify: imap", self.boxes, "mailboxes"):
                 rmb = restored.get(mb.intname)
@@ -341,25 +464,61 @@ def format_report(rep):
             + (" byte for byte" if rep["deep"] else "")
             + " and a restored Cyrus serves it"
         )
+    elif "(archive)" in rep["failures"]:
+        out.append(f"RESULT: FAILED — the drill stopped: {rep['failures']['(archive)'][0]}")
     else:
         names = sorted(rep["failures"])
         out.append(f"RESULT: FAILED — {len(names)} mailbox(es) differ: {', '.join(names)}")
     return "\n".join(out) + "\n"
 
 
+def parent_dir(ctx, workdir, dry_run=False):
+    """--workdir, or <work_directory>/verify: checked (drill_parent), and one
+    the cyrus user can get through."""
+    if workdir:
+        path = os.path.abspath(workdir)
+        fix = "pass --workdir a directory of root's that nobody else can write to, nor to any directory above it"
+    else:
+        if not dry_run:
+            state_mod.secure_dir(ctx.work_dir, state_mod.WORK_DIR_MODE)
+        path = os.path.join(ctx.work_dir, "verify")
+        fix = "remove it (borg-cyrus makes it) or pass --workdir"
+    real = drill_parent(path, fix, dry_run=dry_run)
+    if not dry_run:
+        uid, gid = ctx.cyrus_ids()
+        blocked = safeio.blocking_parent(real, uid, gid)
+        if blocked:
+            where, st = blocked
+            raise BorgCyrusError(
+                f"the {ctx.config['cyrus_user']} user cannot enter {where} (mode {stat.S_IMODE(st.st_mode):o}), "
+                f"on the way to the restore drill's directory {real}: run chmod o+x {where} or pass another --workdir"
+            )
+    return real
+
+
+def open_to_cyrus(ctx, base):
+    """The drill's directory, for its throwaway Cyrus: root and the cyrus
+    user's group enter it, nobody else (the tree below is sanitized)."""
+    _uid, gid = ctx.cyrus_ids()
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, OPEN_MODE)
+    finally:
+        os.close(fd)
+
+
 def run(ctx, args, metrics_run=None):
+    parent = parent_dir(ctx, args.workdir, dry_run=ctx.dry_run)
     repo = archive_mod.open_repository(args.borgmatic_config, args.repository, ctx.runner)
     name = repo.resolve(args.archive, at=getattr(args, "at", None))
-    parent = args.workdir or DEFAULT_WORKDIR
     if ctx.dry_run:
         print(
             f"verify: would extract archive {name} of {repo} below {parent}, restore it into a throwaway "
             f"Cyrus, check every mailbox{' and message byte' if args.deep else ''}, and remove it again"
         )
         return 0
-    os.makedirs(parent, 0o755, exist_ok=True)
-    base = tempfile.mkdtemp(prefix=f"verify-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent)
-    os.chmod(base, 0o755)
+    base = make_private(parent)
     drill = Drill(ctx, repo, name, base, deep=args.deep)
     t0 = time.monotonic()
     try:
@@ -367,6 +526,7 @@ def run(ctx, args, metrics_run=None):
         drill.load()
         drill.check_files()
         drill.orphans()
+        open_to_cyrus(ctx, base)
         drill.start_server()
         drill.check_imap()
     except BorgCyrusError as e:
@@ -384,6 +544,7 @@ def run(ctx, args, metrics_run=None):
         )
     sys.stdout.write(json.dumps(rep, indent=1, ensure_ascii=False) + "\n" if args.json else format_report(rep))
     if not rep["ok"]:
-        log.error("verify: archive %s FAILED: %s", name, ", ".join(sorted(rep["failures"])))
+        whole = rep["failures"].get("(archive)")  # the drill stopped: say why
+        log.error("verify: archive %s FAILED: %s", name, whole[0] if whole else ", ".join(sorted(rep["failures"])))
         return 1
     return 0
