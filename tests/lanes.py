@@ -27,6 +27,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LOGS = os.path.join(ROOT, ".test-logs")
+# kept across runs (the logs are not): what the last run of each selection took here
+LAST = os.path.join(os.environ.get("BORG_CYRUS_CLEANROOM_CACHE", "/var/cache/borg-cyrus-tests"), "last-runs.json")
+# measured on a 2-core machine (docs/testing.md): minutes, cold (a fresh machine) and warm
+EXPECTED = {"all": (40, 30), "quick": (5, 4)}
 
 # the integration files that run in clean Debian roots (they build, cache and unpack roots)
 ROOT_FILES = [
@@ -107,7 +111,7 @@ def clock(seconds):
     return f"{m}m{s:02d}s"
 
 
-def summary(chosen, logdir, total):
+def summary(chosen, logdir, total, write=True):
     records = []
     path = os.path.join(logdir, "files.jsonl")
     if os.path.exists(path):
@@ -127,6 +131,8 @@ def summary(chosen, logdir, total):
     out += ["", "== cost per test file (setup + call + teardown, summed over workers)"]
     for r in sorted(records, key=lambda r: -r["seconds"]):
         out.append(f"{r['seconds']:8.1f} s  {r['tests']:4d} tests  {r['lane']:<12} {r['file']}")
+    if not write:
+        return "\n".join(out)
     with open(os.path.join(logdir, "summary.json"), "w") as f:
         lanes_json = [{"lane": ln.name, "stage": ln.stage, "wall": ln.wall, "exit": ln.rc} for ln in chosen]
         json.dump({"total": total, "lanes": lanes_json, "files": records}, f, indent=1)
@@ -138,7 +144,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="the unit tier and the fast integration tests")
     ap.add_argument("--lane", action="append", default=[], help="run only this lane (repeatable)")
     ap.add_argument("--list", action="store_true", help="name the lanes and what each proves")
+    ap.add_argument("--summary", action="store_true", help="print the last run's tables again")
     args, extra = ap.parse_known_args(argv)
+    if args.summary:
+        return print_summary_again()
     all_lanes = lanes(args.quick)
     if args.list:
         for lane in all_lanes:
@@ -149,6 +158,8 @@ def main(argv=None):
     if unknown:
         print(f"./dev test: no lane {', '.join(sorted(unknown))}; --list names them", file=sys.stderr)
         return 2
+    selection = "quick" if args.quick else "all" if not args.lane else "+".join(sorted(args.lane))
+    announce(selection, chosen, extra)
     shutil.rmtree(LOGS, ignore_errors=True)
     os.makedirs(LOGS, 0o700)
     lock = threading.Lock()
@@ -164,8 +175,62 @@ def main(argv=None):
             t.start()
         for t in threads:
             t.join()
-    print(summary(chosen, LOGS, time.monotonic() - t0), flush=True)
-    return 0 if all(ln.rc in (0, 5) for ln in chosen) else 1
+    total = time.monotonic() - t0
+    print(summary(chosen, LOGS, total), flush=True)
+    ok = all(ln.rc in (0, 5) for ln in chosen)
+    remember(selection, total, ok)
+    return 0 if ok else 1
+
+
+def _last_runs():
+    try:
+        with open(LAST) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def remember(selection, total, ok):
+    runs = _last_runs()
+    runs[selection] = {"seconds": round(total), "passed": ok, "when": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        os.makedirs(os.path.dirname(LAST), 0o700, exist_ok=True)
+        with open(LAST + ".tmp", "w") as f:
+            json.dump(runs, f)
+        os.replace(LAST + ".tmp", LAST)
+    except OSError:
+        pass
+
+
+def announce(selection, chosen, extra):
+    """Say up front what runs and how long it should take."""
+    names = ", ".join(f"{ln.name} ({ln.about})" for ln in chosen)
+    print(f"./dev test: lanes {names}" + (f"; pytest arguments {' '.join(extra)}" if extra else ""))
+    if selection in EXPECTED:
+        cold, warm = EXPECTED[selection]
+        line = f"expected: at most {cold} min on a fresh 2-core machine, {warm} min with its caches built"
+    else:
+        line = "expected: see the lane times in docs/testing.md"
+    last = _last_runs().get(selection)
+    if last:
+        line += f"; the last such run here took {clock(last['seconds'])} ({last['when']}, {'passed' if last['passed'] else 'failed'})"
+    print(line + f". Progress lines below; logs in {os.path.relpath(LOGS, ROOT)}/", flush=True)
+
+
+def print_summary_again():
+    path = os.path.join(LOGS, "summary.json")
+    if not os.path.exists(path):
+        print(f"./dev test: no {path}: run the tests first", file=sys.stderr)
+        return 2
+    with open(path) as f:
+        data = json.load(f)
+    chosen = []
+    for rec in data["lanes"]:
+        lane = Lane(rec["lane"], [], rec["stage"], "")
+        lane.wall, lane.rc = rec["wall"], rec["exit"]
+        chosen.append(lane)
+    print(summary(chosen, LOGS, data["total"], write=False))
+    return 0
 
 
 if __name__ == "__main__":

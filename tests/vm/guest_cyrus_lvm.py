@@ -1,4 +1,4 @@
-"""Guest side of test_vm_harness.py::test_cyrus_on_lvm_in_vm -- runs INSIDE the VM.
+"""Guest side of test_vm_harness.py::test_cyrus_on_lvm_in_vm -- runs INSIDE the VM (the LVM boot).
 
     tests/vm/run-in-vm.sh --disks 1 -- .venv/bin/python -m pytest -q tests/vm/guest_cyrus_lvm.py
 
@@ -111,4 +111,5 @@ def test_cyrus_on_lvm(mail_lv):
         out = sh(borg, "--version")
     assert out.startswith("borg "), out
     print(out.strip())
+    T["borg"] = out.strip()
     T["test_total"] = round(time.monotonic() - t0, 2)

@@ -3,8 +3,9 @@ the share, LVM snapshots, OpenZFS snapshots, and Cyrus on an XFS logical volume.
 
     .venv/bin/python -m pytest -v tests/vm/test_vm_harness.py
 
-Every test boots a VM (~4-6 s of overhead each under TCG); the first ZFS run
-builds the OpenZFS modules (~3-4 min, cached afterwards). Skipped only when the
+The tests read the shared LVM and ZFS boots (tests/vm/vmboot.py); only the
+timeout test boots its own VM. The first ZFS boot on a machine builds the
+OpenZFS modules (~3-5 min, cached afterwards). Skipped only when the
 VM cannot run at all here (not root, not x86-64 Linux, qemu not installable).
 """
 
@@ -40,36 +41,26 @@ def bash(script, **kw):
     return run(["bash", "-euo", "pipefail", "-c", script], **kw)
 
 
-def test_exit_code_output_host_files_and_share(tmp_path):
-    token = "tok 'quoted' $x \"and\" spaces"
-    (tmp_path / "hostfile").write_text("written on the host\n")
-    share = tmp_path / "share"
-    r = bash(
-        r'''
-        cat hostfile                                   # cwd is the caller's
-        printf 'token=%s\n' "$TOKEN"                   # environment is the caller's
-        echo "guest=$VMH_GUEST uid=$(id -u) kernel=$(uname -r)"
-        echo "path=$PATH"
-        python -c 'import sys, borg_cyrus; print("python", sys.prefix, borg_cyrus.__name__)'
-        echo from-guest > "$VMH_SHARE/result.txt"      # the share is writable and persists
-        echo scratch > hostfile.guest-copy             # elsewhere: a tmpfs overlay, discarded
-        echo to-stderr >&2
-        exit 42
-    ''',
-        cwd=tmp_path,
-        share=share,
-        disks=0,
-        env=dict(os.environ, TOKEN=token),
-    )
-    assert r.returncode == 42
-    assert "written on the host" in r.stdout
-    assert f"token={token}\n" in r.stdout
-    assert "guest=1 uid=0 kernel=" in r.stdout
-    assert f"python {sys.prefix} borg_cyrus" in r.stdout  # the venv works in the guest
-    assert "pyenv/shims" not in r.stdout  # shims replaced in PATH
-    assert "to-stderr" in r.stderr and "to-stderr" not in r.stdout
-    assert (share / "result.txt").read_text() == "from-guest\n"
-    assert not (tmp_path / "hostfile.guest-copy").exists()  # host is untouched
+def test_exit_code_output_host_files_and_share(lvm_boot):
+    """Proven by the shared LVM boot (tests/vm/conftest.py): the command's
+    exit status, stdout and stderr apart, the caller's cwd, environment and
+    files, root, the venv, the share writable, the host untouched."""
+    import json
+
+    from vmboot import PASSED_EXIT, TOKEN
+
+    assert lvm_boot.rc == PASSED_EXIT and lvm_boot.pytest_rc == 0, lvm_boot.stdout[-4000:] + lvm_boot.stderr[-2000:]
+    assert "to-stderr" in lvm_boot.stderr and "to-stderr" not in lvm_boot.stdout
+    lvm_boot.check("tests/vm/guest_lvm.py::test_guest_sees_the_host_and_the_share")
+    seen = json.load(open(os.path.join(lvm_boot.share, "guest-seen.json")))
+    assert seen["host_file"] == "written on the host\n"
+    assert seen["token"] == TOKEN
+    assert seen["guest"] == "1" and seen["uid"] == 0 and seen["kernel"]
+    assert seen["cwd"] == ROOT  # the caller's cwd
+    assert seen["prefix"] == sys.prefix and seen["package"] == "borg_cyrus"  # the venv works in the guest
+    assert "pyenv/shims" not in seen["path"]  # shims replaced in PATH
+    host_file = os.path.join(os.path.dirname(lvm_boot.share), "hostfile")
+    assert not os.path.exists(host_file + ".guest-copy")  # the host is untouched
 
 
 def test_timeout_and_harness_failure(tmp_path):
@@ -80,98 +71,22 @@ def test_timeout_and_harness_failure(tmp_path):
     assert r.returncode == HARNESS_FAILURE
 
 
-LVM_SCRIPT = r'''
-d=${VMH_DISKS%% *}
-pvcreate -qy "$d"; vgcreate -q vgt "$d"
-lvcreate -qy -L 512M -n data vgt
-mkfs.xfs -q -f /dev/vgt/data
-mkdir -p /mnt/data /mnt/snap; mount /dev/vgt/data /mnt/data
-echo v1 > /mnt/data/file; head -c 8M /dev/urandom > /mnt/data/big; sum1=$(md5sum < /mnt/data/big)
-sync
-s=$(date +%s.%N); lvcreate -qy -s -L 256M -n snap vgt/data; e=$(date +%s.%N)
-echo "lvcreate -s took $(echo "$s $e" | awk '{printf "%.2f", $2 - $1}')s"
-echo v2 > /mnt/data/file; rm /mnt/data/big; echo new > /mnt/data/after; sync
-mount -o ro,nouuid /dev/vgt/snap /mnt/snap
-echo "origin=$(cat /mnt/data/file) snapshot=$(cat /mnt/snap/file)"
-[ "$(md5sum < /mnt/snap/big)" = "$sum1" ] && echo "snapshot big intact"
-[ -e /mnt/snap/after ] || echo "snapshot has no later file"
-touch /mnt/snap/x 2>/dev/null || echo "snapshot is read-only"
-lvs --noheadings -o lv_name,origin vgt | tr -s ' '
-umount /mnt/snap; lvremove -qy vgt/snap
-echo "lvs after lvremove: $(lvs --noheadings -o lv_name vgt | tr -d ' ')"
-umount /mnt/data; vgremove -qy vgt; pvremove -qy "$d"
-echo LVM-OK
-'''
+def test_lvm_snapshot_in_vm(lvm_boot):
+    """A plain LVM snapshot of a mounted XFS LV (tests/vm/guest_lvm.py)."""
+    lvm_boot.check("tests/vm/guest_lvm.py::test_lvm_snapshot")
 
 
-def test_lvm_snapshot_in_vm():
-    r = bash(LVM_SCRIPT, disks=1, disk_size="1G", timeout=600)
-    assert r.returncode == 0
-    out = r.stdout
-    assert "origin=v2 snapshot=v1" in out
-    assert "snapshot big intact" in out
-    assert "snapshot has no later file" in out
-    assert "snapshot is read-only" in out
-    assert " snap data" in out  # lvs: snap's origin is data
-    assert "lvs after lvremove: data\n" in out
-    assert out.rstrip().endswith("LVM-OK")
+def test_zfs_snapshot_in_vm(zfs_boot):
+    """A plain ZFS snapshot (tests/vm/guest_zfs.py); the first run on a machine
+    builds the OpenZFS modules (zfs-modules.sh, ~3-5 min)."""
+    zfs_boot.check("tests/vm/guest_zfs.py::test_zfs_snapshot")
 
 
-ZFS_SCRIPT = r'''
-d=${VMH_DISKS%% *}
-echo "module $(cat /sys/module/zfs/version); $(zfs version | head -1)"
-# no udev in the guest: a whole-disk vdev makes zpool wait for the partition
-# links udev would create, so partition the disk and hand zpool the partition
-printf 'n\np\n1\n\n\nw\n' | busybox fdisk "$d" >/dev/null
-for i in $(seq 50); do [ -b "${d}1" ] && break; sleep 0.1; done
-zpool create -f -o ashift=12 -O mountpoint=none tank "${d}1"
-zfs create -o mountpoint=/tank/data tank/data
-echo v1 > /tank/data/file; head -c 8M /dev/urandom > /tank/data/big; sum1=$(md5sum < /tank/data/big)
-s=$(date +%s.%N); zfs snapshot tank/data@s1; e=$(date +%s.%N)
-echo "zfs snapshot took $(echo "$s $e" | awk '{printf "%.2f", $2 - $1}')s"
-echo v2 > /tank/data/file; rm /tank/data/big
-mkdir -p /mnt/zsnap; mount -t zfs tank/data@s1 /mnt/zsnap
-echo "origin=$(cat /tank/data/file) snapshot=$(cat /mnt/zsnap/file)"
-[ "$(md5sum < /mnt/zsnap/big)" = "$sum1" ] && echo "snapshot big intact"
-touch /mnt/zsnap/x 2>/dev/null || echo "snapshot is read-only"
-zfs list -H -t snapshot -o name
-umount /mnt/zsnap; zfs destroy tank/data@s1
-echo "snapshots left: $(zfs list -H -t snapshot -o name | wc -l)"
-zpool destroy tank
-echo ZFS-OK
-'''
-
-
-def test_zfs_snapshot_in_vm():
-    # the first run builds the OpenZFS modules (zfs-modules.sh, ~3-4 min)
-    r = bash(ZFS_SCRIPT, zfs=True, disks=1, disk_size="1G", timeout=600)
-    assert r.returncode == 0
-    out = r.stdout
-    assert "origin=v2 snapshot=v1" in out
-    assert "snapshot big intact" in out
-    assert "snapshot is read-only" in out
-    assert "tank/data@s1\n" in out
-    assert "snapshots left: 0" in out
-    assert out.rstrip().endswith("ZFS-OK")
-
-
-def test_cyrus_on_lvm_in_vm(tmp_path):
+def test_cyrus_on_lvm_in_vm(lvm_boot):
     """Cyrus with configdirectory + spool on an XFS LV, mail delivered, an LVM
     snapshot taken while master runs, borg --version from the venv -- all
-    inside the VM, run as a pytest file there (the pattern the project uses)."""
-    share = tmp_path / "share"
-    t = time.monotonic()
-    r = run(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-s", "-p", "no:cacheprovider", "tests/vm/guest_cyrus_lvm.py"],
-        cwd=ROOT,
-        disks=1,
-        disk_size="2G",
-        share=share,
-        timeout=900,
-    )
-    wall = time.monotonic() - t
-    assert r.returncode == 0
-    assert "1 passed" in r.stdout
-    assert "borg 1." in r.stdout
-    timings = json.loads((share / "cyrus_lvm_timings.json").read_text())
-    print(f"wall {wall:.1f}s; guest steps: {timings}")
+    inside the VM (tests/vm/guest_cyrus_lvm.py)."""
+    lvm_boot.check("tests/vm/guest_cyrus_lvm.py::test_cyrus_on_lvm")
+    timings = json.loads(open(os.path.join(lvm_boot.share, "cyrus_lvm_timings.json")).read())
+    assert timings["borg"].startswith("borg 1."), timings
+    print(f"guest steps: {timings}")

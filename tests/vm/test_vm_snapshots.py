@@ -1,7 +1,8 @@
 """LVM and ZFS snapshot modes, for real, inside the QEMU VM harness: the
 snapshot tests of test_snapshots.py (backup through borgmatic + restore
 IMAP-identically, point-in-time dumps, a message moved during the backup,
-LVM overflow) run in a VM with device-mapper / OpenZFS."""
+LVM overflow) run in the shared LVM and ZFS boots (tests/vm/vmboot.py); each
+test here checks that one of them ran there and passed."""
 
 import os
 import sys
@@ -9,42 +10,27 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vmharness import run_in_vm, vm_unavailable_reason  # noqa: E402
+from vmboot import LVM_GUEST_TESTS, SNAP, ZFS_GUEST_TESTS  # noqa: E402
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 
-def _run(selector, zfs=False):
-    reason = vm_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    r = run_in_vm(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-x",
-            "-q",
-            "-rs",
-            "-p",
-            "no:cacheprovider",
-            "tests/integration/test_snapshots.py",
-            "-k",
-            selector,
-        ],
-        disks=1,
-        disk_size="2G",
-        zfs=zfs,
-        timeout=3000,
-    )
-    print(r.stdout[-6000:])
-    assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-4000:]
-    assert " passed" in r.stdout and "skipped" not in r.stdout.split("passed")[0][-30:]
+def _ids(tests):
+    return [t for t in tests if t.startswith(SNAP)]
 
 
-def test_lvm_snapshots_in_vm():
-    _run("lvm")
+@pytest.mark.parametrize("nodeid", _ids(LVM_GUEST_TESTS), ids=lambda t: t.split("::")[1])
+def test_lvm_snapshots_in_vm(lvm_boot, nodeid):
+    lvm_boot.check(nodeid)
 
 
-def test_zfs_snapshots_in_vm():
-    _run("zfs", zfs=True)
+@pytest.mark.parametrize("nodeid", _ids(ZFS_GUEST_TESTS), ids=lambda t: t.split("::")[1])
+def test_zfs_snapshots_in_vm(zfs_boot, nodeid):
+    zfs_boot.check(nodeid)
+
+
+def test_every_guest_test_ran(lvm_boot, zfs_boot):
+    """Each boot ran exactly the tests it was given, none skipped, and its pytest passed."""
+    for b, tests in ((lvm_boot, LVM_GUEST_TESTS), (zfs_boot, ZFS_GUEST_TESTS)):
+        assert sorted(b.outcomes) == sorted(tests), (sorted(b.outcomes), b.stdout[-3000:])
+        assert b.pytest_rc == 0, b.stdout[-6000:]
