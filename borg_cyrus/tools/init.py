@@ -13,12 +13,14 @@ import re
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 
 import yaml
 
 from borg_cyrus import config as config_mod
+from borg_cyrus import state as state_mod
 from borg_cyrus.errors import BorgCyrusError, ConfigError
 from borg_cyrus.execute import Runner
 from borg_cyrus.tools import inspect_host
@@ -249,6 +251,36 @@ def write_private(path, text, force):
         f.write(text)
 
 
+def check_passphrase_file(path):
+    """An existing passphrase file is used only if nobody but root could have
+    written or read it: a regular file (not a symlink) of root's (or of this
+    user's), no group or other permissions, in a directory nobody else can
+    change. init's own are like that."""
+    d = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(d):
+        try:
+            os.close(state_mod.open_private_dir(d))
+        except BorgCyrusError as e:
+            raise ConfigError(f"passphrase file {path}: {e}") from None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    why = None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        why = "is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a regular file"
+    elif st.st_uid not in (0, me):
+        why = f"belongs to uid {st.st_uid}, not root"
+    elif st.st_mode & 0o077:
+        why = f"has mode {stat.S_IMODE(st.st_mode):04o} (group or others may read or change it)"
+    if why:
+        raise ConfigError(
+            f"passphrase file {path} {why}: not using it (someone else may know the key's passphrase); remove "
+            f"it so init writes a new one, or make it root's and private (chown root: {path}; chmod 600 {path})"
+        )
+
+
 def _check_input(args, bc_path, bm_path):
     conf = args.imapd_conf
     if not os.path.exists(conf):
@@ -296,6 +328,8 @@ def run(args):
         known = inspect_host.repositories(inspect_host.existing_borgmatic())
         repo = _ask("repository", known[0][1] if known else None, args.repository)
         encryption = _ask("encryption", "repokey-blake2", args.encryption, ENCRYPTIONS)
+        if encryption != "none":
+            check_passphrase_file(args.passphrase_file)  # before anything is written
         passcommand = None if encryption == "none" else f"cat {shlex.quote(args.passphrase_file)}"
         with open(sample_path("sample-borgmatic.yaml")) as f:
             bm_text = render_borgmatic(f.read(), repo, patterns_file, bc_path, passcommand)

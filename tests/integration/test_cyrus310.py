@@ -158,7 +158,8 @@ def test_310_archive_refused_by_36(base_dir, trixie, sandbox):
 
 def test_suite_on_310(trixie):
     """The backup and restore tests, run inside the root against Cyrus 3.10."""
-    r = trixie.pytest("-q", "-p", "no:randomly", *SUITE_ON_310, timeout=1800)
+    # spread over xdist workers as on the host (they wait on Cyrus and borg more than on the CPU)
+    r = trixie.pytest("-q", "-n", "3", "--dist", "loadfile", *SUITE_ON_310, timeout=1800)
     print(r.stdout[-3000:])
     assert r.returncode == 0, r.stdout[-6000:]
     assert " passed" in r.stdout and " failed" not in r.stdout

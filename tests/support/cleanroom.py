@@ -17,6 +17,8 @@ Not a sandbox: the chroot shares the host's kernel, network and /dev.
 import configparser
 import fcntl
 import glob
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -48,11 +50,17 @@ ONE_LINE = "/etc/apt/sources.list"
 PROJECT = "/root/borg-cyrus"
 
 
+BASE_RECIPE = 1  # bump when build_base changes what it puts in the root
+
+
+def base_key(suite=SUITE):
+    """Hash of what a base root contains: the suite, the packages, the recipe."""
+    facts = {"suite": suite, "packages": BASE_PACKAGES, "recipe": BASE_RECIPE}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def base_tar(suite=SUITE):
-    return os.path.join(CACHE, f"{suite}-minbase.tar")
-
-
-BASE_TAR = base_tar()
+    return os.path.join(CACHE, f"{suite}-minbase-{base_key(suite)}.tar")
 
 
 # ------------------------------------------------------------ host facts
@@ -263,6 +271,9 @@ def build_base(suite=SUITE):
             pack(stage, tarball)
         finally:
             teardown(stage)
+        for old in glob.glob(os.path.join(CACHE, f"{suite}-minbase*.tar")):
+            if old != tarball:  # made by another recipe
+                os.unlink(old)
         log(f"built {tarball} in {time.monotonic() - t0:.0f} s")
         return tarball
 
