@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import stat
 import time
 
@@ -57,29 +58,101 @@ def secure_dir(path, mode=0o700):
     return path
 
 
+def _trusted(st):
+    """Only root or this user can change entries of this directory."""
+    return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+
+
+def open_private_dir(path):
+    """A descriptor of the directory path, which only root or this user can
+    change (owned by one of them, writable by nobody else). Walked one name at
+    a time without following a symlink that anyone else could have planted
+    (one in a directory another user can write to, e.g. /tmp or Debian's
+    prometheus-owned /var/lib/prometheus). Raises BorgCyrusError (one line),
+    or OSError when a directory is missing."""
+    path = os.path.abspath(path)
+    todo = [c for c in path.split("/") if c]
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    at, links = "/", 0
+    try:
+        while todo:
+            name = todo.pop(0)
+            try:
+                nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                where = os.path.join(at, name)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise BorgCyrusError(f"{where} is not a directory (on the way to {path})") from None
+                dst = os.fstat(fd)
+                if not _trusted(dst):
+                    raise BorgCyrusError(
+                        f"{where} is a symlink in {at}, which uid {dst.st_uid} or others can write to: not "
+                        f"following it to write {path}; use a path without it"
+                    ) from None
+                links += 1
+                if links > 40:
+                    raise BorgCyrusError(f"{path}: too many symlinks on the way") from None
+                target = os.readlink(name, dir_fd=fd)
+                todo = [c for c in target.split("/") if c] + todo
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    at = "/"
+                continue
+            os.close(fd)
+            fd, at = nfd, os.path.normpath(os.path.join(at, name))
+        st = os.fstat(fd)
+        if st.st_uid not in (0, os.geteuid()):
+            raise BorgCyrusError(
+                f"{path} belongs to uid {st.st_uid}: borg-cyrus writes its files only into a directory of "
+                f"root's (chown root {path}, or choose another directory)"
+            )
+        if st.st_mode & 0o022:
+            raise BorgCyrusError(
+                f"{path} is a directory others can write to (mode {stat.S_IMODE(st.st_mode):o}): borg-cyrus "
+                f"writes its files only where nobody else can (chmod go-w {path}, or choose another directory)"
+            )
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_atomic(path, data, mode=0o600):
     """Write bytes/str to path via a temp file + fsync + rename: readers see
-    the old file or the new one, never a part. The temp file is hidden
-    (`.NAME.tmp-PID`: a collector reading *.prom never sees it), path gets
-    mode whatever the umask."""
+    the old file or the new one, never a part. path's directory must be
+    root's (or this user's) and writable by nobody else (open_private_dir);
+    the temp file is new (O_EXCL|O_NOFOLLOW, an unpredictable hidden name
+    `.NAME.RANDOM.tmp`: a collector reading *.prom never sees it, nothing
+    planted is ever opened), path gets mode whatever the umask."""
     if isinstance(data, str):
         data = data.encode()
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    d, base = os.path.split(os.path.abspath(path))
+    dfd = open_private_dir(d)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
+        for _ in range(100):
+            tmp = f".{base}.{secrets.token_hex(8)}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise BorgCyrusError(f"{d}: no free temp name for {base}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
         os.fsync(dfd)
     finally:
         os.close(dfd)

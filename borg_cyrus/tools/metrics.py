@@ -3,7 +3,8 @@ collector, `metrics.textfile`, off by default) and the `--json` summaries.
 
 The values of every command live in <work_directory>/metrics.json, so one
 command's run keeps the others' values; the textfile is rendered from it and
-replaced atomically (temp file in the same directory, fsync, rename, 0644).
+replaced atomically (a new temp file in the same directory, fsync, rename,
+0644; the directory must be root's and writable by nobody else).
 A backup spans two processes: `before` leaves its values there for the
 `after` of the same borgmatic run (matched by the owning process), and a
 failed `before` is recorded at once (and again by `after`, still failed).
@@ -88,7 +89,9 @@ def render(commands):
 
 
 def write_textfile(path, text):
-    """Atomically, mode 0644 (state.write_atomic: the collector never reads the temp file)."""
+    """Atomically, mode 0644 (state.write_atomic: the collector never reads the
+    temp file, nothing planted in the directory is used, and a directory that
+    another user can change is refused)."""
     state_mod.write_atomic(path, text, 0o644)
 
 
