@@ -18,6 +18,7 @@ Exit status: 0 when every lane passed, else 1.
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -52,8 +53,8 @@ class Lane:
         self.rc = None
         self.wall = None
 
-    def argv(self, extra):
-        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *self.args]
+    def argv(self, extra, seed):
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--randomly-seed={seed}", *self.args]
         if self.xdist:
             argv += ["-n", str(self.xdist), "--dist", "loadfile"]
         return argv + list(extra)
@@ -87,13 +88,27 @@ def lanes(quick=False):
     ]
 
 
-def run_lane(lane, extra, logdir, say):
+def prepare(chosen, logdir, say):
+    """Start what a later lane needs and can be built while earlier lanes run,
+    at low priority: the VM harness's kernel and the OpenZFS modules (minutes
+    of compiling on a fresh machine; cached afterwards). The lane that needs
+    it waits on the harness's lock if it is not done yet."""
+    started = []
+    if any(ln.name == "vm" for ln in chosen) and min(ln.stage for ln in chosen) < max(ln.stage for ln in chosen):
+        log = open(os.path.join(logdir, "prepare-vm.log"), "w")
+        argv = ["nice", "-n", "10", os.path.join(HERE, "vm", "run-in-vm.sh"), "--prepare", "--zfs", "--quiet"]
+        started.append(subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        say("prepare: the VM kernel and OpenZFS modules, in the background (log prepare-vm.log)")
+    return started
+
+
+def run_lane(lane, extra, seed, logdir, say):
     log_path = os.path.join(logdir, f"{lane.name}.log")
     env = dict(os.environ, BORG_CYRUS_LANE=lane.name, BORG_CYRUS_TIMINGS=os.path.join(logdir, "files.jsonl"))
     t0 = time.monotonic()
     with open(log_path, "w") as log:
         p = subprocess.Popen(
-            lane.argv(extra), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            lane.argv(extra, seed), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for line in p.stdout:
             log.write(line)
@@ -159,7 +174,10 @@ def main(argv=None):
         print(f"./dev test: no lane {', '.join(sorted(unknown))}; --list names them", file=sys.stderr)
         return 2
     selection = "quick" if args.quick else "all" if not args.lane else "+".join(sorted(args.lane))
+    # one random order for every lane, printed so that a failure can be run again in the same order
+    seed = int(os.environ.get("BORG_CYRUS_TEST_SEED") or random.randrange(1, 2**31))
     announce(selection, chosen, extra)
+    print(f"random order: --randomly-seed={seed} (BORG_CYRUS_TEST_SEED={seed} ./dev test ... repeats it)", flush=True)
     shutil.rmtree(LOGS, ignore_errors=True)
     os.makedirs(LOGS, 0o700)
     lock = threading.Lock()
@@ -168,13 +186,20 @@ def main(argv=None):
         with lock:
             print(text, flush=True)
 
+    background = prepare(chosen, LOGS, say)
+
     t0 = time.monotonic()
     for stage in sorted({ln.stage for ln in chosen}):
-        threads = [threading.Thread(target=run_lane, args=(ln, extra, LOGS, say)) for ln in chosen if ln.stage == stage]
+        threads = [
+            threading.Thread(target=run_lane, args=(ln, extra, seed, LOGS, say)) for ln in chosen if ln.stage == stage
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+    for p in background:
+        if p.poll() is None:
+            p.terminate()
     total = time.monotonic() - t0
     print(summary(chosen, LOGS, total), flush=True)
     ok = all(ln.rc in (0, 5) for ln in chosen)
