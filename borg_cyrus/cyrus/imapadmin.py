@@ -14,8 +14,21 @@ is found by its MAILBOXID (RFC 8474, Cyrus 3.1+), never by a name built here,
 so namespace settings (altnamespace, unixhierarchysep) do not matter.
 Flag names come from the archive's cyrus.header: only valid IMAP atoms are
 sent.
+
+What Cyrus stores of an APPEND (imap/message.c message_copy_strict; seen on
+3.6.1): a plain literal with a NUL or a bare LF anywhere is refused ("Message
+contains NUL characters" / "bare newlines"); a literal8 (RFC 3516 BINARY,
+which Cyrus offers) is stored byte for byte, NULs and bare LFs in the body
+too, but a bare LF or a NUL in the header is still refused; 8-bit header
+bytes become 'X' (munge8bit, on by default); a bare CR is kept. So the
+message is sent as a literal8 with only its header's bare LFs made CRLF
+(`append_form`), never through imaplib's append, which makes every bare CR
+and LF a CRLF. The GUID Cyrus gives it is then the SHA-1 of that form (or of
+its munged header): `content_keys` names every form an archived message can
+have on the live server, so a rerun finds the ones already back.
 """
 
+import hashlib
 import imaplib
 import ipaddress
 import os
@@ -41,6 +54,47 @@ def flags_of(record, user_flag_names, drop_deleted=False):
         if (record.user_flags >> i) & 1:
             (flags if _ATOM.match(name) else bad).append(name)
     return flags, bad
+
+
+def header_end(data):
+    """Where the header of a message ends, as Cyrus reads it: after the first line holding nothing but
+    CRs (len(data) if none)."""
+    i = 0
+    while True:
+        j = data.find(b"\n", i)
+        if j < 0:
+            return len(data)
+        if not data[i:j].strip(b"\r"):
+            return j + 1
+        i = j + 1
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_ANY_EOL = re.compile(rb"\r\n|\r(?!\n)|\n")  # imaplib's MapCRLF
+_8BIT = bytes.maketrans(bytes(range(128, 256)), b"X" * 128)
+
+
+def append_form(data, binary=True):
+    """The bytes to APPEND so that Cyrus takes the message and stores what is sent: the header's bare
+    LFs made CRLF; without a literal8 (binary=False) the body's too."""
+    if not binary:
+        return _BARE_LF.sub(b"\r\n", data)
+    end = header_end(data)
+    return _BARE_LF.sub(b"\r\n", data[:end]) + data[end:]
+
+
+def munge8(data):
+    """What munge8bit does to a message: 8-bit bytes of its header become 'X'."""
+    end = header_end(data)
+    return data[:end].translate(_8BIT) + data[end:]
+
+
+def content_keys(data):
+    """SHA-1 digests (GUIDs) the message data can have on the server: as it is, as appended here
+    (with and without a literal8), as imaplib's append sent it (every line end CRLF), each with its
+    header's 8-bit bytes munged or not."""
+    forms = {data, append_form(data), append_form(data, binary=False), _ANY_EOL.sub(b"\r\n", data)}
+    return {hashlib.sha1(x).digest() for f in forms for x in (f, munge8(f))}
 
 
 def is_loopback(host):
@@ -142,9 +196,23 @@ class Admin:
                 return item.rsplit(b" ", 1)[1].decode("ascii", "replace")
         return ""
 
+    @property
+    def binary(self):
+        """The server takes literal8 (RFC 3516)."""
+        return "BINARY" in self.conn.capabilities
+
     def append(self, name, flags, internaldate, data):
-        """APPEND; the new UID (UIDPLUS) or None."""
-        typ, resp = self.conn.append(name, "(" + " ".join(flags) + ")", internaldate, data)
+        """APPEND data as it is (see append_form), a literal8 where the server offers BINARY; the new UID
+        (UIDPLUS) or None."""
+        if not self.binary and b"\0" in data:
+            raise BorgCyrusError(f"{self.where}: the message holds NUL bytes and the server offers no BINARY")
+        date = imaplib.Time2Internaldate(internaldate) if internaldate else None
+        marker = ("~" if self.binary else "") + f"{{{len(data)}}}"
+        self.conn.literal = _Literal(data).send  # a method: imaplib sends it as is, on the continuation
+        try:
+            typ, resp = self.conn._simple_command("APPEND", name, "(" + " ".join(flags) + ")", date, marker)
+        except (imaplib.IMAP4.error, OSError) as e:
+            raise BorgCyrusError(f"{self.where}: APPEND to {name} failed: {_text(e)}") from None
         if typ != "OK":
             raise BorgCyrusError(f"{self.where}: APPEND to {name} refused: {_text(resp)}")
         m = re.search(rb"\[APPENDUID \d+ (\d+)\]", resp[0] or b"")
@@ -164,6 +232,15 @@ class Admin:
             self.conn.logout()
         except (imaplib.IMAP4.error, OSError):
             pass
+
+
+class _Literal:
+    def __init__(self, data):
+        self.data = data
+
+    def send(self, _continuation):
+        data, self.data = self.data, None  # once: a second continuation gets nothing more
+        return data if data is not None else b""
 
 
 def _text(v):

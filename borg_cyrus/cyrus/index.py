@@ -21,12 +21,21 @@ Index minor versions by Cyrus release: 13 (3.0), 16 (3.2), 17 (3.4-3.8),
 So the archived index is itself the checksum list of the archived messages: a
 restore drill can prove every message file present, of the right size and
 (--deep) byte-identical without anything recorded at backup time.
+
+Records are untrusted like the rest of an archive (and like the live spool,
+which the cyrus user writes): `vet` names the ones no Cyrus writes (UID 0, a
+UID in two records), `file_problem` a record that does not describe its file
+(another size; another SHA-1 than its GUID). Cyrus itself takes the file as
+the truth (reconstruct rewrites a record from its file), so a restore never
+trims a file to its record: it leaves such a message out, with one line.
 Other versions: the UIDs are still read (offset 0, CRC checked), dates, sizes
 and GUIDs are not, and the header is not interpreted.
 """
 
+import hashlib
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 
 FLAG_EXPUNGED = 1 << 31
@@ -124,6 +133,62 @@ def parse(data, path="cyrus.index"):
         struct.unpack_from(">I", data, hl["exists"])[0],
         tuple(recs),
     )
+
+
+def vet(records):
+    """(the records a Cyrus could have written, [(uid, problem)] of the others): UID 0 (Cyrus numbers
+    messages from 1) and a UID in more than one record (every record of it: which one describes the
+    file cannot be told). O(records)."""
+    records = list(records)
+    count = Counter(r.uid for r in records)
+    good, bad, told = [], [], set()
+    for r in records:
+        if r.uid == 0:
+            bad.append((0, "Cyrus numbers messages from 1"))
+        elif count[r.uid] > 1:
+            if r.uid not in told:
+                told.add(r.uid)
+                bad.append((r.uid, f"it is in {count[r.uid]} index records"))
+        else:
+            good.append(r)
+    return good, bad
+
+
+def unlinked(r):
+    """A record whose message file Cyrus has deleted (not a message any more)."""
+    return bool(r.system_flags and r.system_flags & FLAG_UNLINKED)
+
+
+def file_problem(rec, size, data=None):
+    """Why the message file of size bytes (and content data, if read) is not the one rec describes,
+    or None. A GUID of all zeros (none recorded) is not compared."""
+    if rec.size is not None and size != rec.size:
+        return f"its file is {size} bytes, its index record says {rec.size}"
+    if data is not None and rec.guid and any(rec.guid) and hashlib.sha1(data).digest() != rec.guid:
+        return "its file's SHA-1 is not the GUID of its index record"
+    return None
+
+
+def rewrite_flags(path, change):
+    """Rewrite the system flags of a (staged) cyrus.index in place, record CRCs kept right:
+    change(uid, flags) -> new flags. Returns the number of records changed."""
+    n = 0
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        minor, start, rsize, nrec = struct.unpack_from(">IIII", data, 8)
+        off_flags = LAYOUTS[minor]["system_flags"]
+        for i in range(nrec):
+            off = start + i * rsize
+            uid = struct.unpack_from(">I", data, off)[0]
+            flags = struct.unpack_from(">I", data, off + off_flags)[0]
+            new = change(uid, flags)
+            if new != flags:
+                n += 1
+                struct.pack_into(">I", data, off + off_flags, new)
+                struct.pack_into(">I", data, off + rsize - 4, zlib.crc32(bytes(data[off : off + rsize - 4])))
+        f.seek(0)
+        f.write(data)
+    return n
 
 
 def _user_flags(rec, off):

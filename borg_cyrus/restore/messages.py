@@ -11,8 +11,10 @@ extracted, and `--from/--subject/--header` read their headers. The new
 folder is made from the archived index plus exactly the chosen files (a new
 uniqueid, as `restore mailbox --into` does); the records of the others are
 marked expunged in the staged index first, and `reconstruct` keeps flags,
-INTERNALDATE and UIDs of the chosen ones. A message whose GUID the live folder (or the target) already
-holds is never restored twice. `--expunged` takes the archived messages the
+INTERNALDATE and UIDs of the chosen ones. A message the live folder already holds is never restored
+twice: by GUID, and after extraction by content in every form an APPEND can have given it (line ends
+made CRLF, 8-bit header bytes munged: cyrus/imapadmin.py). Index records no Cyrus writes (UID 0, a UID
+twice) and records that do not describe their file (size, SHA-1) are left out, one line each. `--expunged` takes the archived messages the
 live folder no longer has, plus, under `expunge_mode: delayed`, the records
 the archived index marks expunged whose files were still there: their
 expunged flag is cleared in the staged copy of the index (record CRCs
@@ -26,9 +28,7 @@ import datetime
 import email.parser
 import email.policy
 import os
-import struct
 import time
-import zlib
 
 from borg_cyrus.cyrus import header, imapadmin, index, storage
 from borg_cyrus import faults
@@ -73,8 +73,14 @@ def _text(value):
     return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def parse_head(data):
+    """The header of a message's first bytes (parsed once for header_match and subject_of)."""
+    return email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+
+
 def header_match(data, froms, subjects, headers):
-    msg = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+    """data: a message's first bytes, or parse_head of them."""
+    msg = parse_head(data) if isinstance(data, bytes) else data
 
     def has(name, needle):
         return any(needle.lower() in _text(v).lower() for v in msg.get_all(name) or [])
@@ -91,7 +97,7 @@ def header_match(data, froms, subjects, headers):
 
 
 def subject_of(data):
-    msg = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+    msg = parse_head(data) if isinstance(data, bytes) else data
     text = " ".join(_text(msg.get("Subject", "")).split())[:70]
     return "".join(c if c.isprintable() else "?" for c in text)  # the archive's text, not the terminal's
 
@@ -102,21 +108,12 @@ def restage_index(path, keep, revived):
     every record not in `keep` is marked expunged and unlinked, its file not brought back. So `reconstruct`
     has no missing file to account for: with `conversations: yes` it would read each one's message."""
     gone = index.FLAG_EXPUNGED | index.FLAG_UNLINKED
-    with open(path, "r+b") as f:
-        data = bytearray(f.read())
-        minor, start, rsize, nrec = struct.unpack_from(">IIII", data, 8)
-        off_flags = index.LAYOUTS[minor]["system_flags"]
-        for i in range(nrec):
-            off = start + i * rsize
-            uid = struct.unpack_from(">I", data, off)[0]
-            flags = struct.unpack_from(">I", data, off + off_flags)[0]
-            new = flags & ~(index.FLAG_EXPUNGED | index.FLAG_DELETED) if uid in revived else flags
-            new = new if uid in keep else new | gone
-            if new != flags:
-                struct.pack_into(">I", data, off + off_flags, new)
-                struct.pack_into(">I", data, off + rsize - 4, zlib.crc32(bytes(data[off : off + rsize - 4])))
-        f.seek(0)
-        f.write(data)
+
+    def change(uid, flags):
+        new = flags & ~(index.FLAG_EXPUNGED | index.FLAG_DELETED) if uid in revived else flags
+        return new if uid in keep else new | gone
+
+    index.rewrite_flags(path, change)
 
 
 class MessagesRestore(PartialRestore):
@@ -163,9 +160,10 @@ class MessagesRestore(PartialRestore):
         present = {r.guid for r in live_ix.live()} if live_ix else set()
         want_guids = {g.lower() for g in guids}
         chosen, revived, dup = [], set(), 0
-        for r in ix.records:
-            if r.system_flags & index.FLAG_UNLINKED:
-                continue
+        records, bad = index.vet(r for r in ix.records if not index.unlinked(r))
+        for uid, why in bad:
+            self.skip_record(src.intname, uid, why)
+        for r in records:
             if r.expunged and not expunged:
                 continue
             if pick_uid and not pick_uid(r.uid):
@@ -200,9 +198,11 @@ class MessagesRestore(PartialRestore):
                 else:
                     os.unlink(self.s.staged(file_of(r)))
             chosen = kept
+        chosen, same = self.check_files(src, chosen, lambda r: self.s.staged(file_of(r)), present)
+        dup += same
         self.say(
             "restore messages of %s from archive %s into %s: %d chosen (%d expunged in the archive), %d already "
-            "in the live folder (same GUID), %d not in the archive",
+            "in the live folder (same content), %d not in the archive",
             display(src.intname),
             self.s.archive,
             display(target),
@@ -240,6 +240,31 @@ class MessagesRestore(PartialRestore):
         self.finish_log(t0, f"restore messages of {display(src.intname)}")
         return self.steps
 
+    def check_files(self, src, chosen, path_of, present):
+        """(the chosen records whose staged file is the message they describe and not in the live folder
+        yet, how many are there already). The size is compared before anything is read (a record of 55
+        bytes beside a file of 1 GiB reads nothing of it), then the content's SHA-1 with the GUID; a
+        message is already there when the live folder holds it in any form it can have after an APPEND
+        (imapadmin.content_keys: line ends made CRLF, the header's 8-bit bytes munged)."""
+        kept, same = [], 0
+        for r in chosen:
+            p = path_of(r)
+            why = index.file_problem(r, os.lstat(p).st_size)
+            data = None
+            if why is None:
+                with open(p, "rb") as f:
+                    data = f.read()
+                why = index.file_problem(r, len(data), data)
+            if why is not None:
+                self.skip_record(src.intname, r.uid, why)
+                os.unlink(p)
+            elif imapadmin.content_keys(data) & present:
+                same += 1
+                os.unlink(p)
+            else:
+                kept.append(r)
+        return kept, same
+
     def append_in_place(self, imap, live, chosen, path_of, flag_names, revived):
         """APPEND each chosen message to the live folder (as its owner), archived flags and INTERNALDATE kept."""
         conn = imapadmin.Admin(imap, authz=live.userid, timeout=self.ctx.config["tool_timeout"])
@@ -270,12 +295,13 @@ class MessagesRestore(PartialRestore):
                 if bad:
                     self.say("archived UID %d: flag name(s) not valid in IMAP left out: %r", r.uid, bad[:5])
                 with open(path_of(r), "rb") as f:
-                    data = f.read()
+                    data = imapadmin.append_form(f.read(), conn.binary)
                 try:
                     uids.append(conn.append(name, flags, r.internaldate or None, data))
                 except BorgCyrusError as e:
                     raise BorgCyrusError(
-                        f"{e}; {i} of {len(chosen)} appended before (run it again to finish)"
+                        f"{e} (archived UID {r.uid}); {i} of {len(chosen)} appended before (run it again to finish; "
+                        "a message Cyrus refuses comes back without --in-place, into a new folder)"
                     ) from None
                 faults.point("restore-append")  # the tests' kill between two APPENDs
             back = ",".join(str(u) for u in uids if u is not None)

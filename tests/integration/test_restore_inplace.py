@@ -3,22 +3,27 @@ messages a user expunged come back into the folder itself (a non-ASCII
 name) with new UIDs, the archived bytes, flags, keywords and INTERNALDATE;
 -n changes nothing; a run killed between two APPENDs (SIGKILL at a fault
 point: the moment cannot be hit from outside) is finished by running it
-again, no message twice; a non-admin login, missing settings and --into
+again, no message twice; messages with bare LFs, a NUL or a bare CR come back
+once however often it runs; a non-admin login, missing settings and --into
 together with --in-place are one line each and change nothing, and so is
 an APPEND over quota; a shared
 folder needs the admin's insert right; every other mailbox is untouched."""
 
+import hashlib
 import imaplib
 import os
+import socket
 
 import pytest
 
+from borg_cyrus.cyrus import storage
 from borg_cyrus.cyrus.imapview import mutf7_encode, quote
+from borg_cyrus.cyrus.layout import discover
 from borg_cyrus.cyrus.sandbox import Sandbox
 from borg_cyrus.tools.demo import populate
 from support.common import cli, write_config
 from support.helpers import snapshot
-from support.restore_helpers import backup, restore
+from support.restore_helpers import _boxes_by_name, backup, restore
 from test_restore_messages import folder as folder_of
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
@@ -37,9 +42,9 @@ def folder(conn, name):
     return folder_of(conn, mutf7_encode(name))
 
 
-def expunge_all_but(sb, keep):
+def expunge_all_but(sb, keep, box=BOX):
     a = sb.imap("alice")
-    a.select(quote(BOX))
+    a.select(quote(box))
     typ, data = a.uid("SEARCH", "ALL")
     drop = [u for u in data[0].decode().split() if int(u) not in keep]
     a.uid("STORE", ",".join(drop), "+FLAGS", "(\\Deleted)")
@@ -171,3 +176,86 @@ def _cfg(path, **change):
         else:
             cfg[k] = v
     return cfg
+
+
+# messages a real client can store: Cyrus takes a literal8 (RFC 3516 BINARY) byte for byte, bare LFs and
+# NULs in the body too; LMTP and plain literals would refuse or rewrite them
+ODD = {
+    "lf": b"From: Dora <dora@example.org>\r\nSubject: bare LF\r\nMessage-ID: <lf@example.org>\r\n\r\nline one\nline two\n",
+    "nul": b"From: Dora <dora@example.org>\r\nSubject: a NUL\r\nMessage-ID: <nul@example.org>\r\n\r\nbefore\0after\r\n",
+    "cr": b"From: Dora <dora@example.org>\r\nSubject: bare CR\r\nMessage-ID: <cr@example.org>\r\n\r\nbare\rcr\r\n",
+}
+# a message file placed in the spool and reconstructed, as a migration from another server leaves it: bare LFs in
+# its header too, which no APPEND takes; in place it comes back with CRLF there, the body as it was
+PLACED = b"From: Eve <eve@example.org>\nSubject: migrated\nMessage-ID: <mig@example.org>\n\nold\nmail\n"
+PLACED_APPENDED = (
+    b"From: Eve <eve@example.org>\r\nSubject: migrated\r\nMessage-ID: <mig@example.org>\r\n\r\nold\nmail\n"
+)
+
+
+def client_append(sb, user, box, flags, when, data):
+    """APPEND as a client that sends a literal8 (LITERAL+ too): one line, raw, on its own connection."""
+    with socket.create_connection(("127.0.0.1", sb.port), timeout=60) as s:
+        f = s.makefile("rwb")
+        f.readline()
+        f.write(b"a LOGIN " + user.encode() + b" x\r\n")
+        f.flush()
+        assert f.readline().startswith(b"a OK")
+        date = imaplib.Time2Internaldate(when).encode()
+        f.write(b" ".join([b"b APPEND", quote(box).encode(), flags.encode(), date, b"~{%d+}\r\n" % len(data)]))
+        f.write(data + b"\r\n")
+        f.flush()
+        line = f.readline()
+        while not line.startswith(b"b "):
+            line = f.readline()
+        assert line.startswith(b"b OK [APPENDUID"), line
+
+
+def test_lf_nul_and_cr_messages_restored_twice(base_dir):
+    """Bare LFs, a NUL and a bare CR in bodies (and a migrated file with bare LFs in its header): restored in
+    place twice, each is there once, served as before; into a new folder, byte for byte; a rerun, in place or
+    not, says they are back already. (Before: the LF and CR ones came back again on every run, as imaplib's
+    append made their line ends CRLF, a new GUID; the NUL one was refused on every run.)"""
+    sb = Sandbox(os.path.join(base_dir, "cyrus")).create().start()
+    try:
+        adm = sb.imap("cyrus")
+        assert adm.create("user/alice")[0] == "OK" and adm.create("user/alice/Odd")[0] == "OK"
+        adm.logout()
+        for i, (flags, data) in enumerate(zip(["(\\Seen $Odd)", "(\\Flagged)", "()"], ODD.values())):
+            client_append(sb, "alice", "INBOX/Odd", flags, 1700000000 + 86400 * i, data)
+        lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
+        d = storage.data_dir(lay, _boxes_by_name(sb)["user.alice.Odd"])
+        with open(os.path.join(d, "4."), "wb") as f:
+            f.write(PLACED)
+        os.chown(os.path.join(d, "4."), sb.uid, sb.gid)
+        sb.tool("reconstruct", "user/alice/Odd")
+        al = sb.imap("alice")
+        archived = folder(al, "INBOX/Odd")
+        sent = [hashlib.sha256(x).hexdigest() for x in [*ODD.values(), PLACED]]
+        assert [archived[u][0] for u in sorted(archived)] == sent  # Cyrus serves them as they were sent
+        pw = os.path.join(base_dir, "imap.pw")
+        with open(os.open(pw, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("any password: the sandbox checks none\n")
+        b = backup(sb, base_dir, imap={"host": "127.0.0.1", "port": sb.port, "admin": "cyrus", "password_file": pw})
+        expunge_all_but(sb, set(), box="INBOX/Odd")
+
+        # into a new folder: the files as archived, so byte for byte what Cyrus served
+        restore(b, "messages", "user/alice/Odd", "--expunged", "--into", "user/alice/Copy")
+        assert folder(al, "INBOX/Copy") == archived
+
+        # in place, twice: once each, as Cyrus served them (the migrated one: CRLF in its header)
+        want = sorted([*[v for u, v in archived.items() if u != 4], (hashlib.sha256(PLACED_APPENDED).hexdigest(),
+                                                                      *archived[4][1:])])  # fmt: skip
+        r = restore(b, "messages", "user/alice/Odd", "--expunged", "--in-place")
+        assert "4 chosen" in r.stdout and "appended 4 message(s)" in r.stdout, r.stdout
+        got = folder(al, "INBOX/Odd")
+        assert sorted(got.values()) == want, (got, want)
+        r = restore(b, "messages", "user/alice/Odd", "--expunged", "--in-place")
+        assert "nothing to restore" in r.stdout and "4 already in the live folder" in r.stdout, r.stdout
+        assert folder(al, "INBOX/Odd") == got
+        r = restore(b, "messages", "user/alice/Odd", "--into", "user/alice/Again")
+        assert "nothing to restore" in r.stdout and "4 already in the live folder" in r.stdout, r.stdout
+        assert al.select(quote("INBOX/Again"))[0] == "NO"
+        al.logout()
+    finally:
+        sb.stop()
