@@ -7,7 +7,8 @@ than `older_than` (either may be omitted, not both). Size and age come from
 the message's cyrus.index record: its `size` and its INTERNALDATE (the date
 clients show, not the file's mtime). Only matched mailboxes get their index
 read (through the frozen view); an index that cannot be read keeps all its
-messages in the backup, with a warning.
+messages in the backup, with a warning, and so does a record no Cyrus writes
+(UID 0, a UID twice: index.vet).
 
 `select` decides; the `excludes` plugin (backup/excludes.py) turns the
 decision into one borg pattern per mailbox directory (the UIDs in one regex)
@@ -164,6 +165,16 @@ def _dirs(ctx, view, mb, lay, legacy_dirs):
     return data, ipath, arch
 
 
+def _size_problem(view, mb, d, rec):
+    """Why rec's size is not its message file's (None when it is, or the file is gone)."""
+    f = os.path.join(d, f"{rec.uid}.")
+    try:
+        st = os.lstat(f if mb.legacy else view.read_path(f))  # a legacy mailbox's d is a view path already
+    except OSError:
+        return None
+    return index.file_problem(rec, st.st_size)
+
+
 def select(ctx, view, mailboxes, cfg, now=None):
     """The Selection of `exclude` config cfg (rules, and mailboxes wholly
     excluded by `exclude.mailboxes`, which are skipped)."""
@@ -208,13 +219,22 @@ def select(ctx, view, mailboxes, cfg, now=None):
             sel.unreadable.append((mb.name, f"index version {ix.minor_version} is not interpreted"))
             continue
         ch = Chosen(mb)
-        for rec in ix.live():
+        records, bad = index.vet(ix.live())
+        if bad:  # the cyrus user writes the index: a forged record decides nothing
+            shown = ", ".join(f"UID {u} ({why})" for u, why in bad[:5]) + (" …" if len(bad) > 5 else "")
+            log.warning("exclude.rules: %s: index record(s) no Cyrus writes, kept in the backup: %s", mb.name, shown)
+        for rec in records:
             i = next((i for i in hits if rules[i].matches(rec, now)), None)
             if i is None:
                 continue
             d = arch if rec.archived else data
             if d is None:
                 continue  # archived without an archive partition: stays in the backup
+            if rules[i].larger_than is not None:  # left out for its size: the file's, not only the record's
+                why = _size_problem(view, mb, d, rec)
+                if why:
+                    log.warning("exclude.rules: %s UID %d: %s; kept in the backup", mb.name, rec.uid, why)
+                    continue
             ch.by_dir.setdefault(d, []).append((rec.uid, rec.size))
             ch.rules.setdefault(i, [0, 0])
             ch.rules[i][0] += 1

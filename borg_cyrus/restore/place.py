@@ -177,10 +177,50 @@ class Placement:
         self.tool("cyr_dbtool", path, backend, "batch", input=dbbatch.load_script(out), what="cyr_dbtool (annotations)")
         return len(out)
 
+    def skip_record(self, intname, uid, why):
+        """One line: a message of the archive left out because its index record is forged or damaged."""
+        log.warning("archive %s: %s UID %d: %s; left out (its index record is forged or damaged)",
+                    self.s.archive, display(intname), uid, why)  # fmt: skip
+
+    def vet_staged(self, plans):
+        """Leave out the staged message files whose index records no Cyrus writes (index.vet) or whose
+        size is not their record's, and mark those records expunged and unlinked in the staged index, so
+        that neither the placing nor reconstruct (which takes a file as it finds it) ever sees them.
+        Sizes come from lstat: nothing of a file is read. Returns {target: [UIDs left out]}."""
+        out = {}
+        gone = index.FLAG_EXPUNGED | index.FLAG_UNLINKED
+        for plan in plans:
+            files = self.staged_files(plan)
+            if "cyrus.index" not in files:
+                continue
+            try:
+                ix = index.read(files["cyrus.index"])
+            except (OSError, ValueError):
+                continue  # reconstruct rebuilds an index it cannot read either
+            records, bad = index.vet(r for r in ix.records if not index.unlinked(r))
+            drop = {uid for uid, _why in bad}
+            for uid, why in bad:
+                self.skip_record(plan.src.intname, uid, why)
+            for r in records:
+                p = files.get(f"{r.uid}.")
+                why = index.file_problem(r, os.lstat(p).st_size) if p else None
+                if why:
+                    self.skip_record(plan.src.intname, r.uid, why)
+                    drop.add(r.uid)
+            if not drop:
+                continue
+            for uid in drop:
+                if f"{uid}." in files:
+                    os.unlink(files[f"{uid}."])
+            index.rewrite_flags(files["cyrus.index"], lambda uid, fl, d=drop: fl | gone if uid in d else fl)
+            out[plan.target] = sorted(drop)
+        return out
+
     def apply(self, plans, extras):
         """Do it: place files (as the cyrus user), register, reconstruct. extras:
         [(archived src, live dst, label, replace leftover)] optional per-user files."""
         self.destinations(plans, extras)
+        self.vet_staged(plans)
         if self.ctx.dry_run:
             headers, merged = self.place(plans, extras)
         else:
