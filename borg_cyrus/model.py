@@ -105,13 +105,19 @@ class View:
 
 
 def nest_free(paths):
-    """Drop paths that lie inside another path of the list; keep order."""
+    """Drop paths that lie inside another path of the list; keep order. O(paths x depth)."""
     norm = [os.path.normpath(p) for p in paths]
-    out = []
+    given, seen, out = set(norm), set(), []
     for p in norm:
-        if p in out:
+        if p in seen:
             continue
-        if any(p.startswith(q.rstrip("/") + "/") for q in norm if q != p):
+        seen.add(p)
+        if p != "/" and p.startswith("/") and "/" in given:
+            continue
+        d, parent = p, os.path.dirname(p)
+        while parent != d and parent not in given:  # up to the root: is an ancestor in the list?
+            d, parent = parent, os.path.dirname(parent)
+        if parent != d:
             continue
         out.append(p)
     return out

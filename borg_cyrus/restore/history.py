@@ -76,15 +76,24 @@ def timelines(snapshots, mailbox=None, user=None):
     for _a, _t, boxes in snapshots:
         for intname, e in boxes.items():
             u = e.get("uniqueid")
-            if not u:
+            if not u or not isinstance(u, str):  # the manifest is untrusted
                 continue
             if (want and intname == want) or (user and _owned_by(intname, user)):
                 ids.setdefault(u, None)
+    # per archive, uniqueid -> (name, entry) of its first mailbox: one pass over each archive's list
+    by_id = []
+    for archive, t, boxes in snapshots:
+        m = {}
+        for n, e in boxes.items():
+            u = e.get("uniqueid")
+            if isinstance(u, str) and u in ids and u not in m:
+                m[u] = (n, e)
+        by_id.append((archive, t, m))
     out = {}
     for u in ids:
         line, prev = [], None
-        for archive, t, boxes in snapshots:
-            hit = next(((n, e) for n, e in boxes.items() if e.get("uniqueid") == u), None)
+        for archive, t, m in by_id:
+            hit = m.get(u)
             if hit is None:
                 if prev is not None:
                     line.append((archive, t, None, None, "gone (deleted or purged)"))
