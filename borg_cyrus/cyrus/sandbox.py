@@ -28,6 +28,7 @@ from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.execute import Runner
 from borg_cyrus.cyrus.imapview import ManageSieve
 from borg_cyrus.cyrus.layout import find_tools
+from borg_cyrus.safety import safeio
 from borg_cyrus.state import proc_stat
 
 CYRUS_USER = "cyrus"
@@ -305,14 +306,36 @@ class Sandbox:
         }
 
     def pid(self):
-        """pid of the live master (a zombie left for an absent reaper counts as gone)."""
+        """pid of the live master (a zombie left for an absent reaper counts as gone).
+        The pidfile is in a directory the cyrus user writes: its pid counts only
+        when that process is this server's master (root's or cyrus's, started
+        with `-C` this server's imapd.conf); else the master is looked for among
+        the processes."""
         try:
-            with open(self.pidfile) as f:
-                pid = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
+            pid = int(safeio.read_bytes(self.pidfile, limit=64).split()[0])
+        except (OSError, ValueError, IndexError, BorgCyrusError):
+            pid = None
+        if pid is None or not self._ours(pid):
+            pid = next((int(p) for p in os.listdir("/proc") if p.isdigit() and self._ours(int(p))), None)
+        if pid is None:
             return None
         st = proc_stat(pid)
         return pid if st and st[1] != "Z" else None
+
+    def _ours(self, pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")[:-1]
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return False
+        argv = [os.fsdecode(a) for a in argv]
+        pairs = set(zip(argv, argv[1:]))
+        return (
+            owner in (0, self.uid)
+            and os.path.basename(argv[0] if argv else "") == "master"
+            and (("-C", self.imapd_conf) in pairs)
+        )
 
     def running(self):
         return self.pid() is not None

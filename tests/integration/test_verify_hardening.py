@@ -10,6 +10,7 @@ the test's own (nothing on the host's /var/tmp is touched)."""
 import configparser
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -378,9 +379,30 @@ def unit_service():
     return dict(cp["Service"])
 
 
-# settings of the unit that only systemd as PID 1 applies (the unit tests under
-# real systemd cover them)
-SYSTEMD_ONLY = {"Type", "ExecStart", "TimeoutStartSec"}
+# settings of the unit that only systemd as PID 1 applies (the tests of the units
+# under real systemd cover them); any other one is applied below or this test fails
+SYSTEMD_ONLY = {
+    "Type",
+    "ExecStart",
+    "ExecStartPre",
+    "ExecStopPost",
+    "TimeoutStartSec",
+    "TimeoutStopSec",
+    "KillMode",
+    "Restart",
+    "EnvironmentFile",
+    "StandardOutput",
+    "StandardError",
+    "SyslogIdentifier",
+    "LogLevelMax",
+    "Slice",
+    "CPUWeight",
+    "IOWeight",
+    "MemoryHigh",
+    "MemoryMax",
+    "TasksMax",
+}
+SYSTEMD_ONLY_PREFIXES = ("Protect", "Private", "Restrict", "ReadWrite", "ReadOnly", "Inaccessible", "Lock")
 
 
 def test_verify_passes_under_the_shipped_units_settings(world):
@@ -398,10 +420,14 @@ def test_verify_passes_under_the_shipped_units_settings(world):
             wrap += ["chrt", f"--{value}", "0"]
         elif key == "IOSchedulingClass":
             wrap += ["ionice", "-c", {"realtime": "1", "best-effort": "2", "idle": "3"}[value]]
+        elif key == "Environment":
+            wrap += ["env", *shlex.split(value)]
         elif key == "NoNewPrivileges" and value in ("yes", "true", "1"):
             wrap += ["setpriv", "--no-new-privs"]
         else:
-            assert key in SYSTEMD_ONLY, f"{UNIT}: apply {key}= in this test or list it in SYSTEMD_ONLY"
+            assert key in SYSTEMD_ONLY or key.startswith(SYSTEMD_ONLY_PREFIXES), (
+                f"{UNIT}: apply {key}= in this test or list it in SYSTEMD_ONLY"
+            )
     assert umask == "0077", svc
     argv = svc["ExecStart"].split()
     assert argv[:2] == ["/usr/local/bin/borg-cyrus", "verify"], argv
@@ -410,3 +436,39 @@ def test_verify_passes_under_the_shipped_units_settings(world):
     assert r.returncode == 0 and "RESULT: OK" in r.stdout, (r.stdout, r.stderr)
     assert "hashed" in r.stdout
     assert os.listdir(os.path.join(b["work"], "verify")) == []
+
+
+def test_a_rewritten_pidfile_makes_root_signal_nothing_else(world):
+    """The throwaway server's pidfile is in a directory the cyrus user writes:
+    one naming another process (here root's `sleep`) is not believed, and a
+    FIFO planted there does not block the teardown."""
+    from borg_cyrus.cyrus.sandbox import Sandbox
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        sb = Sandbox(os.path.join(world["base"], "fake-drill"), tcp=False)
+        os.makedirs(sb.rundir)
+        with open(sb.pidfile, "w") as f:
+            f.write(f"{other.pid}\n")
+        assert sb.pid() is None
+        sb.stop()
+        assert other.poll() is None
+        os.unlink(sb.pidfile)
+        os.mkfifo(sb.pidfile)
+        assert sb.pid() is None
+        sb.stop()
+        # a live server's master is found whatever its pidfile says
+        live = world["sb"]
+        real = live.pid()
+        saved = open(live.pidfile).read()
+        try:
+            with open(live.pidfile, "w") as f:
+                f.write(f"{other.pid}\n")
+            assert real is not None and live.pid() == real
+        finally:
+            with open(live.pidfile, "w") as f:
+                f.write(saved)
+    finally:
+        other.kill()
+        other.wait()
+        shutil.rmtree(os.path.join(world["base"], "fake-drill"), ignore_errors=True)

@@ -10,7 +10,7 @@ import pytest
 
 from borg_cyrus.cyrus import sandbox, storage
 from borg_cyrus.errors import BorgCyrusError
-from borg_cyrus.restore import drillserver, session, verify
+from borg_cyrus.restore import drillserver, full, session, verify
 from borg_cyrus.safety import trust
 
 
@@ -94,6 +94,13 @@ def test_ensure_dir_makes_explicit_modes_and_never_goes_through_a_planted_link(t
     (tmp_path / "a" / "file").write_text("x")
     with pytest.raises(BorgCyrusError, match="is not a directory"):
         sandbox.ensure_dir(str(tmp_path / "a" / "file" / "x"), 0o750)
+
+
+def test_restore_full_makes_its_directories_with_their_modes_whatever_the_umask(tmp_path):
+    with umask(0o077):
+        full._mkdir(str(tmp_path / "search"), 0o750, (os.getuid(), os.getgid()))
+        full._mkdir(str(tmp_path / "parent"), 0o755)
+    assert mode(tmp_path / "search") == 0o750 and mode(tmp_path / "parent") == 0o755
 
 
 @pytest.mark.parametrize(
