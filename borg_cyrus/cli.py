@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 
 from borg_cyrus import __version__, config as config_mod
@@ -14,23 +15,91 @@ from borg_cyrus.tools import metrics
 log = logging.getLogger("borg_cyrus")
 
 
+def _priority(levelno):
+    """syslog priority (sd-daemon(3), systemd.journal-fields(7)) of a log level."""
+    return 3 if levelno >= logging.ERROR else 4 if levelno >= logging.WARNING else 6 if levelno >= logging.INFO else 7
+
+
 class _Formatter(logging.Formatter):
-    def __init__(self, journal=False):
+    def __init__(self, journal=False, name=True):
         super().__init__()
         self.journal = journal
+        self.name = name
 
     def format(self, record):
         msg = record.getMessage()
         level = (
             "error: " if record.levelno >= logging.ERROR else "warning: " if record.levelno >= logging.WARNING else ""
         )
-        line = f"borg-cyrus: {level}{msg}"
+        line = f"borg-cyrus: {level}{msg}" if self.name else f"{level}{msg}"
         if not self.journal:
             return line
         # sd-daemon(3): journald reads a priority prefix at the start of every line
-        lv = record.levelno
-        prio = 3 if lv >= logging.ERROR else 4 if lv >= logging.WARNING else 6 if lv >= logging.INFO else 7
+        prio = _priority(record.levelno)
         return "\n".join(f"<{prio}>{part}" for part in line.split("\n"))
+
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+class JournalHandler(logging.Handler):
+    """Records sent to journald's native socket, each with its PRIORITY
+    (the protocol of systemd's sd_journal_send: one datagram of KEY=value
+    lines; a value with a line break is KEY, a newline, its length as 64-bit
+    little-endian, the value). journald names the unit from the sender's
+    control group, which it cannot read once the sender has exited, so the
+    unit is also sent as OBJECT_SYSTEMD_UNIT (`journalctl -u` matches it for
+    root's messages). A record that cannot be sent at once goes to `fallback`."""
+
+    def __init__(self, unit=None, path=None, fallback=None):
+        super().__init__()
+        self.path = path or JOURNAL_SOCKET
+        self.fallback = fallback
+        self.fields = {"SYSLOG_IDENTIFIER": "borg-cyrus", "SYSLOG_PID": str(os.getpid())}
+        if unit:
+            self.fields["OBJECT_SYSTEMD_UNIT"] = unit
+        if os.environ.get("INVOCATION_ID"):
+            self.fields["OBJECT_SYSTEMD_INVOCATION_ID"] = os.environ["INVOCATION_ID"]
+        self.sock = None
+
+    @staticmethod
+    def encode(fields):
+        out = []
+        for key, value in fields.items():
+            v = str(value).encode("utf-8", "replace")
+            if b"\n" in v:
+                out.append(key.encode() + b"\n" + len(v).to_bytes(8, "little") + v + b"\n")
+            else:
+                out.append(key.encode() + b"=" + v + b"\n")
+        return b"".join(out)
+
+    def emit(self, record):
+        fields = {
+            "MESSAGE": self.format(record),
+            "PRIORITY": str(_priority(record.levelno)),
+            **self.fields,
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": str(record.lineno),
+            "CODE_FUNC": record.funcName,
+        }
+        try:
+            if self.sock is None:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # never wait for journald (it may be writing to a filesystem this run froze)
+            self.sock.sendto(self.encode(fields), socket.MSG_DONTWAIT, self.path)
+        except OSError:
+            if self.fallback is not None and record.levelno < self.fallback.level:
+                self.fallback.handle(record)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        super().close()
+
+
+def _stream_key(st):
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 def stderr_is_journal(stream=None):
@@ -41,14 +110,58 @@ def stderr_is_journal(stream=None):
         st = os.fstat((stream or sys.stderr).fileno())
     except (OSError, ValueError, AttributeError):
         return False
-    return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
+    return bool(want) and want == _stream_key(st)
+
+
+def stderr_reader_is_journal(stream=None, ppid=None):
+    """True when stderr is a pipe read by a process whose own stderr is the
+    journal stream: a hook run by borgmatic under a systemd unit. borgmatic
+    logs what it reads at one level, so the journal would get every line at
+    "info"."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        fd = (stream or sys.stderr).fileno()
+        mine = _stream_key(os.fstat(fd))
+        if not want or os.isatty(fd):
+            return False
+    except (OSError, ValueError, AttributeError):
+        return False
+    pid = os.getppid() if ppid is None else ppid
+    for _ in range(8):  # through shells that pass our stderr on
+        try:
+            theirs = _stream_key(os.stat(f"/proc/{pid}/fd/2"))
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if theirs == want:
+            return True
+        if theirs != mine or parent <= 1:
+            return False
+        pid = parent
+    return False
 
 
 def setup_logging(verbosity):
+    """stderr, with sd-daemon priority prefixes when it is the journal. A hook
+    whose output borgmatic re-logs into the journal sends its records to
+    journald itself, each at its priority, and only errors to stderr (for
+    borgmatic's summary of the failed hook): no line twice at the same place."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(journal=stderr_is_journal()))
+    handlers = [handler]
+    if stderr_is_journal():
+        handler.setFormatter(_Formatter(journal=True))
+    else:
+        handler.setFormatter(_Formatter())
+        if stderr_reader_is_journal() and os.path.exists(JOURNAL_SOCKET):
+            from borg_cyrus.safety import cgroups
+
+            handler.setLevel(logging.ERROR)
+            journal = JournalHandler(unit=cgroups.own_unit(), fallback=handler)
+            journal.setFormatter(_Formatter(name=False))
+            handlers.append(journal)
     root = logging.getLogger("borg_cyrus")
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     root.propagate = False
 

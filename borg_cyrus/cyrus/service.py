@@ -6,6 +6,7 @@ import signal
 import time
 
 from borg_cyrus.errors import BorgCyrusError
+from borg_cyrus.safety import cgroups
 from borg_cyrus.state import proc_stat
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,14 @@ class Service:
         )
 
     def start(self):
+        """Start Cyrus and wait until it runs. Returns False when that cannot be
+        waited for: the start is queued behind the stop of the unit this process
+        belongs to (stopping_unit()); True otherwise."""
         t0 = time.monotonic()
         if self.manager == "systemd":
+            stopping = self.stopping_unit()
+            if stopping:
+                return self._start_queued(stopping, t0)
             self.runner.run(["systemctl", "start", self.cfg["systemd_unit"]], timeout=self.cfg["start_timeout"])
         elif self.manager == "sysv":
             self.runner.run([self.cfg["init_script"], "start"], timeout=self.cfg["start_timeout"], daemon=True)
@@ -127,7 +134,67 @@ class Service:
             return
         if _poll(self.is_running, t0 + self.cfg["start_timeout"]):
             log.info("Cyrus started in %.2f s", time.monotonic() - t0)
-            return
+            return True
         raise BorgCyrusError(
             f"Cyrus did not come up within {self.cfg['start_timeout']} s after start ({self.describe()})"
         )
+
+    # -- from inside a unit that systemd is stopping ------------------------
+    def stopping_unit(self):
+        """The systemd unit this process runs in when systemd is stopping it
+        (`systemctl stop`, a start timeout, shutdown), else None. A blocking
+        `systemctl start` of Cyrus from there deadlocks when the two units are
+        ordered (After=): systemd runs Cyrus's start job only after that stop."""
+        if self.manager != "systemd":
+            return None
+        unit = cgroups.own_unit()
+        if not unit or unit == self.cfg["systemd_unit"]:
+            return None
+        r = self.runner.run(["systemctl", "show", "-P", "ActiveState", unit], changes=False, check=False)
+        return unit if r.returncode == 0 and r.stdout.decode().strip() == "deactivating" else None
+
+    def _job_state(self):
+        """State of the unit's queued job ("waiting", "running"), or None."""
+        r = self.runner.run(
+            ["systemctl", "list-jobs", "--no-legend", "--plain", self.cfg["systemd_unit"]], changes=False, check=False
+        )
+        words = r.stdout.decode(errors="replace").split() if r.returncode == 0 else []
+        return words[3] if len(words) >= 4 else None
+
+    def _start_queued(self, stopping, t0):
+        unit = self.cfg["systemd_unit"]
+        r = self.runner.run(["systemctl", "start", "--no-block", unit], timeout=self.cfg["start_timeout"], check=False)
+        if r.returncode != 0 and not self.runner.dry_run:
+            why = r.stderr.decode(errors="replace").strip()
+            if self._system_state() == "stopping":
+                raise BorgCyrusError(
+                    f"the system is shutting down: {unit} is not started now (systemctl: {why}); "
+                    f"it starts at the next boot if enabled (systemctl is-enabled {unit})"
+                )
+            raise BorgCyrusError(f"cannot start Cyrus ({self.describe()}): {why}")
+        if self.runner.dry_run:
+            return True
+        deadline = t0 + self.cfg["start_timeout"]
+        while time.monotonic() < deadline:
+            if self.is_running():
+                log.info("Cyrus started in %.2f s", time.monotonic() - t0)
+                return True
+            job = self._job_state()
+            if job == "waiting":
+                log.info(
+                    "%s is stopping: Cyrus's start is queued (systemctl start --no-block %s) and runs when that "
+                    "stop is done",
+                    stopping,
+                    unit,
+                )
+                return False
+            if job is None and not self.is_running():
+                raise BorgCyrusError(f"Cyrus did not come up after start ({self.describe()}): systemctl status {unit}")
+            time.sleep(0.05)
+        raise BorgCyrusError(
+            f"Cyrus did not come up within {self.cfg['start_timeout']} s after start ({self.describe()})"
+        )
+
+    def _system_state(self):
+        r = self.runner.run(["systemctl", "is-system-running"], changes=False, check=False)
+        return r.stdout.decode(errors="replace").strip()

@@ -41,6 +41,13 @@ class StopMaster(Mode):
 
     def undo(self, step):
         if step["kind"] == "watchdog":
+            svc = self.service()
+            stopping = svc.stopping_unit()
+            if stopping and not svc.is_running():
+                # Cyrus's start waits for this unit's stop (Service.start): the
+                # switch, outside the unit, sees it through once borgmatic is gone
+                log.info("leaving the dead-man switch armed: it checks that Cyrus comes up once %s stopped", stopping)
+                return
             Watchdog.stop(step.get("process"))
             return
         if step["kind"] != "service-stopped":

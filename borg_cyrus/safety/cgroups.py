@@ -51,6 +51,18 @@ def membership(pid="self"):
     return out
 
 
+def own_unit(pid="self"):
+    """The systemd unit (a service or scope) whose control group holds the
+    process, or None (outside any unit, e.g. after escape())."""
+    groups = membership(pid)
+    # a container on a hybrid host lists the host's name=systemd group ("/") beside its own unified one
+    for hierarchy in ("unified", "name=systemd"):
+        for part in reversed(groups.get(hierarchy, "").split("/")):
+            if part.endswith((".service", ".scope")):
+                return part
+    return None
+
+
 def escape():
     """Move this process to the root group of every unit-tracking hierarchy
     it is not already at the root of. Returns the hierarchies it left."""

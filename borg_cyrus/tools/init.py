@@ -390,3 +390,9 @@ def _next_steps(bc_path, bm_path, encryption):
     print(f"  borg-cyrus{bc} verify{bmopt}")
     if encryption and encryption != "none":
         print(f"  borgmatic{c} key export --path /root/borg-cyrus-repo-key.txt   # then copy it off this machine")
+    # the shipped units (README: systemd units and timers); they run borgmatic's own lookup
+    units = os.path.join(sys.prefix, "share", "borg-cyrus", "contrib", "systemd")
+    print(f"  cp {units}/* /etc/systemd/system/ && systemctl daemon-reload")
+    print("  systemctl enable --now borgmatic-cyrus.timer borg-cyrus-verify.timer   # nightly backup, weekly drill")
+    if c:
+        print(f"  # the units run plain `borgmatic`: add -c {shlex.quote(bm_path)} to their ExecStart (systemctl edit)")

@@ -72,6 +72,12 @@ def test_every_shipped_unit_verifies(tmp_path):
             # dead-man switch leaves the unit's control group: no mount namespace, no
             # read-only cgroupfs, the default KillMode
             assert not keys & {"KillMode", "ProtectSystem", "PrivateTmp", "ProtectControlGroups"}, n
+            # a missing config fails the unit (OnFailure reports it), never a silent skip
+            assert not [k for k in keys if k.startswith("Condition")], n
+    # a stop of the backup must not wait for Cyrus's start (test_systemd_boot.py: the real thing)
+    nightly = (dest / "borgmatic-cyrus.service").read_text()
+    after = [w for ln in nightly.splitlines() if ln.startswith("After=") for w in ln[6:].split()]
+    assert "cyrus-imapd.service" not in after and "multi-user.target" in after, after
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ PACKAGES = ["systemd", "systemd-sysv", "dbus", "cyrus-imapd", "cyrus-clients", "
 BORG_FROM = {"bookworm": "bookworm-backports", "trixie": None}
 MIN_BORG = (1, 4)
 PATH = f"{VENV}/bin:{CHROOT_PATH}"
+HOST_ID = "BORG_HOST_ID=borg-cyrus-test-machine@1"
 
 
 def available():
@@ -202,6 +203,9 @@ class Machine:
             self.hostname = "bct-" + os.path.basename(self.dir).split("-", 1)[1].lower().replace("_", "")
             with open(self.path("/etc/hostname"), "w") as f:
                 f.write(self.hostname + "\n")
+            # borg knows its own stale lock (a killed borg's) by host id, hostname + MAC; the
+            # container has no NIC, so each borg would get a random one: the stable id a host has
+            self.write("/etc/systemd/system.conf.d/90-borg-host-id.conf", f"[Manager]\nDefaultEnvironment={HOST_ID}\n")
             log(f"root ready in {time.monotonic() - t0:.1f} s: {self.root}")
             self.boot()
             t0 = time.monotonic()
@@ -349,6 +353,7 @@ class Machine:
         on PATH). Not in any of its units: a client, like an admin's shell."""
         assert self.init_pid, "the container is not running"
         e = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb", "USER": "root", "LOGNAME": "root"}
+        e.update(dict([HOST_ID.split("=", 1)]))
         e.update(env or {})
         full = ["nsenter", "-t", str(self.init_pid), "-a", "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in e.items()]]
         full += list(argv)
