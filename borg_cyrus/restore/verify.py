@@ -23,13 +23,16 @@
    (--deep: served byte-identical); the types IMAP cannot open (sieve
    scripts, calendars, ...: `Mailbox.imap_opens`) are checked on the
    restored server's disk: readable cyrus.index, every message file;
-5. tear everything down; exit 1 naming each mailbox that differs.
+5. tear everything down; exit 1 naming each mailbox that differs. A drill
+   whose verify was killed is removed by the next one (clean_stale: its lock
+   file is no longer held), its throwaway Cyrus stopped first.
 
 Counts differ legitimately only in `live` mode (mail arrives while borg
 reads): there a count difference is a warning, a missing file still fails.
 """
 
 import collections
+import fcntl
 import hashlib
 import json
 import logging
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 PARENT_MODE = 0o711  # <work_directory>/verify: like the work directory (the cyrus user gets through)
 DRILL_MODE = 0o700  # the drill's own directory while root works alone in it
 OPEN_MODE = 0o710  # ... and once its throwaway Cyrus runs: root and the cyrus user's group
+LOCK = ".drill.lock"  # held while a drill runs: without it, the next verify removes a killed drill's files
 
 
 def _dir_problem(st, last):
@@ -111,7 +115,8 @@ def drill_parent(path, fix, dry_run=False):
 
 
 def make_private(parent):
-    """mkdtemp in parent: root's, DRILL_MODE, checked."""
+    """(directory, descriptor of its lock): mkdtemp in parent, root's,
+    DRILL_MODE, checked; its lock file held (flock) while the drill runs."""
     base = tempfile.mkdtemp(prefix=f"verify-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent)
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -121,7 +126,41 @@ def make_private(parent):
         os.close(fd)
     if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != DRILL_MODE:
         raise BorgCyrusError(f"{base} is not root's {DRILL_MODE:o} right after mkdtemp; something else runs there")
-    return base
+    lock = os.open(os.path.join(base, LOCK), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return base, lock
+
+
+def clean_stale(parent):
+    """Remove the drills in parent that a killed verify left (their lock file
+    is not held), stopping their throwaway Cyrus first; a drill running now
+    holds its lock, one kept with --keep has none. Returns the removed paths."""
+    removed = []
+    for entry in sorted(os.scandir(parent), key=lambda e: e.name):
+        if not entry.name.startswith("verify-") or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(os.path.join(entry.path, LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            if os.path.isfile(os.path.join(entry.path, "cyrus", "imapd.conf")):
+                from borg_cyrus.cyrus.sandbox import Sandbox
+
+                Sandbox(os.path.join(entry.path, "cyrus"), tcp=False).stop()
+            shutil.rmtree(entry.path)
+            removed.append(entry.path)
+            log.warning("removed %s, left by a restore drill that did not finish (killed?)", entry.path)
+        except (OSError, BorgCyrusError) as e:
+            log.warning("could not remove %s, left by a restore drill that did not finish: %s", entry.path, e)
+        finally:
+            os.close(fd)
+    return removed
 
 
 class Drill:
@@ -518,7 +557,8 @@ def run(ctx, args, metrics_run=None):
             f"Cyrus, check every mailbox{' and message byte' if args.deep else ''}, and remove it again"
         )
         return 0
-    base = make_private(parent)
+    clean_stale(parent)
+    base, lock = make_private(parent)
     drill = Drill(ctx, repo, name, base, deep=args.deep)
     t0 = time.monotonic()
     try:
@@ -532,7 +572,10 @@ def run(ctx, args, metrics_run=None):
     except BorgCyrusError as e:
         drill.fail(None, str(e))
     finally:
+        if args.keep:  # kept: not a killed drill's leftovers
+            os.unlink(os.path.join(base, LOCK))
         drill.teardown(keep=args.keep)
+        os.close(lock)
     rep = drill.report()
     rep["seconds"] = round(time.monotonic() - t0, 2)
     if args.keep:

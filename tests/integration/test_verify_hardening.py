@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from support.common import BASE, ROOT, cli, env
+from support.common import BASE, ROOT, cli, env, wait_for
 from support.helpers import latest_archive, snapshot
 from support.restore_helpers import backup
 
@@ -472,3 +472,34 @@ def test_a_rewritten_pidfile_makes_root_signal_nothing_else(world):
         other.kill()
         other.wait()
         shutil.rmtree(os.path.join(world["base"], "fake-drill"), ignore_errors=True)
+
+
+def test_a_killed_drill_is_removed_by_the_next_verify(world):
+    """verify killed (SIGKILL) while its throwaway Cyrus runs leaves the
+    extracted archive and that server behind: the next verify stops the
+    server and removes the files, naming them."""
+    import glob
+
+    from borg_cyrus.cyrus.sandbox import Sandbox
+
+    b = world
+    workdir = os.path.join(b["base"], "drill-killed")
+    p = subprocess.Popen(
+        verify_argv(b, "--workdir", workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env()
+    )
+    try:
+        assert wait_for(lambda: glob.glob(os.path.join(workdir, "verify-*", "cyrus", "run", "imap")), 300)
+    finally:
+        p.kill()
+        p.wait()
+    (stale,) = glob.glob(os.path.join(workdir, "verify-*"))
+    leftover = Sandbox(os.path.join(stale, "cyrus"), tcp=False)
+    try:
+        assert leftover.running()
+        r = cli("verify", "--borgmatic-config", b["bm"], "--workdir", workdir, config=b["bc"])
+        assert r.returncode == 0 and "RESULT: OK" in r.stdout, (r.stdout, r.stderr)
+        assert f"removed {stale}, left by a restore drill that did not finish" in r.stderr, r.stderr
+        assert not leftover.running() and os.listdir(workdir) == []
+    finally:
+        leftover.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -33,8 +33,25 @@ def test_drill_parent_is_made_with_its_mode_whatever_the_umask(tmp_path):
         real = verify.drill_parent(str(target), "fix it")
     assert real == os.path.realpath(target) and mode(target) == verify.PARENT_MODE
     with umask(0o077):
-        base = verify.make_private(real)
+        base, lock = verify.make_private(real)
+    os.close(lock)
     assert mode(base) == verify.DRILL_MODE and os.path.dirname(base) == real
+
+
+def test_a_killed_drill_is_removed_a_running_or_kept_one_is_not(tmp_path):
+    running, lock = verify.make_private(str(tmp_path))
+    killed, dead = verify.make_private(str(tmp_path))
+    os.makedirs(os.path.join(killed, "root", "spool"))
+    os.close(dead)  # its verify died: nobody holds its lock
+    kept = tmp_path / "verify-kept"
+    (kept / "root").mkdir(parents=True)  # --keep removes the lock file
+    (tmp_path / "other").mkdir()
+    try:
+        assert verify.clean_stale(str(tmp_path)) == [killed]
+        assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(running), "verify-kept", "other"])
+    finally:
+        os.close(lock)
+    assert verify.clean_stale(str(tmp_path)) == [running]
 
 
 def test_drill_parent_writable_by_others_is_refused(tmp_path):
