@@ -59,6 +59,24 @@ def other_run(ctx, owner, force=False):
     return data
 
 
+def going_on(ctx):
+    """What keeps a backup from starting now, as a phrase (a borg-cyrus
+    command holding the lock, a backup between `before` and `after`), or
+    None. For callers with a deadline of their own (the apt hook's
+    pre-upgrade) that must not wait busy.wait blindly."""
+    holder = state_mod.lock_holder(ctx.lock_file)
+    if holder is not None:
+        return f"another borg-cyrus command holds {ctx.lock_file}" + (f" (pid {holder})" if holder else "")
+    try:
+        data = state_mod.State(ctx.state_file).load()
+    except BorgCyrusError:
+        return None
+    prev = (data or {}).get("owner")
+    if data and state_mod.is_alive(prev):
+        return f"a backup started {data.get('started')} by {prev.get('comm')} (pid {prev.get('pid')}) is still running"
+    return None
+
+
 def busy_error(ctx, data):
     prev = data.get("owner") or {}
     cls = SkipError if ctx.config["busy"]["action"] == "skip" else BusyError

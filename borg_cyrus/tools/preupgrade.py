@@ -9,6 +9,13 @@ sample-borgmatic.yaml (`{hostname}-[0-9]*`) nor sample-borgmatic-hourly.yaml
 fails — and the apt hook with it, before anything is unpacked — unless
 borgmatic exits 0 **and** reports the archive it made (a run skipped because
 a nightly backup is going on makes none).
+
+apt waits for it, so it has one deadline, --timeout (DEFAULT_TIMEOUT, a few
+minutes), for everything: another borg-cyrus run still going on is waited
+for during at most half of it (and named if it does not end; the
+`before --dumps-only` hook would otherwise wait busy.wait), borg waits for a
+repository lock at most half of what is left (borgmatic --lock-wait), and
+borgmatic is killed with everything it started at the deadline.
 """
 
 import json
@@ -24,6 +31,7 @@ NAME = "pre-upgrade"
 NEEDS_ROOT = True
 
 DEFAULT_CONFIG = "/etc/borg-cyrus/borgmatic-hourly.yaml"
+DEFAULT_TIMEOUT = 180  # seconds apt may wait for the whole backup
 ARCHIVE_NAME_FORMAT = "{hostname}-pre-upgrade-{now:%Y-%m-%dT%H:%M:%S.%f}"
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,13 @@ def add_parser(sub):
         help=f"the dumps-only borgmatic configuration (default {DEFAULT_CONFIG}; see sample-borgmatic-hourly.yaml)",
     )
     p.add_argument("--reason", metavar="TEXT", help="archive comment, e.g. the package versions that change")
-    p.add_argument("--timeout", type=float, default=1800, metavar="SECONDS", help="give up after this long (1800)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up after this long, waits for other runs and locks included ({DEFAULT_TIMEOUT})",
+    )
     return p
 
 
@@ -51,8 +65,10 @@ def borgmatic_program():
     return own if os.access(own, os.X_OK) else "borgmatic"
 
 
-def command(args):
+def command(args, lock_wait=None):
     argv = [borgmatic_program(), "-c", args.borgmatic_config, "--archive-name-format", ARCHIVE_NAME_FORMAT]
+    if lock_wait is not None:
+        argv += ["--lock-wait", str(max(1, int(lock_wait)))]
     argv += ["create", "--json"]
     if args.reason:
         argv += ["--comment", f"borg-cyrus pre-upgrade: {args.reason}"]
@@ -80,14 +96,27 @@ def run(args):
             f"pre-upgrade: borgmatic configuration {cfg} does not exist; install sample-borgmatic-hourly.yaml "
             "there (README: Hourly database backups) or pass --borgmatic-config FILE"
         )
-    argv = command(args)
+    if args.timeout <= 0:
+        raise ConfigError(f"pre-upgrade: --timeout {args.timeout:g}: give a number of seconds above 0")
+    t0 = time.monotonic()
+    deadline = t0 + args.timeout
+    if not args.dry_run:
+        wait_for_other_runs(args, t0 + args.timeout / 2)
+    left = deadline - time.monotonic()
+    argv = command(args, lock_wait=left / 2)
     runner = Runner(dry_run=args.dry_run)
     env = {"BORG_CYRUS_CONFIG": os.path.abspath(args.config)} if args.config else None
-    t0 = time.monotonic()
+    started = time.monotonic()
     try:
-        r = runner.run(argv, check=False, timeout=args.timeout or 0, env=env, what="borgmatic create")
+        r = runner.run(argv, check=False, timeout=max(1.0, left), env=env, what="borgmatic create")
     except CommandError as e:
-        raise BorgCyrusError(f"pre-upgrade: no database backup: {e}") from None
+        if time.monotonic() - started < max(1.0, left):  # not started at all
+            raise BorgCyrusError(f"pre-upgrade: no database backup: {e}") from None
+        raise BorgCyrusError(
+            f"pre-upgrade: no database backup: borgmatic create with {cfg} did not finish within the "
+            f"{args.timeout:g} s of --timeout and was killed (a repository that does not answer? a hook that "
+            "hangs?); run it by hand to see where it waits"
+        ) from None
     if r.skipped:
         return 0
     err = r.stderr.decode("utf-8", "replace")
@@ -103,6 +132,35 @@ def run(args):
     for repo, name in made:
         log.info("pre-upgrade: database backup %s in %s (%.1f s)", name, repo, time.monotonic() - t0)
     return 0
+
+
+def wait_for_other_runs(args, until):
+    """Wait until no other borg-cyrus run is going on (busy.going_on), at
+    most until `until`; then an error naming it. A config that cannot be
+    read is left to the backup's own hook to report."""
+    from borg_cyrus.backup import busy
+    from borg_cyrus.context import Context, load_config
+
+    try:
+        cfg, _plugins = load_config(args.config)
+    except BorgCyrusError as e:
+        log.debug("pre-upgrade: not checking for other runs: %s", e)
+        return
+    ctx = Context(config=cfg, layout=None, tools=None, runner=None, plugins=None)
+    said = False
+    while True:
+        what = busy.going_on(ctx)
+        if what is None:
+            return
+        if time.monotonic() >= until:
+            raise BorgCyrusError(
+                f"pre-upgrade: no database backup: {what}, and it did not end within "
+                f"{args.timeout / 2:g} s (half of --timeout); wait for it to end, then run apt again"
+            )
+        if not said:
+            log.info("pre-upgrade: %s; waiting for it (at most %.0f s)", what, until - time.monotonic())
+            said = True
+        time.sleep(min(1.0, max(0.05, until - time.monotonic())))
 
 
 GENERIC = ("an error occurred", "error running actions for repository", "error running configuration")

@@ -5,11 +5,13 @@ and borgmatic."""
 
 import json
 import os
+import re
 import subprocess
+import time
 
 import pytest
 
-from support.common import cli, env, sandbox_config
+from support.common import cli, env, sandbox_config, wait_for
 from support.helpers import init_repo
 from test_hourly import archives, hourly_config
 
@@ -62,3 +64,32 @@ def test_pre_upgrade_archive_and_a_failing_one(sandbox, base_dir):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "pre-upgrade: no database backup" in lines[0] and "does not exist" in lines[0]
+
+
+def test_pre_upgrade_gives_up_in_time_when_a_run_holds_the_lock(sandbox, base_dir):
+    """borg-cyrus's lock really held by a stuck process (flock(1)): pre-upgrade
+    waits at most half its --timeout and names the holder, where the hook's
+    `before --dumps-only` would wait busy.wait (600 s) first. The default
+    deadline is a few minutes."""
+    bc = sandbox_config(sandbox, base_dir)
+    work = os.path.join(base_dir, "work")
+    os.makedirs(work, 0o711)
+    repo = os.path.join(base_dir, "repo")
+    hourly = hourly_config(base_dir, repo, work)  # the repository is never reached
+    lock = os.path.join(work, "lock")
+    holder = subprocess.Popen(["flock", lock, "sleep", "120"])
+    try:
+        assert wait_for(lambda: os.path.exists(lock), 10)
+        t0 = time.monotonic()
+        r = cli("pre-upgrade", "--borgmatic-config", hourly, "--timeout", "6", config=bc)
+        took = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 1 and took < 20, (took, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
+    assert len(lines) == 1 and f"another borg-cyrus command holds {lock}" in lines[0], r.stderr
+    assert "did not end within 3 s" in lines[0], lines[0]
+    helptext = cli("pre-upgrade", "--help", check=0).stdout
+    default = float(re.search(r"locks included \((\d+)\)", " ".join(helptext.split())).group(1))
+    assert 60 <= default <= 300, default
