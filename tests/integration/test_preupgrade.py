@@ -6,6 +6,7 @@ and borgmatic."""
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -77,14 +78,14 @@ def test_pre_upgrade_gives_up_in_time_when_a_run_holds_the_lock(sandbox, base_di
     repo = os.path.join(base_dir, "repo")
     hourly = hourly_config(base_dir, repo, work)  # the repository is never reached
     lock = os.path.join(work, "lock")
-    holder = subprocess.Popen(["flock", lock, "sleep", "120"])
+    holder = subprocess.Popen(["flock", lock, "sleep", "120"], start_new_session=True)
     try:
         assert wait_for(lambda: os.path.exists(lock), 10)
         t0 = time.monotonic()
         r = cli("pre-upgrade", "--borgmatic-config", hourly, "--timeout", "6", config=bc)
         took = time.monotonic() - t0
-    finally:
-        holder.kill()
+    finally:  # flock and the sleep that inherited the lock
+        os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     assert r.returncode == 1 and took < 20, (took, r.stderr)
     lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
