@@ -96,6 +96,7 @@ def run_as(uid, gid, fn, cwd_fd=None, timeout=None, what=None):
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     step = what or _caller()
     r, w = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child
         code = 0
@@ -105,7 +106,7 @@ def run_as(uid, gid, fn, cwd_fd=None, timeout=None, what=None):
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
             _die_with_parent()  # after the uid change, which clears it
-            if os.getppid() == 1:  # root died before that
+            if os.getppid() != parent:  # root died before that
                 os._exit(1)
             if cwd_fd is not None:
                 os.fchdir(cwd_fd)

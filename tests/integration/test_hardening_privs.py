@@ -183,6 +183,37 @@ def test_cyrus_child_stopped_killed_or_hung_is_one_error_and_reaped(base_dir, ho
     assert gone(pid)
 
 
+def test_cyrus_child_dies_with_root(base_dir):
+    """root's restore SIGKILLed (a systemd timeout, the OOM killer): its cyrus
+    child, which inherited borg-cyrus's lock, must not live on holding it."""
+    mark = os.path.join(cyrus_dir(base_dir, "c"), "pid")
+    lock = os.path.join(base_dir, "lock")
+    code = (
+        "import os, sys, time\n"
+        "from borg_cyrus import state\n"
+        "from borg_cyrus.safety import privdrop\n"
+        "def work():\n"
+        f"    open({mark!r}, 'w').write(f'{{os.getpid()}}\\n')\n"
+        "    time.sleep(120)\n"
+        f"with state.lock({lock!r}):\n"
+        f"    privdrop.run_as({CYRUS.pw_uid}, {CYRUS.pw_gid}, work)\n"
+    )
+    root = subprocess.Popen([sys.executable, "-c", code], env=env())
+    child = None
+    try:
+        child = _child_pid(mark)
+        root.kill()
+        root.wait()
+        assert wait_for(lambda: gone(child), 10), "the cyrus child outlived root"
+        assert state.lock_holder(lock) is None
+    finally:
+        if root.poll() is None:
+            root.kill()
+            root.wait()
+        if child and not gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_cyrus_child_result_and_error_still_come_back(base_dir):
     assert privdrop.run_as(CYRUS.pw_uid, CYRUS.pw_gid, lambda: {"uid": os.getuid(), "n": [1] * 50000}) == {
         "uid": CYRUS.pw_uid,
