@@ -11,10 +11,12 @@ extracted, and `--from/--subject/--header` read their headers. The new
 folder is made from the archived index plus exactly the chosen files (a new
 uniqueid, as `restore mailbox --into` does); the records of the others are
 marked expunged in the staged index first, and `reconstruct` keeps flags,
-INTERNALDATE and UIDs of the chosen ones. A message the live folder already holds is never restored
-twice: by GUID, and after extraction by content in every form an APPEND can have given it (line ends
-made CRLF, 8-bit header bytes munged: cyrus/imapadmin.py). Index records no Cyrus writes (UID 0, a UID
-twice) and records that do not describe their file (size, SHA-1) are left out, one line each. `--expunged` takes the archived messages the
+INTERNALDATE and UIDs of the chosen ones. A message the live folder already
+holds is never restored twice: by GUID, and after extraction by content in
+every form an APPEND can have given it (line ends made CRLF, 8-bit header
+bytes munged: cyrus/imapadmin.py). Index records no Cyrus writes (UID 0, a
+UID twice) and records that do not describe their file (size, SHA-1) are
+left out, one line each. `--expunged` takes the archived messages the
 live folder no longer has, plus, under `expunge_mode: delayed`, the records
 the archived index marks expunged whose files were still there: their
 expunged flag is cleared in the staged copy of the index (record CRCs

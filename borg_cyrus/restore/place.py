@@ -1,7 +1,9 @@
 """Putting staged files into the live spool, as the cyrus user (a forked
 child that dropped to cyrus:mail, safety/privdrop.py), then registering
 the mailboxes with Cyrus's tools (parent, as root: the tools drop to cyrus
-themselves)."""
+themselves). First the staged indexes are checked against the staged
+message files (vet_staged): a message whose record no Cyrus writes, or
+whose file has another size than its record, is left out with one line."""
 
 import errno
 import logging
@@ -197,6 +199,8 @@ class Placement:
                 ix = index.read(files["cyrus.index"])
             except (OSError, ValueError):
                 continue  # reconstruct rebuilds an index it cannot read either
+            if not ix.detailed:
+                continue  # a version whose records are not interpreted here: reconstruct's alone
             records, bad = index.vet(r for r in ix.records if not index.unlinked(r))
             drop = {uid for uid, _why in bad}
             for uid, why in bad:
