@@ -185,12 +185,15 @@ ODD = {
     "nul": b"From: Dora <dora@example.org>\r\nSubject: a NUL\r\nMessage-ID: <nul@example.org>\r\n\r\nbefore\0after\r\n",
     "cr": b"From: Dora <dora@example.org>\r\nSubject: bare CR\r\nMessage-ID: <cr@example.org>\r\n\r\nbare\rcr\r\n",
 }
-# a message file placed in the spool and reconstructed, as a migration from another server leaves it: bare LFs in
-# its header too, which no APPEND takes; in place it comes back with CRLF there, the body as it was
-PLACED = b"From: Eve <eve@example.org>\nSubject: migrated\nMessage-ID: <mig@example.org>\n\nold\nmail\n"
-PLACED_APPENDED = (
-    b"From: Eve <eve@example.org>\r\nSubject: migrated\r\nMessage-ID: <mig@example.org>\r\n\r\nold\nmail\n"
-)
+# message files placed in the spool and reconstructed, as a migration from another server leaves them: bare LFs
+# in a header, which no APPEND takes (in place it comes back with CRLF there, the body as it was), and raw 8-bit
+# header bytes, which Cyrus's APPEND stores as 'X' (munge8bit, on by default)
+PLACED = {
+    4: (b"From: Eve <eve@example.org>\nSubject: migrated\nMessage-ID: <mig@example.org>\n\nold\nmail\n",
+        b"From: Eve <eve@example.org>\r\nSubject: migrated\r\nMessage-ID: <mig@example.org>\r\n\r\nold\nmail\n"),
+    5: (b"From: Eve <eve@example.org>\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\nMessage-ID: <8b@example.org>\r\n\r\n\xc3\xbc\r\n",
+        b"From: Eve <eve@example.org>\r\nSubject: GrXXXXe\r\nMessage-ID: <8b@example.org>\r\n\r\n\xc3\xbc\r\n"),
+}  # fmt: skip
 
 
 def client_append(sb, user, box, flags, when, data):
@@ -212,9 +215,9 @@ def client_append(sb, user, box, flags, when, data):
 
 
 def test_lf_nul_and_cr_messages_restored_twice(base_dir):
-    """Bare LFs, a NUL and a bare CR in bodies (and a migrated file with bare LFs in its header): restored in
-    place twice, each is there once, served as before; into a new folder, byte for byte; a rerun, in place or
-    not, says they are back already. (Before: the LF and CR ones came back again on every run, as imaplib's
+    """Bare LFs, a NUL and a bare CR in bodies (and migrated files with bare LFs or 8-bit bytes in a header):
+    restored in place twice, each is there once, served as before (the migrated ones as an APPEND stores
+    them); into a new folder, byte for byte; a rerun, in place or not, says they are back already. (Before: the LF and CR ones came back again on every run, as imaplib's
     append made their line ends CRLF, a new GUID; the NUL one was refused on every run.)"""
     sb = Sandbox(os.path.join(base_dir, "cyrus")).create().start()
     try:
@@ -225,13 +228,14 @@ def test_lf_nul_and_cr_messages_restored_twice(base_dir):
             client_append(sb, "alice", "INBOX/Odd", flags, 1700000000 + 86400 * i, data)
         lay = storage.PathLayout.from_layout(discover(sb.imapd_conf))
         d = storage.data_dir(lay, _boxes_by_name(sb)["user.alice.Odd"])
-        with open(os.path.join(d, "4."), "wb") as f:
-            f.write(PLACED)
-        os.chown(os.path.join(d, "4."), sb.uid, sb.gid)
+        for uid, (data, _appended) in PLACED.items():
+            with open(os.path.join(d, f"{uid}."), "wb") as f:
+                f.write(data)
+            os.chown(os.path.join(d, f"{uid}."), sb.uid, sb.gid)
         sb.tool("reconstruct", "user/alice/Odd")
         al = sb.imap("alice")
         archived = folder(al, "INBOX/Odd")
-        sent = [hashlib.sha256(x).hexdigest() for x in [*ODD.values(), PLACED]]
+        sent = [hashlib.sha256(x).hexdigest() for x in [*ODD.values(), *(p for p, _a in PLACED.values())]]
         assert [archived[u][0] for u in sorted(archived)] == sent  # Cyrus serves them as they were sent
         pw = os.path.join(base_dir, "imap.pw")
         with open(os.open(pw, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
@@ -243,18 +247,18 @@ def test_lf_nul_and_cr_messages_restored_twice(base_dir):
         restore(b, "messages", "user/alice/Odd", "--expunged", "--into", "user/alice/Copy")
         assert folder(al, "INBOX/Copy") == archived
 
-        # in place, twice: once each, as Cyrus served them (the migrated one: CRLF in its header)
-        want = sorted([*[v for u, v in archived.items() if u != 4], (hashlib.sha256(PLACED_APPENDED).hexdigest(),
-                                                                      *archived[4][1:])])  # fmt: skip
+        # in place, twice: once each, as Cyrus served them (the migrated ones as an APPEND stores them)
+        want = sorted(v if u not in PLACED else (hashlib.sha256(PLACED[u][1]).hexdigest(), *v[1:])
+                      for u, v in archived.items())  # fmt: skip
         r = restore(b, "messages", "user/alice/Odd", "--expunged", "--in-place")
-        assert "4 chosen" in r.stdout and "appended 4 message(s)" in r.stdout, r.stdout
+        assert "5 chosen" in r.stdout and "appended 5 message(s)" in r.stdout, r.stdout
         got = folder(al, "INBOX/Odd")
         assert sorted(got.values()) == want, (got, want)
         r = restore(b, "messages", "user/alice/Odd", "--expunged", "--in-place")
-        assert "nothing to restore" in r.stdout and "4 already in the live folder" in r.stdout, r.stdout
+        assert "nothing to restore" in r.stdout and "5 already in the live folder" in r.stdout, r.stdout
         assert folder(al, "INBOX/Odd") == got
         r = restore(b, "messages", "user/alice/Odd", "--into", "user/alice/Again")
-        assert "nothing to restore" in r.stdout and "4 already in the live folder" in r.stdout, r.stdout
+        assert "nothing to restore" in r.stdout and "5 already in the live folder" in r.stdout, r.stdout
         assert al.select(quote("INBOX/Again"))[0] == "NO"
         al.logout()
     finally:
