@@ -46,7 +46,9 @@ class StopMaster(Mode):
             if stopping and not svc.is_running():
                 # Cyrus's start waits for this unit's stop (Service.start): the
                 # switch, outside the unit, sees it through once borgmatic is gone
-                log.info("leaving the dead-man switch armed: it checks that Cyrus comes up once %s stopped", stopping)
+                log.info(
+                    "leaving the dead-man switch armed: it checks that Cyrus comes up once %s has stopped", stopping
+                )
                 return
             Watchdog.stop(step.get("process"))
             return
