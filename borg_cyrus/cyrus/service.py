@@ -131,7 +131,7 @@ class Service:
                 )
             self.runner.run(argv, timeout=self.cfg["start_timeout"], daemon=True)
         if self.runner.dry_run:
-            return
+            return True
         if _poll(self.is_running, t0 + self.cfg["start_timeout"]):
             log.info("Cyrus started in %.2f s", time.monotonic() - t0)
             return True
