@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 
-from borg_cyrus.cyrus import dbbatch, header, index, storage
+from borg_cyrus.cyrus import dbbatch, header, imapadmin, index, storage
 from borg_cyrus.cyrus.names import display
 from borg_cyrus.errors import BorgCyrusError
 from borg_cyrus.safety import privdrop
@@ -136,7 +136,8 @@ class Placement:
         return path
 
     def apply_merge(self, plan):
-        """Copy the archived messages the live mailbox lacks, above its last UID."""
+        """Copy the archived messages the live mailbox lacks (by content: imapadmin.content_keys), above its
+        last UID."""
         files = self.staged_files(plan)
         if plan.excluded or "cyrus.index" not in files:
             return 0
@@ -144,6 +145,8 @@ class Placement:
         live_ix = self.live_index(plan.live)
         have = {r.guid for r in live_ix.live()} if live_ix and live_ix.detailed else set()
         todo = [r for r in src_ix.live() if not (r.guid and r.guid in have) and f"{r.uid}." in files]
+        if have:  # also in another form (restore messages --in-place made its line ends CRLF, say)
+            todo = [r for r in todo if not imapadmin.content_keys(_read(files[f"{r.uid}."])) & have]
         data = storage.data_dir(self.llay, plan.live)
         nxt = (live_ix.last_uid if live_ix else 0) + UID_GAP
         for r in todo:
@@ -328,6 +331,11 @@ class Placement:
 
     def finish_log(self, t0, what):
         self.say("%s: %s in %.2f s", what, "dry run finished" if self.ctx.dry_run else "done", time.monotonic() - t0)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def occupied(d):

@@ -217,7 +217,8 @@ def client_append(sb, user, box, flags, when, data):
 def test_lf_nul_and_cr_messages_restored_twice(base_dir):
     """Bare LFs, a NUL and a bare CR in bodies (and migrated files with bare LFs or 8-bit bytes in a header):
     restored in place twice, each is there once, served as before (the migrated ones as an APPEND stores
-    them); into a new folder, byte for byte; a rerun, in place or not, says they are back already. (Before: the LF and CR ones came back again on every run, as imaplib's
+    them); into a new folder, byte for byte; a rerun, in place or not, says they are back already, and a
+    `restore mailbox --force` merge adds none of them again. (Before: the LF and CR ones came back again on every run, as imaplib's
     append made their line ends CRLF, a new GUID; the NUL one was refused on every run.)"""
     sb = Sandbox(os.path.join(base_dir, "cyrus")).create().start()
     try:
@@ -260,6 +261,9 @@ def test_lf_nul_and_cr_messages_restored_twice(base_dir):
         r = restore(b, "messages", "user/alice/Odd", "--into", "user/alice/Again")
         assert "nothing to restore" in r.stdout and "5 already in the live folder" in r.stdout, r.stdout
         assert al.select(quote("INBOX/Again"))[0] == "NO"
+        r = restore(b, "mailbox", "user/alice/Odd", "--force")  # a merge adds what the folder lacks: nothing
+        assert "added 0 archived message(s) to user/alice/Odd" in r.stdout, r.stdout
+        assert folder(al, "INBOX/Odd") == got
         al.logout()
     finally:
         sb.stop()
