@@ -20,10 +20,10 @@ item walk, extracting files) grows linearly and would hide what does not:
   would.
 
 Each point runs in a fresh process (the revision's borg_cyrus first on
-PYTHONPATH); the median of --reps runs is shown. No root needed. --doc
-replaces the section between the markers below in that file (appended if
-missing), so bench/run's report keeps it only if it copies it (see
-docs/benchmarks.md).
+sys.path); the median of --reps runs is shown. No root needed. --doc
+replaces the section between the markers below in that file (placed before
+"What bounds the missed targets" if missing). bench/run rewrites
+docs/benchmarks.md whole: run this again after it.
 """
 
 import argparse
@@ -187,6 +187,7 @@ def history_manifests(m):
 def worker(kind, n, scratch):
     import borg_cyrus
 
+    load = os.getloadavg()[0]
     ctx = types.SimpleNamespace(dump_dir="/work/dump", work_dir=scratch, runner=None)
     lines = []
     if kind == "find":
@@ -217,7 +218,7 @@ def worker(kind, n, scratch):
         per = secs
         # n + one new folder per archive; the deleted ones are still lines of history
         check = rc == 0 and lines[0] == f"user u: {n + ARCHIVES_HISTORY} mailbox(es) across {ARCHIVES_HISTORY} archives"
-    return {"seconds": per, "ok": bool(check), "code": os.path.dirname(borg_cyrus.__file__)}
+    return {"seconds": per, "ok": bool(check), "code": os.path.dirname(borg_cyrus.__file__), "load": load}
 
 
 def run_point(code_dir, kind, n):
@@ -249,9 +250,10 @@ def code_of(rev, tmp):
     return d
 
 
-def measure(revs, reps, find_sizes, history_sizes, checkout=True, cache_path=None):
-    """Rows of medians. cache_path: a JSON file keeping the points of revisions (their code does not
-    change), so a later run measures only this checkout again."""
+def measure(revs, reps, find_sizes, history_sizes, checkout=True, cache_path=None, rev_max=None):
+    """(labels, rows of medians). cache_path: a JSON file keeping the points of revisions (their code does
+    not change), so a later run measures only this checkout again. rev_max: {kind: largest size measured
+    for a revision} (a quadratic revision at the largest sizes takes hours)."""
     cache = {}
     if cache_path and os.path.exists(cache_path):
         with open(cache_path) as f:
@@ -268,6 +270,8 @@ def measure(revs, reps, find_sizes, history_sizes, checkout=True, cache_path=Non
                     key = f"{label}|{kind}|{n}"
                     if rev is not None and key in cache:
                         runs = cache[key]
+                    elif rev is not None and rev_max and n > rev_max.get(kind, n):
+                        continue
                     else:
                         if rev is not None and rev not in dirs:
                             dirs[rev] = code_of(rev, tmp)
@@ -277,9 +281,13 @@ def measure(revs, reps, find_sizes, history_sizes, checkout=True, cache_path=Non
                             if cache_path:
                                 with open(cache_path, "w") as f:
                                     json.dump(cache, f, indent=1)
-                    row[label] = statistics.median(r["seconds"] for r in runs)
-                    row[label + " ok"] = all(r["ok"] for r in runs)
-                    print(f"  {kind} {n}: {label} {row[label]:.3f} s", file=sys.stderr, flush=True)
+                    row[label] = {
+                        "seconds": statistics.median(r["seconds"] for r in runs),
+                        "ok": all(r["ok"] for r in runs),
+                        "load": [r.get("load") for r in runs if r.get("load") is not None],
+                        "runs": len(runs),
+                    }
+                    print(f"  {kind} {n}: {label} {row[label]['seconds']:.3f} s", file=sys.stderr, flush=True)
                 rows.append(row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -287,26 +295,43 @@ def measure(revs, reps, find_sizes, history_sizes, checkout=True, cache_path=Non
 
 
 def table(labels, rows):
-    head = "| | size | " + " | ".join(labels) + " |" + (" ratio |" if len(labels) > 1 else "")
+    both = len(labels) > 1
+    head = "| | size | " + " | ".join(labels) + " |" + (f" {labels[0]} ÷ {labels[-1]} |" if both else "")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     prev = {}
     for r in rows:
         what = (
-            "`restore find`, seconds per archive" if r["kind"] == "find" else
+            "`restore find`, per archive" if r["kind"] == "find" else
             f"`restore history --user`, {ARCHIVES_HISTORY} archives"
         )  # fmt: skip
         unit = "candidates" if r["kind"] == "find" else "mailboxes"
         cells = []
         for lb in labels:
-            growth = ""
+            cell = r.get(lb)
+            if cell is None:
+                cells.append("–")
+                prev.pop((r["kind"], lb), None)
+                continue
             p = prev.get((r["kind"], lb))
-            if p:
-                growth = f" (×{r[lb] / p:.1f})"
-            cells.append(f"{r[lb]:.2f} s{growth}" + ("" if r[lb + " ok"] else " WRONG RESULT"))
-            prev[(r["kind"], lb)] = r[lb]
-        ratio = f" {r[labels[0]] / r[labels[-1]]:.0f}× |" if len(labels) > 1 else ""
-        out.append(f"| {what} | {r['n']} {unit} | " + " | ".join(cells) + " |" + ratio)
+            growth = f" (×{cell['seconds'] / p:.1f})" if p else ""
+            cells.append(f"{cell['seconds']:.2f} s{growth}" + ("" if cell["ok"] else " WRONG RESULT"))
+            prev[(r["kind"], lb)] = cell["seconds"]
+        ratio = ""
+        if both:
+            a, z = r.get(labels[0]), r.get(labels[-1])
+            ratio = f" {a['seconds'] / z['seconds']:.0f}× |" if a and z else " |"
+        out.append(f"| {what} | {r['n']:,} {unit} | " + " | ".join(cells) + " |" + ratio)
     return "\n".join(out)
+
+
+def loads(labels, rows):
+    """'label: min-max' of the 1-minute load average at the start of each timed run."""
+    parts = []
+    for lb in labels:
+        xs = [x for r in rows if r.get(lb) for x in r[lb]["load"]]
+        if xs:
+            parts.append(f"{lb} {min(xs):.1f}–{max(xs):.1f}")
+    return ", ".join(parts)
 
 
 def write_doc(path, text):
@@ -315,10 +340,35 @@ def write_doc(path, text):
     block = f"{BEGIN}\n{text}\n{END}"
     if BEGIN in doc and END in doc:
         doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
+    elif "\n## What bounds" in doc:  # after the report's numbered sections
+        i = doc.index("\n## What bounds") + 1
+        doc = doc[:i] + block + "\n\n" + doc[i:]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     with open(path, "w") as f:
         f.write(doc)
+
+
+DOC = """## 6. `restore find` and `restore history` against the number of candidates and mailboxes
+
+_`python -m bench.find_history {args}` on {when} (Python {python}); median of {reps} run(s) per point (a
+revision's points are kept in `bench/results/find_history.json` and not run again); ×: growth from the row
+above. The machine is the shared one described at the end: 1-minute load average at the start of the timed
+runs {loads}, so compare growth and ratios rather than seconds._
+
+{table}
+
+Borg-cyrus's own time, borg left out (it grows linearly: one walk of the archive's items per extract). `find`:
+the user's 8 folders hold every candidate, in 2 archives; a `--subject` that matches none makes every
+candidate's header be read in every archive. `history`: 10 archives, each listing the user's mailboxes (per
+archive one more renamed, one gone until the next, one new) and as many of other users. What was quadratic: find compared each
+new candidate with every earlier one of the archive (`all(x.guid != r.guid ...)`), and every extract of every
+restore ran `nest_free` over its path list pairwise (the paths of 32k message files: 10⁹ string comparisons);
+history looked up each mailbox's uniqueid by walking each archive's whole mailbox list. Now a set of GUIDs, an
+ancestor lookup per path and one uniqueid map per archive: O(n). `tests/unit/test_find_scaling.py` checks
+the results at 32k candidates and mailboxes and counts the lines run (4× the input, at most ~4× the work), so a
+return to quadratic code fails without timing anything.
+"""
 
 
 def main(argv=None):
@@ -327,6 +377,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--find", type=int, nargs="+", default=list(FIND_SIZES), metavar="N", help="candidates")
     ap.add_argument("--history", type=int, nargs="+", default=list(HISTORY_SIZES), metavar="M", help="mailboxes")
+    ap.add_argument("--rev-max", nargs=2, action="append", default=[], metavar=("KIND", "N"),
+                    help="measure revisions of find|history only up to N (default: all sizes)")  # fmt: skip
     ap.add_argument("--no-checkout", action="store_true", help="only the revisions given")
     ap.add_argument("--cache", help="keep the revisions' points in this JSON file (reused by later runs)")
     ap.add_argument("--doc", help="write the table into this Markdown file, between the markers")
@@ -338,18 +390,18 @@ def main(argv=None):
         kind, n, scratch = a.worker
         print(json.dumps(worker(kind, int(n), scratch)))
         return 0
-    labels, rows = measure(a.rev, a.reps, a.find, a.history, not a.no_checkout, a.cache)
+    rev_max = {k: int(n) for k, n in a.rev_max}
+    labels, rows = measure(a.rev, a.reps, a.find, a.history, not a.no_checkout, a.cache, rev_max)
     text = table(labels, rows)
     print(text)
     if a.doc:
         import platform
 
-        when = time.strftime("%Y-%m-%d %H:%M %z")
-        note = (
-            f"_`python -m bench.find_history {' '.join('--rev ' + r for r in a.rev)}` on {when}, "
-            f"Python {platform.python_version()}, median of {a.reps} runs (×: growth from the row above)._"
-        )
-        write_doc(a.doc, f"## 6. `restore find` and `restore history` at scale\n\n{note}\n\n{text}\n{{notes}}")
+        args = " ".join(["--rev " + r for r in a.rev] + [f"--rev-max {k} {n}" for k, n in a.rev_max])
+        args += " --find " + " ".join(map(str, a.find)) + " --history " + " ".join(map(str, a.history))
+        write_doc(a.doc, DOC.format(args=args, when=time.strftime("%Y-%m-%d %H:%M %z"),
+                                    python=platform.python_version(), reps=a.reps, loads=loads(labels, rows),
+                                    table=text).rstrip("\n"))  # fmt: skip
     return 0
 
 
