@@ -7,8 +7,8 @@
 A lane is one pytest run: the unit tier; the integration tests on this host,
 spread over xdist workers (they wait on Cyrus, borg and the disk more than
 on the CPU); the tests in clean Debian 12 and 13 roots; the tests inside the
-QEMU VM (one boot per kind of guest). Lanes of one stage run at once, stages
-one after another. Each lane's output goes to its log (printed whole when
+QEMU VM (one boot per kind of guest). A lane starts as soon as the lanes it
+comes after have ended; the others start at once. Each lane's output goes to its log (printed whole when
 the lane ends); its progress lines (files done, time so far) are shown as
 they come, prefixed with the lane's name. At the end: a table of wall time
 per lane and of cost per test file, also kept as JSON in the log directory.
@@ -48,13 +48,17 @@ def workers():
 
 
 class Lane:
-    def __init__(self, name, args, stage, about, xdist=0):
-        self.name, self.args, self.stage, self.about, self.xdist = name, args, stage, about, xdist
+    def __init__(self, name, args, about, after=(), xdist=0):
+        self.name, self.args, self.about, self.after, self.xdist = name, args, about, tuple(after), xdist
         self.rc = None
+        self.start = None  # seconds after the run began
         self.wall = None
+        self.ended = threading.Event()
+        self.cpu = None  # the machine's busy share of its cores while the lane ran
 
     def argv(self, extra, seed):
-        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--randomly-seed={seed}", *self.args]
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--durations=15"]
+        argv += [f"--randomly-seed={seed}", *self.args]
         if self.xdist:
             argv += ["-n", str(self.xdist), "--dist", "loadfile"]
         return argv + list(extra)
@@ -65,26 +69,30 @@ def lanes(quick=False):
     ignore = [f"--ignore={f}" for f in present]
     if quick:
         return [
-            Lane("unit", ["tests/unit"], 1, "no root, no Cyrus: seconds"),
+            Lane("unit", ["tests/unit"], "no root, no Cyrus: seconds"),
             Lane(
                 "fast",
                 ["tests/integration", *ignore, "-m", "not slow and not vm"],
-                1,
                 "integration tests that are not marked slow, real Cyrus, on this host",
                 xdist=workers(),
             ),
         ]
     return [
-        Lane("unit", ["tests/unit"], 1, "no root, no Cyrus: seconds"),
+        Lane("unit", ["tests/unit"], "no root, no Cyrus: seconds"),
         Lane(
             "integration",
             ["tests/integration", *ignore],
-            1,
             "real Cyrus, borg, borgmatic, btrfs/XFS on loop devices, on this host",
             xdist=workers(),
         ),
-        Lane("roots", present, 1, "clean Debian 12 and 13 roots: the README's install, Cyrus 3.10, apt, systemd"),
-        Lane("vm", ["tests/vm"], 2, "LVM/XFS and ZFS inside the QEMU VM, one boot per kind of guest"),
+        Lane("roots", present, "clean Debian 12 and 13 roots: the README's install, Cyrus 3.10, apt, systemd"),
+        # after the CPU-bound lanes: under TCG the guests keep both cores busy, and slow what runs beside them
+        Lane(
+            "vm",
+            ["tests/vm"],
+            "LVM/XFS and ZFS inside the QEMU VM, one boot per kind of guest",
+            after=("unit", "integration"),
+        ),
     ]
 
 
@@ -94,7 +102,8 @@ def prepare(chosen, logdir, say):
     of compiling on a fresh machine; cached afterwards). The lane that needs
     it waits on the harness's lock if it is not done yet."""
     started = []
-    if any(ln.name == "vm" for ln in chosen) and min(ln.stage for ln in chosen) < max(ln.stage for ln in chosen):
+    names = {ln.name for ln in chosen}
+    if any(ln.name == "vm" and names & set(ln.after) for ln in chosen):
         log = open(os.path.join(logdir, "prepare-vm.log"), "w")
         argv = ["nice", "-n", "10", os.path.join(HERE, "vm", "run-in-vm.sh"), "--prepare", "--zfs", "--quiet"]
         started.append(subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
@@ -102,10 +111,22 @@ def prepare(chosen, logdir, say):
     return started
 
 
-def run_lane(lane, extra, seed, logdir, say):
+def run_lane(lane, extra, seed, logdir, say, others, t_run):
+    for name in lane.after:
+        if name in others:
+            others[name].ended.wait()
+    try:
+        _run_lane(lane, extra, seed, logdir, say, t_run)
+    finally:
+        lane.ended.set()
+
+
+def _run_lane(lane, extra, seed, logdir, say, t_run):
     log_path = os.path.join(logdir, f"{lane.name}.log")
     env = dict(os.environ, BORG_CYRUS_LANE=lane.name, BORG_CYRUS_TIMINGS=os.path.join(logdir, "files.jsonl"))
-    t0 = time.monotonic()
+    t0, busy0 = time.monotonic(), cpu_jiffies()
+    lane.start = t0 - t_run
+    say(f"{lane.name}: started at {clock(lane.start)}")
     with open(log_path, "w") as log:
         p = subprocess.Popen(
             lane.argv(extra, seed), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -116,9 +137,27 @@ def run_lane(lane, extra, seed, logdir, say):
                 say(f"{lane.name}: {line.lstrip('.FEsxX').rstrip()}")
         lane.rc = p.wait()
     lane.wall = time.monotonic() - t0
+    lane.cpu = cpu_share(busy0, cpu_jiffies())
     with open(log_path) as f:
         text = f.read()
     say(f"===== lane {lane.name}: exit {lane.rc} in {clock(lane.wall)} (log {log_path})\n{text.rstrip()}\n")
+
+
+def cpu_jiffies():
+    """(busy, total) jiffies of all cores since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_share(a, b):
+    if not a or not b or b[1] == a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
 
 
 def clock(seconds):
@@ -133,23 +172,32 @@ def summary(chosen, logdir, total, write=True):
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
     out = ["", "== wall time per lane"]
-    out.append(f"{'lane':<12} {'stage':>5} {'wall':>8} {'tests':>6} {'passed':>6} {'failed':>6} {'skipped':>7}  exit")
+    out.append(
+        f"{'lane':<12} {'start':>6} {'wall':>8} {'cpu':>5} {'tests':>6} {'passed':>6} {'failed':>6} {'skipped':>7}  exit"
+    )
     for lane in chosen:
         mine = [r for r in records if r["lane"] == lane.name]
         counts = {k: sum(r["outcomes"].get(k, 0) for r in mine) for k in ("passed", "failed", "skipped", "error")}
         wall = clock(lane.wall) if lane.wall is not None else "-"
+        start = clock(lane.start) if lane.start is not None else "-"
+        cpu = f"{lane.cpu:.0%}" if lane.cpu is not None else "-"
         out.append(
-            f"{lane.name:<12} {lane.stage:>5} {wall:>8} {sum(r['tests'] for r in mine):>6} {counts['passed']:>6} "
+            f"{lane.name:<12} {start:>6} {wall:>8} {cpu:>5} {sum(r['tests'] for r in mine):>6} {counts['passed']:>6} "
             f"{counts['failed'] + counts['error']:>6} {counts['skipped']:>7}  {lane.rc}"
         )
-    out.append(f"{'all':<12} {'':>5} {clock(total):>8}")
+    out.append(f"{'all':<12} {'':>6} {clock(total):>8}")
+    out.append(
+        "(start: after the run began; cpu: how busy the machine's cores were while the lane ran, lanes beside it included)"
+    )
     out += ["", "== cost per test file (setup + call + teardown, summed over workers)"]
     for r in sorted(records, key=lambda r: -r["seconds"]):
         out.append(f"{r['seconds']:8.1f} s  {r['tests']:4d} tests  {r['lane']:<12} {r['file']}")
     if not write:
         return "\n".join(out)
     with open(os.path.join(logdir, "summary.json"), "w") as f:
-        lanes_json = [{"lane": ln.name, "stage": ln.stage, "wall": ln.wall, "exit": ln.rc} for ln in chosen]
+        lanes_json = [
+            {"lane": ln.name, "start": ln.start, "wall": ln.wall, "cpu": ln.cpu, "exit": ln.rc} for ln in chosen
+        ]
         json.dump({"total": total, "lanes": lanes_json, "files": records}, f, indent=1)
     return "\n".join(out)
 
@@ -166,7 +214,8 @@ def main(argv=None):
     all_lanes = lanes(args.quick)
     if args.list:
         for lane in all_lanes:
-            print(f"{lane.name:<12} stage {lane.stage}  {lane.about}")
+            after = f" (after {', '.join(lane.after)})" if lane.after else ""
+            print(f"{lane.name:<12} {lane.about}{after}")
         return 0
     chosen = [ln for ln in all_lanes if not args.lane or ln.name in args.lane]
     unknown = set(args.lane) - {ln.name for ln in all_lanes}
@@ -189,14 +238,14 @@ def main(argv=None):
     background = prepare(chosen, LOGS, say)
 
     t0 = time.monotonic()
-    for stage in sorted({ln.stage for ln in chosen}):
-        threads = [
-            threading.Thread(target=run_lane, args=(ln, extra, seed, LOGS, say)) for ln in chosen if ln.stage == stage
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    by_name = {ln.name: ln for ln in chosen}
+    threads = [
+        threading.Thread(target=run_lane, args=(ln, extra, seed, LOGS, say, by_name, t0), name=ln.name) for ln in chosen
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     for p in background:
         if p.poll() is None:
             p.terminate()
@@ -251,8 +300,8 @@ def print_summary_again():
         data = json.load(f)
     chosen = []
     for rec in data["lanes"]:
-        lane = Lane(rec["lane"], [], rec["stage"], "")
-        lane.wall, lane.rc = rec["wall"], rec["exit"]
+        lane = Lane(rec["lane"], [], "")
+        lane.start, lane.wall, lane.rc, lane.cpu = rec.get("start"), rec["wall"], rec["exit"], rec.get("cpu")
         chosen.append(lane)
     print(summary(chosen, LOGS, data["total"], write=False))
     return 0

@@ -1,5 +1,5 @@
-"""The shared VM boots (tests/vm/vmboot.py): one per kind of guest, for every
-host-side test of tests/vm/ in this run."""
+"""The shared VM boots (tests/vm/vmboot.py): one per kind of guest, both
+started at once, for every host-side test of tests/vm/ in this run."""
 
 import os
 import sys
@@ -7,14 +7,28 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vmboot import LVM_GUEST_TESTS, ZFS_GUEST_TESTS, boot  # noqa: E402
+from vmboot import Boots  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def lvm_boot(tmp_path_factory):
-    return boot(tmp_path_factory, "lvm", LVM_GUEST_TESTS, zfs=False)
+def vm_boots(request, tmp_path_factory):
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line):
+        if tr is None:
+            print(line)
+        else:
+            tr.ensure_newline()
+            tr.write_line(line)
+
+    return Boots(tmp_path_factory, say)
 
 
 @pytest.fixture(scope="session")
-def zfs_boot(tmp_path_factory):
-    return boot(tmp_path_factory, "zfs", ZFS_GUEST_TESTS, zfs=True)
+def lvm_boot(vm_boots):
+    return vm_boots.get("lvm")
+
+
+@pytest.fixture(scope="session")
+def zfs_boot(vm_boots):
+    return vm_boots.get("zfs")

@@ -10,13 +10,14 @@ tests read the guest's JUnit report and the files it left in the share.
 
 import os
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vmharness import run_in_vm, vm_unavailable_reason  # noqa: E402
+from vmharness import ROOT, run_in_vm, vm_unavailable_reason  # noqa: E402
 
 SNAP = "tests/integration/test_snapshots.py"
 LVM_GUEST_TESTS = [
@@ -68,15 +69,25 @@ class Boot:
 
 def guest_environ(**extra):
     """This process's environment for the guest, without the host run's lane
-    bookkeeping (the guest's writes outside the share are discarded anyway)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("BORG_CYRUS_TIMINGS", "BORG_CYRUS_LANE")}
+    bookkeeping (the guest's writes outside the share are discarded anyway).
+    The guest may cache bytecode (in its RAM overlay): a Python start under
+    TCG costs seconds, compiling its modules a good part of it."""
+    drop = ("BORG_CYRUS_TIMINGS", "BORG_CYRUS_LANE", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, **extra}
 
 
-def boot(tmp_path_factory, name, tests, zfs):
-    reason = vm_unavailable_reason()
-    if reason:
-        pytest.skip(f"QEMU VM cannot run here: {reason}")
+def compile_project():
+    """Bytecode for the project's own modules, written on the host once, which
+    every Python process in the guests then reads instead of compiling."""
+    import compileall
+
+    for d in ("borg_cyrus", "tests"):
+        compileall.compile_dir(os.path.join(ROOT, d), quiet=1)
+
+
+def start(tmp_path_factory, name, tests, zfs):
+    """Start one boot in a thread; `.result()` waits for its Boot."""
     host = tmp_path_factory.mktemp(f"{name}-host")
     share = host / "share"
     host_file = host / "hostfile"
@@ -86,16 +97,59 @@ def boot(tmp_path_factory, name, tests, zfs):
         'echo to-stderr >&2; "$@" --junitxml="$VMH_SHARE/junit.xml"; rc=$?; '
         f'echo $rc > "$VMH_SHARE/pytest.rc"; [ $rc = 0 ] && exit {PASSED_EXIT}; exit $rc'
     )
-    t = time.monotonic()
-    r = run_in_vm(
-        ["bash", "-c", script, "guest", *guest_pytest, *tests],
-        disks=1,
-        disk_size="2G",
-        zfs=zfs,
-        share=share,
-        timeout=3000,
-        env=guest_environ(BCT_VM_TOKEN=TOKEN, BCT_VM_HOST_FILE=str(host_file)),
-    )
-    boot = Boot(r, str(share), time.monotonic() - t)
-    print(f"{name} boot: rc {boot.rc}, pytest rc {boot.pytest_rc}, {boot.wall:.0f} s\n{r.stdout[-3000:]}")
-    return boot
+    smp = os.environ.get("BORG_CYRUS_VM_SMP")  # vCPUs of each boot (the harness's default: 2)
+    out = {}
+
+    def run():
+        t = time.monotonic()
+        try:
+            r = run_in_vm(
+                ["bash", "-c", script, "guest", *guest_pytest, *tests],
+                disks=1,
+                disk_size="2G",
+                zfs=zfs,
+                share=share,
+                timeout=3000,
+                smp=int(smp) if smp else None,
+                env=guest_environ(BCT_VM_TOKEN=TOKEN, BCT_VM_HOST_FILE=str(host_file)),
+            )
+            out["boot"] = Boot(r, str(share), time.monotonic() - t)
+        except BaseException as e:  # handed to the test that asks
+            out["error"] = e
+
+    thread = threading.Thread(target=run, name=f"vm-{name}", daemon=True)
+    thread.start()
+
+    class Pending:
+        def result(self):
+            thread.join()
+            if "error" in out:
+                raise out["error"]
+            return out["boot"]
+
+    return Pending()
+
+
+class Boots:
+    """Both boots, started at once: under TCG a guest running one pytest keeps
+    about one of the two cores busy, so two guests side by side take little
+    longer than one."""
+
+    def __init__(self, tmp_path_factory, say=print):
+        reason = vm_unavailable_reason()
+        if reason:
+            pytest.skip(f"QEMU VM cannot run here: {reason}")
+        self.say = say
+        self.t0 = time.monotonic()
+        compile_project()
+        self.pending = {
+            "lvm": start(tmp_path_factory, "lvm", LVM_GUEST_TESTS, zfs=False),
+            "zfs": start(tmp_path_factory, "zfs", ZFS_GUEST_TESTS, zfs=True),
+        }
+        self.done = {}
+
+    def get(self, name):
+        if name not in self.done:
+            b = self.done[name] = self.pending[name].result()
+            self.say(f"{name} boot: exit {b.rc}, guest pytest exit {b.pytest_rc}, {b.wall:.0f} s")
+        return self.done[name]
