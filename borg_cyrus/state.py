@@ -34,8 +34,10 @@ WORK_DIR_MODE = 0o711
 def secure_dir(path, mode=0o700):
     """Create path (and parents) with mode; an existing one is used as it is
     (never chmod a directory borg-cyrus did not create) if it is a plain
-    directory of this user that nobody else can write to."""
-    os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+    directory of this user that nobody else can write to. Missing parents
+    are made 0755 whatever the umask: the cyrus user must pass through them
+    to the directories a run hands it (point-in-time config, the drill)."""
+    make_parents(os.path.dirname(path) or "/")
     try:
         os.mkdir(path, mode)
         os.chmod(path, mode)  # whatever the umask
@@ -56,6 +58,19 @@ def secure_dir(path, mode=0o700):
             f"run chmod go-w {path} or use a directory of its own"
         )
     return path
+
+
+def make_parents(path, mode=0o755):
+    """os.makedirs(path) with each new directory's mode explicit (root's umask may be 077)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    make_parents(os.path.dirname(path), mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
 
 
 def _trusted(st):

@@ -330,7 +330,9 @@ class Drill:
             arch_dir = storage.mailbox_dir(self.slay, self.slay.archivepartitions[mb.partition], mb)
         missing, wrong = [], []
         left = self.rule_left.get(mb.intname, ())
-        for rec in ix.live():
+        records, forged = index.vet(ix.live())  # the archive is untrusted: records no Cyrus writes
+        wrong += [f"UID {uid}: its index record is forged or damaged ({problem})" for uid, problem in forged]
+        for rec in records:
             if rec.uid in left:
                 continue
             f = os.path.join(arch_dir if (rec.archived and arch_dir) else d, f"{rec.uid}.")

@@ -211,3 +211,19 @@ def test_find_does_not_list_forged_records(world):
     # the forged archive holds messages 1, 3, 4 and 5 (same GUIDs), not UID 2 (in two records), nothing else
     f = b["forged"]
     assert hits == {1: (real, f), 2: (real, real), 3: (real, f), 4: (real, f), 5: (real, f)}, r.stdout
+
+
+def test_verify_names_forged_records(world):
+    """The drill fails the folders whose index holds records no Cyrus writes, naming each UID (before: UID 0 and
+    a UID in two records passed the drill; only the size mismatches were named)."""
+    from support.common import cli
+
+    b = world
+    r = cli("verify", "--archive", b["forged"], "--borgmatic-config", b["bm"], config=b["bc"], check=1)
+    out = r.stdout + r.stderr
+    for box in ("Box", "Box2"):
+        assert f"user/bob/{box}" in out, out
+    assert "UID 0: its index record is forged or damaged (Cyrus numbers messages from 1)" in out, out
+    assert "UID 2: its index record is forged or damaged (it is in 2 index records)" in out, out
+    assert "UID 7: " in out and "the index says 55" in out, out
+    assert "Traceback" not in out

@@ -81,3 +81,17 @@ def test_a_file_on_the_way_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(BorgCyrusError, match="is not a directory"):
         state.write_atomic(str(tmp_path / "file" / "f"), "x")
+
+
+def test_work_directory_parents_made_0755_whatever_the_umask(tmp_path):
+    """The cyrus user passes through them to what a run hands it (the drill,
+    point-in-time config): under root's umask 077 makedirs would make them 0700."""
+    work = tmp_path / "srv" / "backup" / "borg-cyrus"
+    old = os.umask(0o077)
+    try:
+        state.secure_dir(str(work), 0o711)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(work).st_mode) == 0o711
+    for d in (tmp_path / "srv", tmp_path / "srv" / "backup"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o755, d
