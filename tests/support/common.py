@@ -15,8 +15,23 @@ BASE = os.environ.get("BORG_CYRUS_TEST_BASE") or "/tmp/bct" + (
 )
 
 
+def run_tmpdir():
+    """This run's (and xdist worker's) own TMPDIR, with /tmp's mode. borgmatic
+    makes its runtime directory there, and at the end of a create removes the
+    bootstrap manifests of every TMPDIR/borgmatic-*: two borgmatic runs that
+    share a TMPDIR remove each other's (its own runs never overlap on a host)."""
+    path = os.path.join(BASE, "tmp")
+    if not os.path.isdir(path):
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o1777)
+    return path
+
+
 def env(extra=None):
     e = dict(os.environ)
+    for name in ("XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY"):  # they come before TMPDIR for borgmatic
+        e.pop(name, None)
+    e["TMPDIR"] = run_tmpdir()
     e["PATH"] = VENV_BIN + os.pathsep + e.get("PATH", "")
     e["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
     e["BORG_RELOCATED_REPO_ACCESS_IS_OK"] = "yes"
