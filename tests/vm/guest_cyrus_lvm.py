@@ -47,7 +47,8 @@ class timed:
 def mail_lv():
     disk = os.environ["VMH_DISKS"].split()[0]
     with timed("lvm_setup_mkfs_mount"):
-        sh("pvcreate", "-qy", disk)
+        sh("wipefs", "-a", disk)  # whatever a guest test before this one (random order) left on it
+        sh("pvcreate", "-qffy", disk)
         sh("vgcreate", "-q", VG, disk)
         sh("lvcreate", "-qy", "-L", "1G", "-n", LV, VG)
         sh("mkfs.xfs", "-q", "-f", f"/dev/{VG}/{LV}")
@@ -56,7 +57,8 @@ def mail_lv():
     yield f"/dev/{VG}/{LV}"
     subprocess.run(["umount", SNAPMNT], capture_output=True)
     subprocess.run(["umount", MNT], capture_output=True)
-    subprocess.run(["vgchange", "-qan", VG], capture_output=True)
+    subprocess.run(["vgremove", "-qff", VG], capture_output=True)
+    subprocess.run(["pvremove", "-qffy", disk], capture_output=True)
     share = os.environ.get("VMH_SHARE")
     if share:
         with open(os.path.join(share, "cyrus_lvm_timings.json"), "w") as f:

@@ -16,7 +16,8 @@ pytestmark = [guest_only()]
 
 LVM_SCRIPT = r'''
 d=${VMH_DISKS%% *}
-pvcreate -qy "$d"; vgcreate -q vgt "$d"
+wipefs -a "$d"  # whatever a guest test before this one (random order) left on it
+pvcreate -qffy "$d"; vgcreate -q vgt "$d"
 lvcreate -qy -L 512M -n data vgt
 mkfs.xfs -q -f /dev/vgt/data
 mkdir -p /mnt/data /mnt/snap; mount /dev/vgt/data /mnt/data

@@ -13,6 +13,7 @@ pytestmark = [guest_only()]
 
 ZFS_SCRIPT = r'''
 d=${VMH_DISKS%% *}
+wipefs -a "$d"  # whatever a guest test before this one (random order) left on it
 echo "module $(cat /sys/module/zfs/version); $(zfs version | head -1)"
 # no udev in the guest: a whole-disk vdev makes zpool wait for the partition
 # links udev would create, so partition the disk and hand zpool the partition
